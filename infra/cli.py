@@ -1,0 +1,198 @@
+"""The `spacetime` command line: one subcommand per job.
+
+Handlers import their stage lazily so `spacetime --help` stays fast and a CPU machine never
+imports GPU-only code it does not use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from infra.config import ConfigError, dump_yaml, load
+from infra.log import setup_logging
+from infra.presets import PRESETS, get_preset
+from infra.schema import SpacetimeConfig
+
+log = logging.getLogger("spacetime")
+
+EXIT_NOT_BUILT = 3
+
+# Subcommands whose feature has not landed yet, and the issue that tracks each.
+NOT_BUILT = {
+    "recaption": "recaptioning (issue 4)",
+    "train-vae": "the spacetime VAE (issue 5)",
+    "encode": "latent caching (issue 5)",
+    "train": "the DeepSpeed trainer (issue 8)",
+    "sample": "sampling (issue 6)",
+    "launch": "multi-node launch (issue 9)",
+}
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("configuration (preset, then file, then --set overrides)")
+    g.add_argument("--preset", default="default", help=f"named preset: {', '.join(PRESETS)}")
+    g.add_argument("--config", metavar="FILE", help="YAML/TOML file with the keys to change")
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override, e.g. --set run.seed=3 (repeatable)",
+    )
+
+
+def resolve_config(args: argparse.Namespace) -> SpacetimeConfig:
+    return load(SpacetimeConfig, get_preset(args.preset), args.config, args.overrides)
+
+
+def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        log.error("spacetime %s: %s is not built yet; nothing was run.", name, NOT_BUILT[name])
+        return EXIT_NOT_BUILT
+
+    return run
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "presets":
+        for name, fn in PRESETS.items():
+            print(f"{name:10s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+    if args.action == "show":
+        cfg = load(SpacetimeConfig, get_preset(args.target or "default"), None, args.overrides)
+        sys.stdout.write(dump_yaml(cfg))
+        return 0
+    if args.action == "validate":
+        if not args.target:
+            raise ConfigError("spacetime config validate FILE: a config file is required")
+        cfg = load(SpacetimeConfig, get_preset(args.preset), args.target, args.overrides)
+        sys.stdout.write(dump_yaml(cfg))
+        log.info("%s: valid", args.target)
+        return 0
+    raise AssertionError(args.action)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from infra.demo import run_demo
+
+    cfg = resolve_config(args)
+    return run_demo(cfg, workdir=args.workdir, minutes=args.minutes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spacetime",
+        description="Train Sora-style text-to-video diffusion transformers, from raw videos to samples.",
+    )
+    parser.add_argument(
+        "--log-level", default=None, help="override run.log_level (DEBUG, INFO, ...)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, help_: str, fn: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("shard", "cut videos into clips and write webdataset shards (Ray)", _not_built_shard)
+    p.add_argument(
+        "--input", required=True, help="folder, s3:// prefix, or manifest (.jsonl/.csv/.parquet)"
+    )
+    p.add_argument("--output", required=True, help="output folder or s3:// prefix")
+    p.add_argument(
+        "--ray-address", default=None, help="existing Ray cluster (default: start a local one)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="delete existing output and start over")
+    _add_config_args(p)
+
+    p = add(
+        "recaption", "write detailed captions for every clip with a VLM", _not_built("recaption")
+    )
+    p.add_argument("--shards", required=True, help="output of `spacetime shard`")
+    p.add_argument("--output", required=True, help="caption sidecar folder or s3:// prefix")
+    p.add_argument("--backend", choices=["stats", "hf", "vllm"], default="stats")
+    p.add_argument("--model", default=None, help="local model directory (hf, vllm)")
+    p.add_argument("--prompt", default=None, help="prompt template name")
+    p.add_argument("--ray-address", default=None)
+    _add_config_args(p)
+
+    p = add(
+        "train-vae", "train the causal 3D spacetime VAE on clip shards", _not_built("train-vae")
+    )
+    p.add_argument("--shards", required=True)
+    p.add_argument("--resume", default=None, help="'auto' or a checkpoint path")
+    _add_config_args(p)
+
+    p = add("encode", "cache VAE latents and text embeddings as shards (Ray)", _not_built("encode"))
+    p.add_argument("--shards", required=True)
+    p.add_argument("--vae", required=True, help="VAE checkpoint or pretrained directory")
+    p.add_argument(
+        "--text-encoder", default=None, help="local text encoder directory (default MiniLM)"
+    )
+    p.add_argument("--output", required=True)
+    p.add_argument("--ray-address", default=None)
+    _add_config_args(p)
+
+    p = add("train", "train the spacetime DiT with DeepSpeed ZeRO", _not_built("train"))
+    p.add_argument("--resume", default=None, help="'auto' or a checkpoint path")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the DeepSpeed config and model stats"
+    )
+    _add_config_args(p)
+
+    p = add(
+        "sample", "generate videos (t2v, t2i, i2v, extend, interpolate, edit)", _not_built("sample")
+    )
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--prompt", action="append", default=[], help="text prompt (repeatable)")
+    p.add_argument("--output", required=True)
+    _add_config_args(p)
+
+    p = add(
+        "launch",
+        "launch training on one or many nodes (hostfile, Slurm, Ray)",
+        _not_built("launch"),
+    )
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="-- train --config ...")
+
+    p = add("demo", "the whole system end to end on a built-in dataset (CPU, minutes)", cmd_demo)
+    p.add_argument("--workdir", default="demo-output", help="where every artefact goes")
+    p.add_argument("--minutes", type=float, default=20.0, help="time budget for the whole demo")
+    _add_config_args(p)
+
+    p = add("config", "print a preset, list presets, or validate a config file", cmd_config)
+    p.add_argument("action", choices=["show", "presets", "validate"])
+    p.add_argument("target", nargs="?", help="preset name (show) or file (validate)")
+    p.add_argument("--preset", default="default", help="base preset for validate")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def _not_built_shard(args: argparse.Namespace) -> int:
+    log.error("spacetime shard: the data pipeline is not built yet (issue 3); nothing was run.")
+    return EXIT_NOT_BUILT
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level or "INFO")
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        log.error("config error: %s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

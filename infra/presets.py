@@ -1,0 +1,37 @@
+"""Named presets: plain functions returning a full config. A file or `--set` adjusts them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from infra.schema import SpacetimeConfig
+
+
+def default() -> SpacetimeConfig:
+    """The embedded default: local Ray, local files, CPU, a small model."""
+    return SpacetimeConfig()
+
+
+def tiny() -> SpacetimeConfig:
+    """The smallest settings that still exercise every code path (tests, CI)."""
+    cfg = SpacetimeConfig()
+    cfg.run.name = "tiny"
+    return cfg
+
+
+PRESETS: dict[str, Callable[[], SpacetimeConfig]] = {
+    "default": default,
+    "tiny": tiny,
+}
+
+
+def get_preset(name: str) -> SpacetimeConfig:
+    from infra.config import ConfigError
+
+    if name not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown preset '{name}'{hint} (presets: {', '.join(PRESETS)})")
+    return PRESETS[name]()

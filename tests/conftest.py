@@ -1,0 +1,63 @@
+"""Shared fixtures: a real S3 HTTP endpoint (moto's server on 127.0.0.1) and the sample videos."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+VIDEOS = SHARED / "data" / "videos"
+
+# One extensions cache for every process a test starts, so DeepSpeed JIT-builds its ops once.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server over real HTTP on loopback; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing-key-id",
+        AWS_SECRET_ACCESS_KEY="testing-secret-value",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    """A fresh, empty bucket; yields its name."""
+    import uuid
+
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def videos_dir() -> Path:
+    if not VIDEOS.is_dir():
+        pytest.skip(f"sample videos not found at {VIDEOS}")
+    return VIDEOS
