@@ -76,6 +76,25 @@ def cmd_config(args: argparse.Namespace) -> int:
     raise AssertionError(args.action)
 
 
+def cmd_shard(args: argparse.Namespace) -> int:
+    from data_pipeline.job import JobError, run_shard
+
+    cfg = resolve_config(args)
+    try:
+        s = run_shard(
+            args.input, args.output, cfg.shard, cfg.storage, args.ray_address, args.overwrite
+        )
+    except (JobError, FileNotFoundError, ValueError) as e:
+        log.error("spacetime shard: %s", e)
+        return 1
+    log.info(
+        "shard: %d videos -> %d clips (%.1fs of %.1fs source video) in %d shards; %d errors %s; %.1fs",
+        s["sources"], s["clips"], s["seconds_out"], s["seconds_in"], s["shards"], s["errors"],
+        s["errors_by_reason"] or "", s["wall_s"],
+    )  # fmt: skip
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
@@ -100,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=fn)
         return p
 
-    p = add("shard", "cut videos into clips and write webdataset shards (Ray)", _not_built_shard)
+    p = add("shard", "cut videos into clips and write webdataset shards (Ray)", cmd_shard)
     p.add_argument(
         "--input", required=True, help="folder, s3:// prefix, or manifest (.jsonl/.csv/.parquet)"
     )
@@ -173,11 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default", help="base preset for validate")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser
-
-
-def _not_built_shard(args: argparse.Namespace) -> int:
-    log.error("spacetime shard: the data pipeline is not built yet (issue 3); nothing was run.")
-    return EXIT_NOT_BUILT
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from data_pipeline.config import ShardConfig
 from infra.storage import StorageConfig
 
 
@@ -33,3 +34,4 @@ class SpacetimeConfig:
 
     run: RunConfig = field(default_factory=RunConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)

@@ -61,3 +61,25 @@ def videos_dir() -> Path:
     if not VIDEOS.is_dir():
         pytest.skip(f"sample videos not found at {VIDEOS}")
     return VIDEOS
+
+
+@pytest.fixture(scope="session")
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One local Ray for the whole session (jobs reuse an initialised Ray and leave it running)."""
+    import logging
+    import tempfile
+
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="st-ray-", dir="/tmp")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        _temp_dir=temp,
+        _node_ip_address="127.0.0.1",
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -1,0 +1,107 @@
+"""Encoding planned clips at native resolution: one decode pass writes every clip of a source.
+
+Each output frame is scaled in the coded orientation (so non-square pixels are corrected by the
+same resize), then rotated as the display matrix says, then encoded with libx264 (yuv420p, CRF,
+one thread so the bytes are the same on every host).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from data_pipeline.config import ShardConfig
+from data_pipeline.probe import InputError, Probe
+from data_pipeline.scenes import ClipPlan
+
+
+def _encoder(
+    width: int, height: int, rate: Fraction, cfg: ShardConfig
+) -> tuple[av.container.OutputContainer, av.video.stream.VideoStream, io.BytesIO]:
+    buf = io.BytesIO()
+    out = av.open(buf, "w", format="mp4")
+    s = out.add_stream("libx264", rate=rate)
+    s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+    s.time_base = Fraction(1, 1) / rate
+    s.codec_context.thread_count = 1
+    s.options = {"crf": str(cfg.crf), "preset": cfg.x264_preset, "threads": "1"}
+    return out, s, buf
+
+
+def encode_clips(
+    path: str,
+    probe: Probe,
+    plans: list[ClipPlan],
+    size: tuple[int, int],
+    rate: Fraction,
+    cfg: ShardConfig,
+    deadline: float,
+) -> Iterator[tuple[ClipPlan, bytes]]:
+    """Yields (plan, mp4 bytes) for each plan, in order. `size` is the displayed (width, height)."""
+    if not plans:
+        return
+    out_w, out_h = size
+    rot = probe.rotation
+    # Scale in coded orientation: a ±90° rotation swaps which side becomes the width.
+    sw, sh = (out_h, out_w) if rot % 180 else (out_w, out_h)
+    k = (rot // 90) % 4  # np.rot90 turns counter-clockwise, like the display matrix angle
+    order = sorted(plans, key=lambda p: p.start)
+    # Source frame -> the clips that use it, once per output frame (VFR resampling repeats frames).
+    need: dict[int, list[int]] = {}
+    for ci, p in enumerate(order):
+        for f in p.src_frames:
+            need.setdefault(f, []).append(ci)
+    last_needed = max(need)
+    cur: int | None = None
+    enc = None
+    written = 0
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        i = -1
+        try:
+            for frame in container.decode(stream):
+                i += 1
+                if time.monotonic() > deadline:
+                    raise InputError(
+                        "encode",
+                        f"timeout: still encoding at frame {i} after {cfg.file_timeout_s:.0f}s",
+                    )
+                if i > last_needed:
+                    break
+                uses = need.get(i)
+                if not uses:
+                    continue
+                img = frame.reformat(
+                    width=sw, height=sh, format="rgb24", interpolation="AREA"
+                ).to_ndarray()
+                if k:
+                    img = np.ascontiguousarray(np.rot90(img, k))
+                for ci in uses:
+                    if cur != ci:
+                        if enc is not None:
+                            yield order[cur], _finish(*enc)  # type: ignore[index]
+                        cur, enc, written = ci, _encoder(out_w, out_h, rate, cfg), 0
+                    vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+                    vf.pts = written
+                    written += 1
+                    for pkt in enc[1].encode(vf):
+                        enc[0].mux(pkt)
+        except av.error.FFmpegError as e:
+            raise InputError("encode", f"decode/encode error at frame {i}: {e}") from None
+    if enc is not None:
+        yield order[cur], _finish(*enc)  # type: ignore[index]
+
+
+def _finish(
+    out: av.container.OutputContainer, stream: av.video.stream.VideoStream, buf: io.BytesIO
+) -> bytes:
+    for pkt in stream.encode(None):
+        out.mux(pkt)
+    out.close()
+    return buf.getvalue()

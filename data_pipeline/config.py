@@ -1,0 +1,79 @@
+"""Configuration of `spacetime shard`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+VIDEO_EXTENSIONS = [
+    ".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts",
+    ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv",
+]  # fmt: skip
+
+
+@dataclass
+class ShardConfig:
+    """Cutting videos into clips and writing webdataset shards."""
+
+    extensions: list[str] = field(default_factory=lambda: list(VIDEO_EXTENSIONS))
+    """File suffixes taken from a folder or prefix (case-insensitive); empty: every file."""
+    max_input_bytes: int = 20 * 1024**3
+    """Inputs larger than this are rejected as too large."""
+    max_input_pixels: int = 8192 * 8192
+    """Inputs with more pixels per frame than this are rejected as too large."""
+    file_timeout_s: float = 600.0
+    """Seconds one input may take (checked between frames); past it the input is an error."""
+
+    # Scene detection (PySceneDetect's ContentDetector for hard cuts, brightness for fades).
+    cut_threshold: float = 27.0
+    """ContentDetector threshold on the HSV frame difference (its default)."""
+    min_scene_frames: int = 15
+    """Minimum frames between two hard cuts (suppresses flashes)."""
+    dark_threshold: float = 12.0
+    """Mean 8-bit brightness under which a frame is dark (fade/black); dark frames join no clip."""
+    analysis_width: int = 160
+    """Width of the small frames used for scene and motion analysis."""
+
+    # Clips.
+    min_clip_seconds: float = 1.0
+    """Scenes shorter than this yield no clip."""
+    max_clip_seconds: float = 10.0
+    """Longer scenes are split into consecutive clips of at most this length."""
+    min_side: int = 64
+    """Clips whose shorter output side would be below this are rejected."""
+    min_motion: float = 0.002
+    """Clips whose mean absolute frame difference (0-1) is below this are static and dropped."""
+
+    # Output geometry and encoding.
+    max_pixels: int = 1280 * 720
+    """Pixel budget per output frame; larger clips are downscaled keeping aspect ratio."""
+    size_multiple: int = 16
+    """Output sides are rounded to a multiple of this (VAE stride x patch size)."""
+    crf: int = 18
+    """libx264 constant rate factor of the clip encodes (lower is better quality)."""
+    x264_preset: str = "veryfast"
+    """libx264 speed preset."""
+
+    # Shards.
+    shard_max_bytes: int = 1024**3
+    """Target shard size; a shard closes before it would exceed this (one clip at least)."""
+    shard_max_clips: int = 100_000
+    """At most this many clips per shard."""
+    num_workers: int = 0
+    """Parallel clip tasks; 0: one per CPU of the Ray cluster."""
+
+    def validate(self) -> None:
+        if self.min_clip_seconds <= 0 or self.max_clip_seconds < self.min_clip_seconds:
+            raise ValueError(
+                "need 0 < min_clip_seconds <= max_clip_seconds, got "
+                f"{self.min_clip_seconds} and {self.max_clip_seconds}"
+            )
+        if self.size_multiple < 2 or self.size_multiple % 2:
+            raise ValueError(
+                f"size_multiple must be even and >= 2 (H.264 4:2:0), got {self.size_multiple}"
+            )
+        if self.max_pixels < self.size_multiple**2:
+            raise ValueError(f"max_pixels must be at least size_multiple^2, got {self.max_pixels}")
+        if self.shard_max_bytes <= 0 or self.shard_max_clips <= 0:
+            raise ValueError("shard_max_bytes and shard_max_clips must be positive")
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f"crf must be in [0, 51], got {self.crf}")

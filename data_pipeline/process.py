@@ -1,0 +1,229 @@
+"""One source video to staged clips: probe → analyse → plan → encode, failures as records.
+
+`process_source` never raises for a bad input: it returns a record whose `error` names the stage
+and the reason, so one broken file cannot stop a job. Its output is staged per source (a tar of the
+clips, then a JSON record written last as the done-marker), so a rerun skips finished sources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import webdataset as wds
+
+from data_pipeline.clips import encode_clips
+from data_pipeline.config import ShardConfig
+from data_pipeline.probe import InputError, Probe, output_size, probe
+from data_pipeline.scenes import analyse, find_scenes, plan_clips
+from data_pipeline.sources import Source
+from infra.storage import Storage, is_s3, join
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+def staged_paths(staging: str, source_id: str) -> tuple[str, str]:
+    """(clips tar, record json) of one source in the staging area."""
+    return join(staging, f"{source_id}.tar"), join(staging, f"{source_id}.json")
+
+
+def load_record(storage: Storage, staging: str, source_id: str) -> dict[str, Any] | None:
+    _, rec = staged_paths(staging, source_id)
+    if not storage.exists(rec):
+        return None
+    return json.loads(storage.read_text(rec))
+
+
+def process_source(
+    source: Source, cfg: ShardConfig, storage: Storage, staging: str
+) -> dict[str, Any]:
+    """Processes one source (or returns its staged record if a previous run finished it)."""
+    done = load_record(storage, staging, source.source_id)
+    if done is not None:
+        return done
+    t0 = time.monotonic()
+    record: dict[str, Any] = {
+        "source": source.uri,
+        "rel": source.rel,
+        "source_id": source.source_id,
+        "caption": source.caption,
+        "error": None,
+        "probe": None,
+        "seconds_in": 0.0,
+        "cuts": [],
+        "scenes": 0,
+        "dropped": {},
+        "clips": [],
+    }
+    try:
+        with _local_copy(source.uri, storage, cfg) as path:
+            samples = _process_local(path, source, cfg, record, deadline=t0 + cfg.file_timeout_s)
+    except InputError as e:
+        record["error"] = {"stage": e.stage, "reason": e.reason}
+        samples = []
+    except Exception as e:  # a bug or an unexpected library error must not kill the job
+        log.exception("%s: unexpected failure", source.uri)
+        record["error"] = {"stage": "internal", "reason": f"{type(e).__name__}: {e}"}
+        samples = []
+    if not samples and record["error"] is None:
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(record["dropped"].items())) or "no scenes"
+        record["error"] = {"stage": "filter", "reason": f"no clips kept ({reasons})"}
+    record["elapsed_s"] = round(time.monotonic() - t0, 3)
+    tar_uri, rec_uri = staged_paths(staging, source.source_id)
+    if samples:
+        with storage.atomic_writer(tar_uri) as tmp, open(tmp, "wb") as f:
+            writer = wds.TarWriter(f, mtime=0, user="", group="")
+            for s in samples:
+                writer.write(s)
+            writer.close()
+    storage.write_text(rec_uri, json.dumps(record, sort_keys=True))  # written last: the done-marker
+    return record
+
+
+class _local_copy:
+    """A local path for the source: itself, or a download of an s3:// object to a temp dir."""
+
+    def __init__(self, uri: str, storage: Storage, cfg: ShardConfig):
+        self.uri, self.storage, self.cfg = uri, storage, cfg
+        self.tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> str:
+        if not is_s3(self.uri):
+            p = Path(self.uri)
+            if not p.is_file():
+                raise InputError("read", "file not found")
+            if p.stat().st_size == 0:
+                raise InputError("read", "empty file (0 bytes)")
+            if p.stat().st_size > self.cfg.max_input_bytes:
+                raise InputError(
+                    "read", f"too large: {p.stat().st_size} bytes > {self.cfg.max_input_bytes}"
+                )
+            return str(p)
+        size = self.storage.size(self.uri)
+        if size == 0:
+            raise InputError("read", "empty object (0 bytes)")
+        if size > self.cfg.max_input_bytes:
+            raise InputError("read", f"too large: {size} bytes > {self.cfg.max_input_bytes}")
+        self.tmp = tempfile.TemporaryDirectory(prefix="spacetime-src-")
+        return str(self.storage.download(self.uri, Path(self.tmp.name) / "video"))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+
+def _process_local(
+    path: str, source: Source, cfg: ShardConfig, record: dict[str, Any], deadline: float
+) -> list[dict[str, Any]]:
+    av.logging.set_level(av.logging.ERROR)
+    p: Probe = probe(path, cfg.max_input_pixels)
+    record["probe"] = p.to_dict()
+    record["seconds_in"] = p.duration
+    a = analyse(path, p, cfg, deadline)
+    fps = p.fps
+    if a.vfr or fps <= 0:
+        # Resample to the average rate of the whole source (its duration includes the last frame's).
+        span = (
+            p.duration if p.duration > a.times[-1] else float(a.times[-1]) * a.n / max(1, a.n - 1)
+        )
+        fps = a.n / span if span > 0 else 25.0
+    rate = (
+        Fraction(p.fps_fraction)
+        if not a.vfr and p.fps > 0
+        else Fraction(fps).limit_denominator(1001)
+    )
+    scenes, cuts = find_scenes(a, cfg)
+    timing = {
+        "vfr": a.vfr,
+        "interval_ratio": round(a.interval_ratio, 4),
+        "pts_monotonic": a.pts_monotonic,
+    }
+    record["cuts"], record["scenes"], record["timing"] = cuts, len(scenes), timing
+    record["seconds_in"] = float(a.times[-1] + 1.0 / fps)
+    plans, dropped = plan_clips(a, float(rate), cfg)
+    width, height = output_size(
+        p.display_width, p.display_height, cfg.max_pixels, cfg.size_multiple
+    )
+    if min(width, height) < cfg.min_side:
+        dropped["too_small"] = dropped.get("too_small", 0) + len(plans)
+        plans = []
+    record["dropped"] = dropped
+    samples = []
+    for plan, data in encode_clips(path, p, plans, (width, height), rate, cfg, deadline):
+        key = f"{source.source_id}-s{plan.scene:03d}-c{plan.index:02d}"
+        frames = len(plan.src_frames)
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "key": key,
+            "source": source.uri,
+            "source_rel": source.rel,
+            "scene": plan.scene,
+            "clip": plan.index,
+            "start_frame": plan.start,
+            "end_frame": plan.end,
+            "start_s": round(float(a.times[plan.start]), 6),
+            "end_s": round(float(a.times[plan.end - 1]) + 1.0 / float(rate), 6),
+            "fps": float(rate),
+            "fps_fraction": f"{rate.numerator}/{rate.denominator}",
+            "frames": frames,
+            "seconds": round(frames / float(rate), 6),
+            "width": width,
+            "height": height,
+            "scores": {"motion": round(plan.motion, 6), "luma": round(plan.luma, 3)},
+            "timing": timing,
+            "probe": p.to_dict(),
+        }
+        sha = hashlib.sha256(data).hexdigest()
+        record["clips"].append(
+            {
+                **{
+                    k: meta[k]
+                    for k in (
+                        "key",
+                        "scene",
+                        "clip",
+                        "frames",
+                        "fps",
+                        "seconds",
+                        "width",
+                        "height",
+                        "start_s",
+                        "end_s",
+                    )
+                },
+                "bytes": len(data),
+                "sha256": sha,
+            }
+        )
+        sample = {"__key__": key, "mp4": data, "json": json.dumps(meta, sort_keys=True).encode()}
+        if source.caption:
+            sample["txt"] = source.caption.encode("utf-8")
+        samples.append(sample)
+    return samples
+
+
+def read_staged_samples(
+    storage: Storage, staging: str, source_id: str
+) -> dict[str, dict[str, bytes]]:
+    """The staged samples of one source, by key: {key: {ext: bytes}}."""
+    import tarfile
+
+    tar_uri, _ = staged_paths(staging, source_id)
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(tar_uri))) as tf:
+        for m in tf.getmembers():
+            key, ext = m.name.split(".", 1)
+            f = tf.extractfile(m)
+            assert f is not None
+            out.setdefault(key, {})[ext] = f.read()
+    return out

@@ -1,0 +1,167 @@
+"""`spacetime shard` on the real sample videos: what their README table says must come out right."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import av
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from data_pipeline.config import ShardConfig
+from data_pipeline.job import run_shard
+from infra.storage import StorageConfig
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(
+    videos_dir: Path, tmp_path_factory: pytest.TempPathFactory, local_ray: None
+) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("real") / "clips"
+    # A small pixel budget keeps encoding cheap; geometry and metadata are what is checked.
+    cfg = ShardConfig(max_pixels=224 * 128, shard_max_bytes=2 * 1024 * 1024)
+    summary = run_shard(str(videos_dir), str(out), cfg, StorageConfig())
+    samples = {}
+    for shard in sorted(out.glob("clips-*.tar")):
+        for s in wds.WebDataset(str(shard), shardshuffle=False):
+            samples[s["__key__"]] = {
+                "json": json.loads(s["json"]),
+                "mp4": s["mp4"],
+                "shard": shard.name,
+            }
+    records = {
+        json.loads(p.read_text())["rel"]: json.loads(p.read_text())
+        for p in (out / "_work" / "staging").glob("*.json")
+    }
+    return {"out": out, "summary": summary, "samples": samples, "records": records}
+
+
+def clips_of(run: dict[str, Any], rel: str) -> list[dict[str, Any]]:
+    return [s["json"] for s in run["samples"].values() if s["json"]["source_rel"] == rel]
+
+
+@pytest.mark.parametrize(
+    ("rel", "rotation", "portrait", "sar"),
+    [
+        ("rotate-buck-bunny.mp4", -90, True, "1:1"),
+        ("1080p-portrait-derotated.mp4", 0, True, "1:1"),
+        ("fire2.mp4", -180, False, "1:1"),
+        ("flower.mp4", 0, False, "1:1"),
+        ("issue-195-aspect-ratio.mp4", 0, False, "16:11"),
+        ("carphone_pristine.mp4", 0, False, "128:117"),
+        ("demo.mp4", 0, False, "64:51"),
+    ],
+)
+def test_orientation_and_pixel_aspect(
+    run: dict[str, Any], rel: str, rotation: int, portrait: bool, sar: str
+) -> None:
+    clips = clips_of(run, rel)
+    assert clips, f"{rel} gave no clips: {run['records'][rel]['error']}"
+    p = clips[0]["probe"]
+    assert p["rotation"] == rotation and p["sar"] == sar
+    display_aspect = p["display_width"] / p["display_height"]
+    for c in clips:
+        assert (c["height"] > c["width"]) == portrait
+        assert c["width"] % 16 == 0 and c["height"] % 16 == 0
+        assert c["width"] * c["height"] <= 224 * 128
+        # Non-square pixels are corrected: the clip has the displayed aspect, not the coded one.
+        assert abs(c["width"] / c["height"] - display_aspect) / display_aspect < 0.12
+
+
+def test_sar_correction_changes_shape(run: dict[str, Any]) -> None:
+    c = clips_of(run, "issue-195-aspect-ratio.mp4")[0]
+    assert c["width"] / c["height"] > 1.6  # 704x576 coded (1.22) is 1024x576 displayed (1.78)
+
+
+@pytest.mark.parametrize(
+    ("rel", "codec"),
+    [
+        ("hevc.ts", "hevc"),
+        ("flower.webm", "vp8"),
+        ("trim-buck-bunny.webm", "vp9"),
+        ("derived/flower_av1.mkv", "av1"),
+        ("derived/flower_mjpeg.avi", "mjpeg"),
+        ("test.avi", "mpeg4"),
+        ("flipping_a_pancake.mkv", "h264"),
+    ],
+)
+def test_codecs_decode(run: dict[str, Any], rel: str, codec: str) -> None:
+    clips = clips_of(run, rel)
+    assert clips and clips[0]["probe"]["codec"] == codec
+
+
+def test_timing_vfr_and_broken_pts(run: dict[str, Any]) -> None:
+    for rel in ("cursed-vfr.mp4", "fire2.mp4"):
+        c = clips_of(run, rel)[0]
+        assert c["timing"]["vfr"] is True, rel
+        assert abs(c["frames"] / c["fps"] - c["seconds"]) < 1e-3
+    vfr = clips_of(run, "cursed-vfr.mp4")[0]
+    assert 6.5 < vfr["fps"] < 8.0  # resampled to the source's average rate (63 frames / 8.7 s)
+    avi = clips_of(run, "test.avi")[0]
+    assert avi["timing"]["pts_monotonic"] is False and avi["timing"]["vfr"] is False
+    for rel in ("flower.mp4", "bikes.mp4", "hevc.ts", "chaplin.mp4"):
+        assert clips_of(run, rel)[0]["timing"]["vfr"] is False, rel
+
+
+def test_audio_and_too_short(run: dict[str, Any]) -> None:
+    assert clips_of(run, "flower.mp4")[0]["probe"]["audio"].startswith("aac")
+    assert clips_of(run, "bikes.mp4")[0]["probe"]["audio"] is None
+    errors = [json.loads(x) for x in (run["out"] / "errors.jsonl").read_text().splitlines()]
+    short = {Path(e["path"]).name: e for e in errors}
+    # 3 frames (0.1 s) and 6 frames (0.09 s): probed fine, then filtered as too short.
+    for name in ("video_90.mov", "no-correct-videoframe-format.mov"):
+        assert short[name]["stage"] == "filter" and "too_short" in short[name]["reason"]
+    assert run["records"]["video_90.mov"]["probe"]["rotation"] == -90
+    assert run["records"]["no-correct-videoframe-format.mov"]["probe"]["pix_fmt"] == "yuv420p10le"
+
+
+def test_testvideo_cuts(run: dict[str, Any]) -> None:
+    cuts = run["records"]["testvideo.mp4"]["cuts"]
+    assert len(cuts) == 2
+    # Ground truth 201 and 382 lie in two fade-to-black transitions (frames 180-215 and 355-397).
+    # We place a fade's cut midway between fade-out and fade-in (PySceneDetect's ThresholdDetector
+    # convention), which measures 198 and 376.
+    for got, truth in zip(cuts, (201, 382), strict=True):
+        assert abs(got - truth) <= 6, cuts
+    # No clip spans a transition: every clip lies inside one scene.
+    for c in clips_of(run, "testvideo.mp4"):
+        assert not any(c["start_frame"] < cut < c["end_frame"] for cut in cuts)
+
+
+def test_hard_cuts_split_scenes(run: dict[str, Any]) -> None:
+    rec = run["records"]["bikes.mp4"]
+    assert len(rec["cuts"]) >= 3  # street footage with hard cuts
+    assert len({c["scene"] for c in clips_of(run, "bikes.mp4")}) >= 3
+
+
+def test_shards_manifest_and_clips_agree(run: dict[str, Any]) -> None:
+    out = run["out"]
+    shards = sorted(out.glob("clips-*.tar"))
+    assert len(shards) >= 2 and run["summary"]["shards"] == len(shards)
+    listing = subprocess.run(
+        ["tar", "-tf", str(shards[0])], capture_output=True, text=True, check=True
+    ).stdout
+    assert listing.splitlines()[0].endswith((".json", ".mp4"))
+    manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert len(manifest) == len(run["samples"]) == run["summary"]["clips"] > 20
+    for row in manifest:
+        s = run["samples"][row["key"]]
+        assert "." not in row["key"] and s["shard"] == row["shard"]
+        assert hashlib.sha256(s["mp4"]).hexdigest() == row["sha256"]
+        with av.open(io.BytesIO(s["mp4"])) as c:
+            v = c.streams.video[0]
+            assert (v.width, v.height) == (row["width"], row["height"])
+            assert v.codec_context.name == "h264"
+            assert sum(1 for _ in c.decode(v)) == row["frames"]
+    summ = run["summary"]
+    assert summ["sources"] == 23 and summ["errors"] == 2
+    assert 0 < summ["seconds_out"] <= summ["seconds_in"]
+    assert not list((out / "_work" / "staging").glob("*.tar"))  # staged clips removed once sharded
