@@ -2,7 +2,7 @@
 
 Each output frame is scaled in the coded orientation (so non-square pixels are corrected by the
 same resize), then rotated as the display matrix says, then encoded with libx264 (yuv420p, CRF,
-one thread so the bytes are the same on every host).
+one thread and settings chosen so the bytes are the same on every run and host).
 """
 
 from __future__ import annotations
@@ -29,7 +29,15 @@ def _encoder(
     s.width, s.height, s.pix_fmt = width, height, "yuv420p"
     s.time_base = Fraction(1, 1) / rate
     s.codec_context.thread_count = 1
-    s.options = {"crf": str(cfg.crf), "preset": cfg.x264_preset, "threads": "1"}
+    # One thread and no macroblock-tree rate control: x264's mbtree SIMD reads uninitialised
+    # memory at some widths, which made the same clip encode to different bytes from run to run
+    # (measured: 2-5 variants in 6 encodes; with mbtree=0, 1). Shards must be reproducible.
+    s.options = {
+        "crf": str(cfg.crf),
+        "preset": cfg.x264_preset,
+        "threads": "1",
+        "x264-params": "mbtree=0",
+    }
     return out, s, buf
 
 
@@ -62,7 +70,9 @@ def encode_clips(
     written = 0
     with av.open(path) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # Single-threaded decoding: Ray already runs one source per core, and FFmpeg's frame
+        # threads deadlocked in avcodec_free_context after a mid-stream decode error.
+        stream.codec_context.thread_count = 1
         i = -1
         try:
             for frame in container.decode(stream):
@@ -77,17 +87,17 @@ def encode_clips(
                 uses = need.get(i)
                 if not uses:
                     continue
-                img = frame.reformat(
-                    width=sw, height=sh, format="rgb24", interpolation="AREA"
-                ).to_ndarray()
+                planes = _yuv_planes(
+                    frame.reformat(width=sw, height=sh, format="yuv420p", interpolation="AREA")
+                )
                 if k:
-                    img = np.ascontiguousarray(np.rot90(img, k))
+                    planes = [np.rot90(p, k) for p in planes]
                 for ci in uses:
                     if cur != ci:
                         if enc is not None:
                             yield order[cur], _finish(*enc)  # type: ignore[index]
                         cur, enc, written = ci, _encoder(out_w, out_h, rate, cfg), 0
-                    vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+                    vf = _frame_from_planes(planes)
                     vf.pts = written
                     written += 1
                     for pkt in enc[1].encode(vf):
@@ -96,6 +106,32 @@ def encode_clips(
             raise InputError("encode", f"decode/encode error at frame {i}: {e}") from None
     if enc is not None:
         yield order[cur], _finish(*enc)  # type: ignore[index]
+
+
+def _yuv_planes(frame: av.VideoFrame) -> list[np.ndarray]:
+    """Copies of the visible Y, U, V pixels of a yuv420p frame."""
+    out = []
+    for i, plane in enumerate(frame.planes):
+        w, h = (
+            (frame.width, frame.height)
+            if i == 0
+            else ((frame.width + 1) // 2, (frame.height + 1) // 2)
+        )
+        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:h, :w]
+        out.append(rows.copy())
+    return out
+
+
+def _frame_from_planes(planes: list[np.ndarray]) -> av.VideoFrame:
+    """A yuv420p frame from planes; row padding is zeroed so nothing uninitialised reaches the
+    encoder (its SIMD code reads past the visible width)."""
+    h, w = planes[0].shape
+    frame = av.VideoFrame(w, h, "yuv420p")
+    for plane, data in zip(frame.planes, planes, strict=True):
+        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+        rows[:] = 0
+        rows[: data.shape[0], : data.shape[1]] = data
+    return frame
 
 
 def _finish(

@@ -82,6 +82,11 @@ def run_shard(
     staging = join(work, "staging")
     if overwrite:
         clean_output(storage, output)
+    sources = list_sources(input_uri, storage, cfg.extensions)
+    if not sources:
+        raise JobError(
+            f"{input_uri}: no input videos found (extensions: {', '.join(cfg.extensions) or 'any'})"
+        )
     fp = _fingerprint(input_uri, cfg)
     job_uri = join(work, "job.json")
     try:
@@ -105,11 +110,6 @@ def run_shard(
             raise
         raise JobError(f"{output}: output is not writable: {e}") from None
 
-    sources = list_sources(input_uri, storage, cfg.extensions)
-    if not sources:
-        raise JobError(
-            f"{input_uri}: no input videos found (extensions: {', '.join(cfg.extensions) or 'any'})"
-        )
     resumed = sum(1 for s in sources if load_record(storage, staging, s.source_id) is not None)
     log.info(
         "shard: %d sources from %s (%d already staged) -> %s",

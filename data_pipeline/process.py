@@ -22,6 +22,7 @@ import webdataset as wds
 
 from data_pipeline.clips import encode_clips
 from data_pipeline.config import ShardConfig
+from data_pipeline.isolate import Overrun, run_isolated
 from data_pipeline.probe import InputError, Probe, output_size, probe
 from data_pipeline.scenes import analyse, find_scenes, plan_clips
 from data_pipeline.sources import Source
@@ -45,14 +46,35 @@ def load_record(storage: Storage, staging: str, source_id: str) -> dict[str, Any
 
 
 def process_source(
-    source: Source, cfg: ShardConfig, storage: Storage, staging: str
+    source: Source, cfg: ShardConfig, storage: Storage, staging: str, isolate: bool = True
 ) -> dict[str, Any]:
-    """Processes one source (or returns its staged record if a previous run finished it)."""
+    """Processes one source (or returns its staged record if a previous run finished it).
+
+    With `isolate`, the work runs in a child process under a hard time limit, so a file that hangs
+    or crashes FFmpeg costs only its own record.
+    """
     done = load_record(storage, staging, source.source_id)
     if done is not None:
         return done
+    if not isolate:
+        return stage_source(source, cfg, storage, staging)
     t0 = time.monotonic()
-    record: dict[str, Any] = {
+    try:
+        return run_isolated(
+            stage_source, source, cfg, storage, staging, timeout=cfg.file_timeout_s * 1.1 + 10
+        )
+    except Overrun as e:
+        record = _new_record(source)
+        record["error"] = {"stage": "process", "reason": e.reason}
+        record["elapsed_s"] = round(time.monotonic() - t0, 3)
+        storage.write_text(
+            staged_paths(staging, source.source_id)[1], json.dumps(record, sort_keys=True)
+        )
+        return record
+
+
+def _new_record(source: Source) -> dict[str, Any]:
+    return {
         "source": source.uri,
         "rel": source.rel,
         "source_id": source.source_id,
@@ -65,6 +87,14 @@ def process_source(
         "dropped": {},
         "clips": [],
     }
+
+
+def stage_source(
+    source: Source, cfg: ShardConfig, storage: Storage, staging: str
+) -> dict[str, Any]:
+    """Probe, analyse and encode one source; stage its clips, then its record (the done-marker)."""
+    t0 = time.monotonic()
+    record = _new_record(source)
     try:
         with _local_copy(source.uri, storage, cfg) as path:
             samples = _process_local(path, source, cfg, record, deadline=t0 + cfg.file_timeout_s)
@@ -154,7 +184,7 @@ def _process_local(
     width, height = output_size(
         p.display_width, p.display_height, cfg.max_pixels, cfg.size_multiple
     )
-    if min(width, height) < cfg.min_side:
+    if plans and min(width, height) < cfg.min_side:
         dropped["too_small"] = dropped.get("too_small", 0) + len(plans)
         plans = []
     record["dropped"] = dropped

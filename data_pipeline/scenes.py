@@ -80,7 +80,9 @@ def analyse(path: str, probe: Probe, cfg: ShardConfig, deadline: float) -> Analy
     i = 0
     with av.open(path) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # Single-threaded decoding: Ray already runs one source per core, and FFmpeg's frame
+        # threads deadlocked in avcodec_free_context after a mid-stream decode error.
+        stream.codec_context.thread_count = 1
         try:
             for frame in container.decode(stream):
                 if time.monotonic() > deadline:
@@ -99,7 +101,8 @@ def analyse(path: str, probe: Probe, cfg: ShardConfig, deadline: float) -> Analy
                 ]
                 i += 1
         except av.error.FFmpegError as e:
-            raise InputError("analyse", f"decode error at frame {i}: {e}") from None
+            of = f" of {probe.frames}" if probe.frames else ""
+            raise InputError("analyse", f"decode error at frame {i}{of}: {e}") from None
     cuts += [int(c.frame_num) for c in detector.post_process(FrameTimecode(i, fps))]
     if i == 0:
         raise InputError("analyse", "no decodable frames")

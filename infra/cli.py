@@ -31,9 +31,11 @@ NOT_BUILT = {
 }
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(p: argparse.ArgumentParser, preset: str = "default") -> None:
     g = p.add_argument_group("configuration (preset, then file, then --set overrides)")
-    g.add_argument("--preset", default="default", help=f"named preset: {', '.join(PRESETS)}")
+    g.add_argument(
+        "--preset", default=preset, help=f"named preset: {', '.join(PRESETS)} (default {preset})"
+    )
     g.add_argument("--config", metavar="FILE", help="YAML/TOML file with the keys to change")
     g.add_argument(
         "--set",
@@ -184,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", "the whole system end to end on a built-in dataset (CPU, minutes)", cmd_demo)
     p.add_argument("--workdir", default="demo-output", help="where every artefact goes")
     p.add_argument("--minutes", type=float, default=20.0, help="time budget for the whole demo")
-    _add_config_args(p)
+    _add_config_args(p, preset="demo")
 
     p = add("config", "print a preset, list presets, or validate a config file", cmd_config)
     p.add_argument("action", choices=["show", "presets", "validate"])

@@ -19,9 +19,20 @@ def tiny() -> SpacetimeConfig:
     return cfg
 
 
+def demo() -> SpacetimeConfig:
+    """The `spacetime demo` run on the generated shapes videos (small frames, slow shapes)."""
+    cfg = SpacetimeConfig()
+    cfg.run.name = "demo"
+    cfg.shard.min_side = 32  # 64x48 is the smallest shapes size
+    cfg.shard.min_motion = 0.0003  # one small shape on a plain background moves few pixels
+    cfg.shard.shard_max_bytes = 4 * 1024 * 1024
+    return cfg
+
+
 PRESETS: dict[str, Callable[[], SpacetimeConfig]] = {
     "default": default,
     "tiny": tiny,
+    "demo": demo,
 }
 
 

@@ -33,6 +33,13 @@ def _short_temp_dir(work_dir: Path) -> str:
     return str(link)
 
 
+def loopback_only() -> None:
+    """Makes a local Ray bind to 127.0.0.1. Passing `_node_ip_address="127.0.0.1"` is not enough:
+    Ray swaps loopback for the machine's external address unless its cluster support is off
+    (ray_constants.ENABLE_RAY_CLUSTER, read from this variable when ray is first imported)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 @contextlib.contextmanager
 def ray_session(
     address: str | None, work_dir: Path, num_cpus: int | None = None
@@ -41,6 +48,8 @@ def ray_session(
     usage reporting off and its temp dir under `work_dir`, and shuts it down afterwards. A Ray
     already initialised in this process (tests, notebooks) is reused and left running."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not address:
+        loopback_only()
     import ray
 
     if ray.is_initialized():

@@ -16,6 +16,14 @@ VIDEOS = SHARED / "data" / "videos"
 # One extensions cache for every process a test starts, so DeepSpeed JIT-builds its ops once.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on loopback only
+# Dummy credentials for moto's server, set before any Ray worker starts so workers inherit them.
+os.environ.update(
+    AWS_ACCESS_KEY_ID="testing-key-id",
+    AWS_SECRET_ACCESS_KEY="testing-secret-value",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_EC2_METADATA_DISABLED="true",
+)
 
 
 def free_port() -> int:
@@ -29,12 +37,6 @@ def s3_server() -> Iterator[str]:
     """moto's S3 server over real HTTP on loopback; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing-key-id",
-        AWS_SECRET_ACCESS_KEY="testing-secret-value",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_EC2_METADATA_DISABLED="true",
-    )
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

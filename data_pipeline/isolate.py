@@ -1,0 +1,58 @@
+"""Running one input's work in a child process with a hard time limit.
+
+FFmpeg can hang or crash inside C code on a pathological file, where no Python-level deadline check
+runs. Each Ray worker keeps one child process (started by a forkserver, so it is forked from a clean
+single-threaded parent); a call that overruns its limit, or kills the child, becomes an error for
+that input only, and the child is replaced.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+R = TypeVar("R")
+
+_pool: cf.ProcessPoolExecutor | None = None
+
+
+class Overrun(Exception):
+    """The call ran past its time limit or its process died; `reason` says which."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _get_pool() -> cf.ProcessPoolExecutor:
+    global _pool
+    if _pool is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["data_pipeline.process"])
+        _pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+    return _pool
+
+
+def _discard_pool() -> None:
+    global _pool
+    if _pool is not None:
+        for p in list(getattr(_pool, "_processes", {}).values()):
+            p.kill()
+        _pool.shutdown(wait=False, cancel_futures=True)
+        _pool = None
+
+
+def run_isolated(fn: Callable[..., R], *args: Any, timeout: float) -> R:
+    """`fn(*args)` in the child process; raises Overrun on timeout or a dead child."""
+    pool = _get_pool()
+    future = pool.submit(fn, *args)
+    try:
+        return future.result(timeout=timeout)
+    except cf.TimeoutError:
+        _discard_pool()
+        raise Overrun(f"timeout: no result after {timeout:.0f}s (process killed)") from None
+    except cf.process.BrokenProcessPool:
+        _discard_pool()
+        raise Overrun("crash: the decoding process died (e.g. a segfault in FFmpeg)") from None
