@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import re
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -52,7 +53,13 @@ def _process_row(
     """Ray Data UDF: one source row in, one record row out (as JSON, to keep the schema flat)."""
     source = Source(uri=row["uri"], rel=row["rel"], caption=row.get("caption"))
     record = process_source(source, ShardConfig(**cfg), Storage(StorageConfig(**storage)), staging)
-    return {"source_id": source.source_id, "record": json.dumps(record)}
+    import ray
+
+    return {
+        "source_id": source.source_id,
+        "record": json.dumps(record),
+        "node": ray.util.get_node_ip_address(),
+    }
 
 
 def clean_output(storage: Storage, output: str) -> None:
@@ -129,6 +136,7 @@ def run_shard(
     shards: list[str] = []
     shard_of: dict[str, str] = {}
     counts: Counter[str] = Counter()
+    nodes: set[str] = set()
 
     def publish(shard_list: list[Shard]) -> None:
         for shard in shard_list:
@@ -147,9 +155,11 @@ def run_shard(
         import ray
 
         ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
-        items = [{"uri": s.uri, "rel": s.rel, "caption": s.caption} for s in sources]
+        # Biggest inputs first (longest-processing-time-first) so no worker is left with a long
+        # file at the end; results are put back in source order below.
+        by_size = sorted(sources, key=lambda s: -s.size)
+        items = [{"uri": s.uri, "rel": s.rel, "caption": s.caption} for s in by_size]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         workers = cfg.num_workers or max(1, int(resources.get("CPU", 1)))
         ds = ds.map(
@@ -162,13 +172,26 @@ def run_shard(
             num_cpus=1,
             compute=ray.data.TaskPoolStrategy(size=workers),
         )
-        bar = tqdm(total=len(sources), desc="shard", unit="video", dynamic_ncols=True)
+        # On a terminal the bar redraws in place; in a log file, a line every 10 s is enough.
+        bar = tqdm(
+            total=len(sources),
+            desc="shard",
+            unit="video",
+            mininterval=0.5 if sys.stderr.isatty() else 10,
+        )
+        position = {s.rel: i for i, s in enumerate(sources)}
+        waiting: dict[int, dict[str, Any]] = {}
         for row in ds.iter_rows():
             rec = json.loads(row["record"])
-            records.append(rec)
+            nodes.add(row["node"])
             counts["clips"] += len(rec["clips"])
             counts["errors"] += rec["error"] is not None
-            publish(planner.add(rec))
+            waiting[position[rec["rel"]]] = rec
+            # Shards follow source order, whatever order the workers finish in.
+            while len(records) in waiting:
+                rec = waiting.pop(len(records))
+                records.append(rec)
+                publish(planner.add(rec))
             bar.update(1)
             bar.set_postfix(clips=counts["clips"], errors=counts["errors"], shards=len(shards))
         bar.close()
@@ -183,6 +206,7 @@ def run_shard(
         input=input_uri,
         output=output,
         resumed_sources=resumed,
+        nodes=sorted(nodes),
         wall_s=round(time.monotonic() - t0, 2),
     )
     storage.write_text(join(output, "summary.json"), json.dumps(summary, indent=2, sort_keys=True))

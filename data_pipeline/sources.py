@@ -6,6 +6,7 @@ import hashlib
 import io
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from infra.storage import Storage, is_s3, join
 
@@ -22,6 +23,8 @@ class Source:
     """Its name relative to the input root (what the key is derived from, stable across hosts)."""
     caption: str | None = None
     """Caption from the manifest, if any."""
+    size: int = 0
+    """Bytes, where the listing knows it (big inputs are scheduled first)."""
 
     @property
     def source_id(self) -> str:
@@ -40,20 +43,20 @@ def list_sources(input_uri: str, storage: Storage, extensions: list[str]) -> lis
     """All inputs, sorted by relative path so every run sees them in the same order."""
     if input_uri.lower().endswith(MANIFEST_SUFFIXES):
         return _from_manifest(input_uri, storage)
-    uris = storage.list(input_uri)
-    if not uris and not storage.exists(input_uri):
+    listing = storage.list_with_sizes(input_uri)
+    if not listing and not storage.exists(input_uri):
         raise FileNotFoundError(f"{input_uri}: input folder or prefix not found or empty")
     exts = tuple(e.lower() for e in extensions)
     root = input_uri.rstrip("/")
     out = []
-    for uri in uris:
+    for uri, size in listing:
         rel = uri[len(root) :].lstrip("/") if uri.startswith(root) else uri.rsplit("/", 1)[-1]
         rel = rel or uri.rsplit("/", 1)[-1]
         if any(part.startswith(".") for part in rel.split("/")):
             continue  # hidden files and our own temporaries
         if exts and not rel.lower().endswith(exts):
             continue
-        out.append(Source(uri=uri, rel=rel))
+        out.append(Source(uri=uri, rel=rel, size=size))
     return sorted(out, key=lambda s: s.rel)
 
 
@@ -90,7 +93,8 @@ def _from_manifest(uri: str, storage: Storage) -> list[Source]:
             raise ValueError(f"{uri}: row {i} has an empty path")
         p = str(p)
         full = p if (is_s3(p) or p.startswith("/")) else join(base, p)
-        out.append(Source(uri=full, rel=p, caption=None if cap is None else str(cap)))
+        size = Path(full).stat().st_size if not is_s3(full) and Path(full).is_file() else 0
+        out.append(Source(uri=full, rel=p, caption=None if cap is None else str(cap), size=size))
     seen = set()
     for s in out:
         if s.rel in seen:

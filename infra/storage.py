@@ -208,14 +208,18 @@ class Storage:
 
         Temporary files of in-progress atomic writes are never listed.
         """
+        return [uri for uri, _ in self.list_with_sizes(prefix, suffix)]
+
+    def list_with_sizes(self, prefix: str, suffix: str = "") -> list[tuple[str, int]]:
+        """Like `list`, with each file's size in bytes."""
         if not is_s3(prefix):
             root = _local(prefix)
             if root.is_file():
-                return [str(root)]
+                return [(str(root), root.stat().st_size)]
             if not root.exists():
                 return []
             out = [
-                str(p)
+                (str(p), p.stat().st_size)
                 for p in root.rglob("*")
                 if p.is_file() and not _is_tmp(p.name) and p.name.endswith(suffix)
             ]
@@ -223,17 +227,18 @@ class Storage:
         bucket, key = split_s3(prefix)
         if key and not key.endswith("/"):
             key += "/"
-        out = []
         paginator = self.s3.get_paginator("list_objects_v2")
 
         def pages() -> list[dict[str, Any]]:
             return list(paginator.paginate(Bucket=bucket, Prefix=key))
 
-        for page in self._call(prefix, pages):
-            for obj in page.get("Contents", []):
-                if obj["Key"].endswith(suffix):
-                    out.append(f"s3://{bucket}/{obj['Key']}")
-        return sorted(out)
+        found = [
+            (f"s3://{bucket}/{obj['Key']}", int(obj["Size"]))
+            for page in self._call(prefix, pages)
+            for obj in page.get("Contents", [])
+            if obj["Key"].endswith(suffix)
+        ]
+        return sorted(found)
 
     # ----------------------------------------------------------------- reads
     def read_bytes(self, uri: str) -> bytes:
