@@ -86,10 +86,13 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     plain = runs["plain loop (1 process)"]
-    print(
-        f"\nspacetime shard benchmark: {args.input}, max_pixels={args.max_pixels}, {cores} cores, {platform.processor() or platform.machine()}"
-    )
-    print(f"{'run':24s} {'wall s':>8s} {'clips/s':>8s} {'src-s/s/core':>13s} {'vs plain':>9s}")
+    lines = [
+        f"spacetime shard benchmark: {args.input}, max_pixels={args.max_pixels}, {cores} cores, "
+        f"{platform.machine()}, {time.strftime('%Y-%m-%d')}",
+        "",
+        "| run | wall s | clips/s | source s per s per core | throughput vs plain |",
+        "|---|---|---|---|---|",
+    ]
     results = {}
     for name, r in runs.items():
         used_cores = 2 if "2 workers" in name else 1
@@ -100,8 +103,9 @@ def main() -> None:
             "throughput_vs_plain": plain["wall_s"] / r["wall_s"],
         }
         results[name] = row
-        print(
-            f"{name:24s} {r['wall_s']:8.1f} {row['clips_per_s']:8.2f} {row['source_s_per_s_per_core']:13.2f} {row['throughput_vs_plain']:8.2f}x"
+        lines.append(
+            f"| {name} | {r['wall_s']:.1f} | {row['clips_per_s']:.2f} | "
+            f"{row['source_s_per_s_per_core']:.2f} | {row['throughput_vs_plain']:.2f}x |"
         )
     r1, r2 = runs["ray, 1 worker"], runs["ray, 2 workers"]
     ratios = {
@@ -112,13 +116,15 @@ def main() -> None:
         "scaling_1_to_2_workers_without_startup": (r1["wall_s"] - startup)
         / (r2["wall_s"] - startup),
     }
-    print(f"\nRay start-up alone: {startup:.1f}s")
-    print(
-        f"Ray overhead, 1 worker vs plain loop: {ratios['overhead_1_worker']:+.1%} ({ratios['overhead_1_worker_without_startup']:+.1%} without start-up; target <= 15%)"
-    )
-    print(
-        f"Scaling 1 -> 2 workers: {ratios['scaling_1_to_2_workers']:.2f}x ({ratios['scaling_1_to_2_workers_without_startup']:.2f}x without start-up; target >= 1.7x)"
-    )
+    lines += [
+        "",
+        f"- Ray start-up alone: {startup:.1f} s",
+        f"- Ray overhead, 1 worker vs plain loop: {ratios['overhead_1_worker']:+.1%} "
+        f"({ratios['overhead_1_worker_without_startup']:+.1%} without Ray start-up); target <= +15%",
+        f"- Scaling 1 -> 2 workers: {ratios['scaling_1_to_2_workers']:.2f}x "
+        f"({ratios['scaling_1_to_2_workers_without_startup']:.2f}x without Ray start-up); target >= 1.7x",
+    ]
+    print("\n" + "\n".join(lines))
     if args.out:
         Path(args.out).write_text(
             json.dumps(

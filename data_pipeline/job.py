@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -126,11 +127,15 @@ def run_shard(
         output,
     )
 
-    local_work = (
-        Path(work)
-        if not is_s3(output)
-        else Path(".spacetime-work") / hashlib.sha1(output.encode()).hexdigest()[:10]
-    )
+    # Ray's temp dir: under the output's work dir when that is local, else under the system temp.
+    if is_s3(output):
+        local_work = (
+            Path(tempfile.gettempdir())
+            / "spacetime-work"
+            / hashlib.sha1(output.encode()).hexdigest()[:10]
+        )
+    else:
+        local_work = Path(work)
     records: list[dict[str, Any]] = []
     planner = ShardPlanner(cfg.shard_max_bytes, cfg.shard_max_clips)
     shards: list[str] = []
@@ -257,13 +262,17 @@ def _write_tables(
     dropped: Counter[str] = Counter()
     for r in records:
         dropped.update(r["dropped"])
-    stage_counts = Counter()
+    order = ("read", "probe", "analyse", "encode", "filter")
+    stage_counts: Counter[str] = Counter()
     for r in records:
         failed_at = r["error"]["stage"] if r["error"] else None
-        for stage in ("read", "probe", "analyse", "encode", "filter"):
-            if failed_at == stage:
-                break
-            stage_counts[f"passed_{stage}"] += 1
+        # A timeout, crash or internal error may have struck at any stage: count no stage passed.
+        upto = (
+            len(order)
+            if failed_at is None
+            else (order.index(failed_at) if failed_at in order else 0)
+        )
+        stage_counts.update(f"passed_{stage}" for stage in order[:upto])
     return {
         "sources": len(records),
         "sources_with_clips": sum(1 for r in records if r["clips"]),

@@ -7,12 +7,14 @@ clips, then a JSON record written last as the done-marker), so a rerun skips fin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -120,36 +122,25 @@ def stage_source(
     return record
 
 
-class _local_copy:
+@contextlib.contextmanager
+def _local_copy(uri: str, storage: Storage, cfg: ShardConfig) -> Iterator[str]:
     """A local path for the source: itself, or a download of an s3:// object to a temp dir."""
-
-    def __init__(self, uri: str, storage: Storage, cfg: ShardConfig):
-        self.uri, self.storage, self.cfg = uri, storage, cfg
-        self.tmp: tempfile.TemporaryDirectory[str] | None = None
-
-    def __enter__(self) -> str:
-        if not is_s3(self.uri):
-            p = Path(self.uri)
-            if not p.is_file():
-                raise InputError("read", "file not found")
-            if p.stat().st_size == 0:
-                raise InputError("read", "empty file (0 bytes)")
-            if p.stat().st_size > self.cfg.max_input_bytes:
-                raise InputError(
-                    "read", f"too large: {p.stat().st_size} bytes > {self.cfg.max_input_bytes}"
-                )
-            return str(p)
-        size = self.storage.size(self.uri)
-        if size == 0:
-            raise InputError("read", "empty object (0 bytes)")
-        if size > self.cfg.max_input_bytes:
-            raise InputError("read", f"too large: {size} bytes > {self.cfg.max_input_bytes}")
-        self.tmp = tempfile.TemporaryDirectory(prefix="spacetime-src-")
-        return str(self.storage.download(self.uri, Path(self.tmp.name) / "video"))
-
-    def __exit__(self, *exc: object) -> None:
-        if self.tmp is not None:
-            self.tmp.cleanup()
+    size = (
+        storage.size(uri)
+        if is_s3(uri)
+        else (Path(uri).stat().st_size if Path(uri).is_file() else -1)
+    )
+    if size < 0:
+        raise InputError("read", "file not found")
+    if size == 0:
+        raise InputError("read", "empty file (0 bytes)")
+    if size > cfg.max_input_bytes:
+        raise InputError("read", f"too large: {size} bytes > {cfg.max_input_bytes}")
+    if not is_s3(uri):
+        yield uri
+        return
+    with tempfile.TemporaryDirectory(prefix="spacetime-src-") as d:
+        yield str(storage.download(uri, Path(d) / "video"))
 
 
 def _process_local(

@@ -148,3 +148,31 @@ def test_job_level_errors_are_clear(tmp_path: Path, local_ray: None) -> None:
     write_video(tmp_path / "empty" / "v.mp4", moving_frames(64, 64, 30, 0))
     with pytest.raises(JobError, match="--overwrite"):
         run_shard(str(tmp_path / "empty"), str(tmp_path / "o"), ShardConfig(), StorageConfig())
+
+
+def test_cli_exit_status_when_the_job_cannot_run(tmp_path: Path) -> None:
+    from infra.cli import main
+    from tests.conftest import free_port
+
+    write_video(tmp_path / "v.mp4", moving_frames(64, 64, 30, 0))
+    assert (
+        main(["shard", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 1
+    )
+    dead = f"http://127.0.0.1:{free_port()}"
+    argv = ["shard", "--input", str(tmp_path), "--output", "s3://bucket/out"]
+    argv += ["--set", f"storage.s3_endpoint_url={dead}", "--set", "storage.max_attempts=1"]
+    assert main(argv) == 1
+    assert (
+        main(
+            [
+                "shard",
+                "--input",
+                str(tmp_path),
+                "--output",
+                str(tmp_path / "o"),
+                "--set",
+                "shard.crf=99",
+            ]
+        )
+        == 2
+    )
