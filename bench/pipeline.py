@@ -128,7 +128,14 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(
             json.dumps(
-                {"runs": results, "ratios": ratios, "input": args.input, "cores": cores}, indent=2
+                {
+                    "runs": results,
+                    "ratios": ratios,
+                    "input": args.input,
+                    "cores": cores,
+                    "table": lines,
+                },
+                indent=2,
             )
         )
 
