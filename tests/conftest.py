@@ -17,6 +17,10 @@ VIDEOS = SHARED / "data" / "videos"
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on loopback only
+# Without a GPU, Triton kernels run (and are tested) in Triton's interpreter on CPU tensors. It must
+# be set before triton.jit decorates anything.
+if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 # Dummy credentials for moto's server, set before any Ray worker starts so workers inherit them.
 os.environ.update(
     AWS_ACCESS_KEY_ID="testing-key-id",

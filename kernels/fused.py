@@ -1,0 +1,177 @@
+"""Fused ops for packed DiT blocks: Triton on GPU, PyTorch elsewhere, one signature.
+
+- `adaln_norm_modulate`: LayerNorm or RMSNorm (no affine), then DiT's adaLN modulation with the
+  shift/scale of each token's own sample, gathered by sample index (packed batches mix samples).
+- `rope_3d`: rotary position embedding over (t, h, w) coordinates per token; the head dim is split
+  in three parts, one per axis (as in Wan / Open-Sora's 3D RoPE), each rotated in adjacent pairs.
+
+`impl="auto"` takes Triton for CUDA tensors when triton is installed and PyTorch otherwise;
+`impl="triton"` forces it (on CPU that needs TRITON_INTERPRET=1, which is how CI tests it). The
+Triton paths compute the forward pass; their backward recomputes through the PyTorch reference (the
+adaLN op) or applies the inverse rotation with the same kernel (RoPE).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+import torch.nn.functional as F
+
+
+def _triton_ok(x: torch.Tensor) -> bool:
+    return importlib.util.find_spec("triton") is not None and (
+        x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    )
+
+
+def _use_triton(impl: str, x: torch.Tensor) -> bool:
+    if impl == "torch":
+        return False
+    if impl == "triton":
+        if not _triton_ok(x):
+            raise RuntimeError(
+                "impl='triton' needs the triton package and a CUDA tensor (or TRITON_INTERPRET=1 on CPU)"
+            )
+        return True
+    if impl == "auto":
+        return x.is_cuda and _triton_ok(x)
+    raise ValueError(f"impl must be 'auto', 'triton' or 'torch', got {impl!r}")
+
+
+# ----------------------------------------------------------------------------- adaLN
+
+
+def adaln_norm_modulate_reference(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    sample_idx: torch.Tensor,
+    norm: str,
+    eps: float,
+) -> torch.Tensor:
+    if norm == "layer":
+        xn = F.layer_norm(x, x.shape[-1:], eps=eps)
+    elif norm == "rms":
+        xn = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    else:
+        raise ValueError(f"norm must be 'layer' or 'rms', got {norm!r}")
+    idx = sample_idx.long()
+    return xn * (1 + scale[idx]) + shift[idx]
+
+
+def adaln_norm_modulate(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    sample_idx: torch.Tensor,
+    *,
+    norm: str = "layer",
+    eps: float = 1e-6,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """norm(x) * (1 + scale[sample_idx]) + shift[sample_idx].
+
+    x: (N, C) packed tokens; shift, scale: (B, C) per sample; sample_idx: (N,) int, values in [0, B).
+    """
+    if x.dim() != 2 or shift.shape != scale.shape or shift.shape[-1] != x.shape[-1]:
+        raise ValueError(
+            f"expected x (N, C), shift/scale (B, C); got {tuple(x.shape)}, {tuple(shift.shape)}"
+        )
+    if _use_triton(impl, x):
+        return _AdaLNTriton.apply(x, shift, scale, sample_idx, norm, eps)
+    return adaln_norm_modulate_reference(x, shift, scale, sample_idx, norm, eps)
+
+
+class _AdaLNTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, shift, scale, sample_idx, norm, eps):  # type: ignore[no-untyped-def, override]
+        from kernels.triton_ops import adaln_forward
+
+        ctx.save_for_backward(x, shift, scale, sample_idx)
+        ctx.norm, ctx.eps = norm, eps
+        return adaln_forward(x, shift, scale, sample_idx, norm == "rms", eps)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        x, shift, scale, sample_idx = ctx.saved_tensors
+        with torch.enable_grad():
+            xs = [t.detach().requires_grad_(t.requires_grad) for t in (x, shift, scale)]
+            out = adaln_norm_modulate_reference(*xs, sample_idx, ctx.norm, ctx.eps)
+            wanted = [t for t in xs if t.requires_grad]
+            grads = iter(torch.autograd.grad(out, wanted, grad) if wanted else [])
+        return (*(next(grads) if t.requires_grad else None for t in xs), None, None, None)
+
+
+# ----------------------------------------------------------------------------- 3D RoPE
+
+
+def rope_split(head_dim: int) -> tuple[int, int, int]:
+    """Head-dim parts for (t, h, w): h and w get equal even parts, t the (even) rest."""
+    if head_dim % 2:
+        raise ValueError(f"head_dim must be even, got {head_dim}")
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+@functools.lru_cache(maxsize=32)
+def _rope_tables(
+    head_dim: int, theta: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per rotated pair j in [0, head_dim/2): its axis (0=t, 1=h, 2=w) and inverse frequency."""
+    axes, inv = [], []
+    for axis, part in enumerate(rope_split(head_dim)):
+        j = torch.arange(part // 2, dtype=torch.float64)
+        axes.append(torch.full((part // 2,), axis, dtype=torch.int32))
+        inv.append(theta ** (-2.0 * j / part))
+    return torch.cat(axes).to(device), torch.cat(inv).to(device)  # float64: cast where used
+
+
+def rope_3d_reference(
+    x: torch.Tensor, coords: torch.Tensor, theta: float, sign: float = 1.0
+) -> torch.Tensor:
+    axis, inv = _rope_tables(x.shape[-1], theta, x.device)
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32  # float64 stays an oracle
+    angle = coords.to(dt)[:, axis.long()] * inv.to(dt) * sign  # (N, D/2)
+    cos, sin = angle.cos()[:, None, :], angle.sin()[:, None, :]  # (N, 1, D/2)
+    xe, xo = x[..., 0::2].to(dt), x[..., 1::2].to(dt)
+    out = torch.stack((xe * cos - xo * sin, xe * sin + xo * cos), dim=-1)
+    return out.flatten(-2).to(x.dtype)
+
+
+def rope_3d(
+    x: torch.Tensor, coords: torch.Tensor, *, theta: float = 10000.0, impl: str = "auto"
+) -> torch.Tensor:
+    """Rotates adjacent pairs of x by angles from each token's (t, h, w) position.
+
+    x: (N, H, D) packed tokens; coords: (N, 3) integer positions, restarting at 0 in each sample.
+    """
+    if x.dim() != 3 or coords.shape != (x.shape[0], 3):
+        raise ValueError(
+            f"expected x (N, H, D) and coords (N, 3); got {tuple(x.shape)}, {tuple(coords.shape)}"
+        )
+    if _use_triton(impl, x):
+        return _RopeTriton.apply(x, coords, theta)
+    return rope_3d_reference(x, coords, theta)
+
+
+class _RopeTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, coords, theta):  # type: ignore[no-untyped-def, override]
+        from kernels.triton_ops import rope_forward
+
+        ctx.save_for_backward(coords)
+        ctx.theta = theta
+        axis, inv = _rope_tables(x.shape[-1], theta, x.device)
+        return rope_forward(x, coords, axis, inv.float(), 1.0)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        from kernels.triton_ops import rope_forward
+
+        (coords,) = ctx.saved_tensors
+        axis, inv = _rope_tables(grad.shape[-1], ctx.theta, grad.device)
+        # A rotation's transpose is the rotation by the opposite angle.
+        return rope_forward(grad.contiguous(), coords, axis, inv.float(), -1.0), None, None
