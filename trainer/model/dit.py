@@ -1,0 +1,224 @@
+"""Spacetime DiT: a diffusion transformer over packed spacetime patches of video latents.
+
+Peebles & Xie, "Scalable Diffusion Models with Transformers" (adaLN-Zero blocks), with NaViT packing
+(samples of any shape in one sequence), 3D RoPE on (t, h, w) patch coordinates, and cross-attention
+from each sample's video tokens to its own text tokens. The model is only a denoiser: it maps noisy
+tokens and a per-sample timestep to a prediction; trainer.diffusion owns noising and the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kernels import varlen_attention
+from kernels.fused import adaln_norm_modulate, rope_3d
+from trainer.model.packing import PackedBatch
+
+# DiT's named sizes (depth, hidden, heads), plus a tiny one for tests.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (2, 64, 4),
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+
+
+@dataclass
+class DiTConfig:
+    """Shape of the denoiser."""
+
+    size: str = "tiny"
+    """Named size (depth, hidden, heads): tiny, S, B, L, XL."""
+    in_channels: int = 4
+    """Latent channels."""
+    patch: tuple[int, int, int] = (1, 2, 2)
+    """Patch size (pt, ph, pw) in latent frames and pixels."""
+    text_dim: int = 384
+    """Width of the text encoder's token embeddings (MiniLM: 384)."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width as a multiple of the model width."""
+    rope_theta: float = 10000.0
+    """RoPE base."""
+    attn_backend: str = "auto"
+    """kernels.varlen_attention backend: auto, flash3, flash2, xformers, flex, sdpa, reference."""
+    fused_impl: str = "auto"
+    """kernels.fused implementation: auto, triton, torch."""
+
+    def validate(self) -> None:
+        if self.size not in SIZES:
+            raise ValueError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
+        _, hidden, heads = SIZES[self.size]
+        if (hidden // heads) % 2:
+            raise ValueError("head dim must be even for RoPE")
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        return SIZES[self.size]
+
+    @property
+    def patch_dim(self) -> int:
+        return self.in_channels * self.patch[0] * self.patch[1] * self.patch[2]
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (B,) timesteps in [0, 1000] (as in DiT / ADM)."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(
+        t.dtype if t.is_floating_point() else torch.float32
+    )
+
+
+def segment_mean(x: torch.Tensor, cu: torch.Tensor, n: int) -> torch.Tensor:
+    """(M, D) rows grouped by cu_seqlens -> (n, D) means; an empty group gives zeros."""
+    lengths = (cu[1:] - cu[:-1]).long()
+    idx = torch.repeat_interleave(torch.arange(n, device=x.device), lengths)
+    out = x.new_zeros(n, x.shape[-1]).index_add_(0, idx, x)
+    return out / lengths.clamp(min=1)[:, None].to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class Attention(nn.Module):
+    """Self- (kv from x, RoPE) or cross-attention (kv from text) over packed sequences."""
+
+    def __init__(self, hidden: int, heads: int, cross: bool, cfg: DiTConfig):
+        super().__init__()
+        self.heads, self.head_dim, self.cross, self.cfg = heads, hidden // heads, cross, cfg
+        self.q = nn.Linear(hidden, hidden)
+        self.kv = nn.Linear(hidden, 2 * hidden)
+        # QK-norm keeps attention logits bounded in long, mixed-resolution training.
+        self.q_norm, self.k_norm = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
+        self.out = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        n, m = x.shape[0], ctx.shape[0]
+        q = self.q_norm(self.q(x).view(n, self.heads, self.head_dim))  # (N, H, Dh)
+        k, v = self.kv(ctx).view(m, 2, self.heads, self.head_dim).unbind(1)  # (M, H, Dh) each
+        k = self.k_norm(k)
+        if self.cross:
+            cu_k, max_k = batch.cu_seqlens_k, batch.max_seqlen_k
+        else:
+            q = rope_3d(q, batch.coords, theta=self.cfg.rope_theta, impl=self.cfg.fused_impl)
+            k = rope_3d(k, batch.coords, theta=self.cfg.rope_theta, impl=self.cfg.fused_impl)
+            cu_k, max_k = batch.cu_seqlens, batch.max_seqlen
+        o = varlen_attention(
+            q, k, v, batch.cu_seqlens, cu_k, batch.max_seqlen, max_k, backend=self.cfg.attn_backend
+        )  # (N, H, Dh)
+        return self.out(o.reshape(n, -1))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero block: self-attention, cross-attention to text, MLP; each modulated and gated by
+    the sample's conditioning vector (shift, scale, gate per branch)."""
+
+    def __init__(self, hidden: int, heads: int, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.self_attn = Attention(hidden, heads, cross=False, cfg=cfg)
+        self.cross_attn = Attention(hidden, heads, cross=True, cfg=cfg)
+        mlp = int(hidden * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden, mlp), nn.GELU(approximate="tanh"), nn.Linear(mlp, hidden)
+        )
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 9 * hidden))
+
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, text: torch.Tensor, batch: PackedBatch
+    ) -> torch.Tensor:
+        idx = batch.sample_idx
+        mods = self.modulation(c).chunk(9, dim=-1)  # 9 x (B, D)
+        impl = self.cfg.fused_impl
+        for branch, (shift, scale, gate) in enumerate((mods[0:3], mods[3:6], mods[6:9])):
+            h = adaln_norm_modulate(x, shift, scale, idx, norm="layer", impl=impl)  # (N, D)
+            if branch == 0:
+                h = self.self_attn(h, h, batch)
+            elif branch == 1:
+                h = self.cross_attn(h, text, batch)
+            else:
+                h = self.mlp(h)
+            x = x + gate[idx.long()] * h
+        return x
+
+
+class DiT(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        depth, hidden, heads = cfg.dims
+        self.hidden = hidden
+        self.x_embed = nn.Linear(cfg.patch_dim, hidden)
+        self.t_embed = nn.Sequential(nn.Linear(256, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.text_embed = nn.Sequential(
+            nn.Linear(cfg.text_dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, hidden)
+        )
+        self.pooled_embed = nn.Linear(hidden, hidden)
+        self.blocks = nn.ModuleList(DiTBlock(hidden, heads, cfg) for _ in range(depth))
+        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+        self.final = nn.Linear(hidden, cfg.patch_dim)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT's initialisation: Xavier linears, then zero for every adaLN modulation and the output
+        layer, so each block starts as the identity (gates are zero) and the model predicts 0."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.t_embed[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed[2].weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.modulation[-1].weight)
+            nn.init.zeros_(block.modulation[-1].bias)
+        nn.init.zeros_(self.final_modulation[-1].weight)
+        nn.init.zeros_(self.final_modulation[-1].bias)
+        nn.init.zeros_(self.final.weight)
+        nn.init.zeros_(self.final.bias)
+
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """tokens: (N, patch_dim) noisy packed patches; t: (B,) timesteps in [0, 1000].
+        Returns (N, patch_dim) predictions (epsilon, v or velocity: the diffusion object decides)."""
+        x = self.x_embed(tokens)  # (N, D)
+        text = self.text_embed(batch.text.to(x.dtype))  # (M, D)
+        pooled = segment_mean(
+            text, batch.cu_seqlens_k, batch.num_samples
+        )  # (B, D); zeros if no text
+        c = self.t_embed(timestep_embedding(t, 256).to(x.dtype)) + self.pooled_embed(
+            pooled
+        )  # (B, D)
+        for block in self.blocks:
+            x = block(x, c, text, batch)
+        shift, scale = self.final_modulation(c).chunk(2, dim=-1)
+        x = adaln_norm_modulate(
+            x, shift, scale, batch.sample_idx, norm="layer", impl=self.cfg.fused_impl
+        )
+        return self.final(x)  # (N, patch_dim)
+
+    def flops_per_token(self, seq_len: int, text_len: int) -> float:
+        """Approximate training FLOPs per token (forward + backward = 3x forward) for MFU."""
+        depth, d, _ = self.cfg.dims
+        mlp = int(d * self.cfg.mlp_ratio)
+        per_block = 2 * (4 * d * d + 2 * d * d + 2 * d * mlp + 9 * d * d) + 4 * d * (
+            seq_len + text_len
+        )
+        return 3.0 * depth * per_block
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
