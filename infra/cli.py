@@ -23,7 +23,6 @@ EXIT_NOT_BUILT = 3
 # Subcommands whose feature has not landed yet, and the issue that tracks each.
 NOT_BUILT = {
     "recaption": "recaptioning (issue 4)",
-    "train-vae": "the spacetime VAE (issue 5)",
     "encode": "latent caching (issue 5)",
     "train": "the DeepSpeed trainer (issue 8)",
     "sample": "sampling (issue 6)",
@@ -97,6 +96,25 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_vae(args: argparse.Namespace) -> int:
+    from infra.storage import Storage
+    from trainer.vae.train import train_vae
+
+    cfg = resolve_config(args)
+    try:
+        train_vae(
+            args.shards,
+            args.output,
+            cfg.vae_train,
+            Storage(cfg.storage),
+            resume=args.resume == "auto",
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        log.error("spacetime train-vae: %s", e)
+        return 1
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
@@ -143,11 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None)
     _add_config_args(p)
 
-    p = add(
-        "train-vae", "train the causal 3D spacetime VAE on clip shards", _not_built("train-vae")
+    p = add("train-vae", "train the causal 3D spacetime VAE on clip shards", cmd_train_vae)
+    p.add_argument("--shards", required=True, help="output of `spacetime shard` (local or s3://)")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="folder for checkpoints, the trained VAE and reconstructions",
     )
-    p.add_argument("--shards", required=True)
-    p.add_argument("--resume", default=None, help="'auto' or a checkpoint path")
+    p.add_argument(
+        "--resume", default=None, choices=["auto"], help="continue from the latest checkpoint"
+    )
     _add_config_args(p)
 
     p = add("encode", "cache VAE latents and text embeddings as shards (Ray)", _not_built("encode"))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from data_pipeline.config import ShardConfig
 from infra.storage import StorageConfig
+from trainer.vae.train import VAETrainConfig
 
 
 @dataclass
@@ -35,3 +36,4 @@ class SpacetimeConfig:
     run: RunConfig = field(default_factory=RunConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    vae_train: VAETrainConfig = field(default_factory=VAETrainConfig)

