@@ -26,6 +26,8 @@ def demo() -> SpacetimeConfig:
     cfg.shard.min_side = 32  # 64x48 is the smallest shapes size
     cfg.shard.min_motion = 0.0003  # one small shape on a plain background moves few pixels
     cfg.shard.shard_max_bytes = 4 * 1024 * 1024
+    cfg.vae_train.steps = 300
+    cfg.vae_train.crop = 32  # shapes videos are 48-96 px
     return cfg
 
 
