@@ -23,7 +23,6 @@ EXIT_NOT_BUILT = 3
 # Subcommands whose feature has not landed yet, and the issue that tracks each.
 NOT_BUILT = {
     "recaption": "recaptioning (issue 4)",
-    "encode": "latent caching (issue 5)",
     "train": "the DeepSpeed trainer (issue 8)",
     "sample": "sampling (issue 6)",
     "launch": "multi-node launch (issue 9)",
@@ -115,6 +114,26 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_encode(args: argparse.Namespace) -> int:
+    from trainer.encode import run_encode
+
+    cfg = resolve_config(args)
+    try:
+        run_encode(
+            args.shards,
+            args.output,
+            args.vae,
+            args.text_encoder,
+            cfg.encode,
+            cfg.storage,
+            args.ray_address,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        log.error("spacetime encode: %s", e)
+        return 1
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
@@ -173,13 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
 
-    p = add("encode", "cache VAE latents and text embeddings as shards (Ray)", _not_built("encode"))
-    p.add_argument("--shards", required=True)
-    p.add_argument("--vae", required=True, help="VAE checkpoint or pretrained directory")
+    p = add("encode", "cache VAE latents and text embeddings as shards (Ray)", cmd_encode)
+    p.add_argument("--shards", required=True, help="output of `spacetime shard` (local or s3://)")
     p.add_argument(
-        "--text-encoder", default=None, help="local text encoder directory (default MiniLM)"
+        "--vae",
+        required=True,
+        help="trained or pretrained VAE directory (config.json + model.safetensors)",
     )
-    p.add_argument("--output", required=True)
+    p.add_argument(
+        "--text-encoder",
+        default=None,
+        help="local text encoder directory (default: packaged MiniLM)",
+    )
+    p.add_argument("--output", required=True, help="latent shard folder or s3:// prefix")
     p.add_argument("--ray-address", default=None)
     _add_config_args(p)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from data_pipeline.config import ShardConfig
 from infra.storage import StorageConfig
+from trainer.encode import EncodeConfig
 from trainer.vae.train import VAETrainConfig
 
 
@@ -37,3 +38,4 @@ class SpacetimeConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     vae_train: VAETrainConfig = field(default_factory=VAETrainConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)

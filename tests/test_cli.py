@@ -63,7 +63,6 @@ def test_config_show_and_validate(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_unbuilt_subcommands_say_so_and_fail(caplog: pytest.LogCaptureFixture) -> None:
     argv = {
         "recaption": ["--shards", "x", "--output", "y"],
-        "encode": ["--shards", "x", "--vae", "v", "--output", "y"],
         "train": [],
         "sample": ["--checkpoint", "c", "--output", "o"],
         "launch": [],

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def shards(tmp_path_factory: pytest.TempPathFactory, local_ray: None) -> Path:
     root = tmp_path_factory.mktemp("vae")
     manifest = shapes.generate(root / "videos", 24, seed=5)
-    cfg = ShardConfig(min_side=32, min_motion=0.0003)
+    cfg = ShardConfig(min_side=32, min_motion=0.0003, shard_max_bytes=60_000)
     run_shard(str(manifest), str(root / "clips"), cfg, StorageConfig())
     return root / "clips"
 
@@ -50,3 +50,50 @@ def test_train_vae_raises_heldout_psnr(shards: Path, tmp_path: Path) -> None:
     argv_more = [a if a != "vae_train.steps=300" else "vae_train.steps=320" for a in argv]
     assert main([*argv_more, "--resume", "auto"]) == 0
     assert (out / "checkpoints" / "latest").read_text() == "step-00000320"
+
+
+def test_encode_writes_latent_shards_and_resumes(shards: Path, tmp_path: Path) -> None:
+    from infra.storage import Storage
+    from trainer.encode import read_latents
+    from trainer.vae import CausalVAE, VAEConfig
+
+    vae_dir = tmp_path / "vae"
+    CausalVAE(VAEConfig.named("tiny")).save_pretrained(vae_dir)
+    out = tmp_path / "latents"
+    argv = ["encode", "--shards", str(shards), "--vae", str(vae_dir), "--output", str(out)]
+    assert main(argv) == 0
+    latent_shards = sorted(out.glob("latents-*.tar"))
+    clip_shards = sorted(shards.glob("clips-*.tar"))
+    assert len(clip_shards) >= 2
+    assert [p.name.replace("latents-", "clips-") for p in latent_shards] == [
+        p.name for p in clip_shards
+    ]
+    import pyarrow.parquet as pq
+
+    manifest = {r["key"]: r for r in pq.read_table(shards / "manifest.parquet").to_pylist()}
+    got = {}
+    for p in latent_shards:
+        got |= read_latents(str(p), Storage())
+    assert set(got) == set(manifest)
+    for key, item in got.items():
+        m = manifest[key]
+        t = 1 + 4 * ((m["frames"] - 1) // 4)
+        assert tuple(item["latent"].shape) == (
+            4,
+            1 + (t - 1) // 4,
+            m["height"] // 8,
+            m["width"] // 8,
+        )
+        assert (
+            item["text"].shape[1] == 384 and item["text"].shape[0] > 3
+        )  # the shapes caption, MiniLM
+        assert item["meta"]["vae"].startswith("vae-")
+    # A rerun after a crash redoes only what is missing.
+    keep = latent_shards[0].stat().st_mtime_ns
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["encoded_shards"] == len(clip_shards)
+    latent_shards[-1].unlink()
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["encoded_shards"] == 1 and summary["skipped_shards"] == len(clip_shards) - 1
+    assert latent_shards[0].stat().st_mtime_ns == keep

@@ -1,0 +1,176 @@
+"""`spacetime encode`: cache VAE latents and text embeddings as shards beside the clip shards.
+
+One Ray task per clip shard writes `latents-NNNNNN.tar` (same number as its `clips-NNNNNN.tar`):
+`{key}.latent.safetensors` (the normalised posterior mean, (C, T', H', W'), with the VAE's tag and
+latent statistics in its metadata) and `{key}.text.safetensors` (the caption's token states and
+their count). Shards are published atomically, so a rerun after a crash redoes only the missing
+ones. Frames are trimmed to 1 + 4k and encoded in exact temporal chunks to bound memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import webdataset as wds
+from safetensors.torch import save
+
+from infra.ray_cluster import ray_session
+from infra.storage import Storage, StorageConfig, is_s3, join
+from trainer.data.clips import decode_frames, iter_samples, list_shards
+from trainer.text import TextEncoder, TextEncoderConfig
+from trainer.vae import CausalVAE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodeConfig:
+    chunk_latent_frames: int = 4
+    """Latent frames per temporal chunk (exact; bounds memory for long clips)."""
+    tile: int = 0
+    """Spatial tile in pixels for large clips (0: no spatial tiling)."""
+    max_frames: int = 257
+    """Longer clips are cut to this many frames (1 + 4k) before encoding."""
+    text_max_length: int = 128
+    """Caption tokens kept."""
+
+
+@functools.lru_cache(maxsize=2)
+def _models(
+    vae_dir: str, text_path: str | None, text_max_length: int
+) -> tuple[CausalVAE, TextEncoder]:
+    vae = CausalVAE.from_pretrained(vae_dir).eval()
+    return vae, TextEncoder(TextEncoderConfig(path=text_path, max_length=text_max_length))
+
+
+def vae_tag(vae_dir: str) -> str:
+    """A short id of the VAE weights, so latents of different VAEs never mix."""
+    h = hashlib.sha1((Path(vae_dir) / "model.safetensors").read_bytes()).hexdigest()[:10]
+    return f"vae-{h}"
+
+
+def encode_shard(
+    clip_shard: str,
+    output: str,
+    vae_dir: str,
+    text_path: str | None,
+    cfg: dict[str, Any],
+    storage_cfg: dict[str, Any],
+) -> dict[str, Any]:
+    """Ray task: one clip shard in, one latent shard out (skipped if already published)."""
+    storage = Storage(StorageConfig(**storage_cfg))
+    ecfg = EncodeConfig(**cfg)
+    name = clip_shard.rsplit("/", 1)[-1].replace("clips-", "latents-")
+    out_uri = join(output, name)
+    if storage.exists(out_uri):
+        return {"shard": name, "clips": -1, "skipped": True}
+    torch.set_num_threads(1)
+    vae, text = _models(vae_dir, text_path, ecfg.text_max_length)
+    tag = vae_tag(vae_dir)
+    n = 0
+    with storage.atomic_writer(out_uri) as tmp, open(tmp, "wb") as f:
+        writer = wds.TarWriter(f, mtime=0, user="", group="")
+        for s in iter_samples(clip_shard, storage):
+            frames = decode_frames(s["mp4"], max_frames=ecfg.max_frames)
+            t = 1 + 4 * ((frames.shape[0] - 1) // 4)
+            x = torch.from_numpy(frames[:t]).permute(3, 0, 1, 2).float()[None] / 127.5 - 1
+            with torch.no_grad():
+                z = vae.encode_chunked(x, ecfg.chunk_latent_frames, tile=ecfg.tile or None)
+                z = vae.normalize(z)[0].contiguous()
+            caption = s.get("txt", b"").decode("utf-8")
+            states = text.encode([caption])[0].contiguous()
+            meta = {"vae": tag, "shape": json.dumps(list(z.shape)), "frames": str(t)}
+            meta |= {
+                "latent_mean": json.dumps(vae.cfg.latent_mean),
+                "latent_std": json.dumps(vae.cfg.latent_std),
+            }
+            writer.write(
+                {
+                    "__key__": s["__key__"],
+                    "latent.safetensors": save({"latent": z}, metadata=meta),
+                    "text.safetensors": save(
+                        {"tokens": states}, metadata={"caption": caption, "encoder": text.path}
+                    ),
+                }
+            )
+            n += 1
+        writer.close()
+    return {"shard": name, "clips": n, "skipped": False}
+
+
+def run_encode(
+    shards: str,
+    output: str,
+    vae_dir: str,
+    text_path: str | None,
+    cfg: EncodeConfig,
+    storage_cfg: StorageConfig,
+    ray_address: str | None = None,
+) -> dict[str, Any]:
+    t0 = time.monotonic()
+    storage = Storage(storage_cfg)
+    clip_shards = list_shards(shards, storage)
+    CausalVAE.from_pretrained(vae_dir)  # fail fast, before any worker starts
+    local_work = (
+        Path(output) / "_work" if not is_s3(output) else Path("/tmp") / "spacetime-work" / "encode"
+    )
+    results = []
+    with ray_session(ray_address, local_work):
+        import ray
+
+        task = ray.remote(num_cpus=1)(encode_shard)
+        refs = [
+            task.remote(
+                s,
+                output,
+                vae_dir,
+                text_path,
+                dataclasses.asdict(cfg),
+                dataclasses.asdict(storage_cfg),
+            )
+            for s in clip_shards
+        ]
+        from tqdm import tqdm
+
+        for ref in tqdm(refs, desc="encode", unit="shard"):
+            results.append(ray.get(ref))
+    summary = {
+        "shards": len(results),
+        "encoded_shards": sum(not r["skipped"] for r in results),
+        "skipped_shards": sum(r["skipped"] for r in results),
+        "clips": sum(max(r["clips"], 0) for r in results),
+        "vae": vae_tag(vae_dir),
+        "wall_s": round(time.monotonic() - t0, 2),
+    }
+    storage.write_text(join(output, "summary.json"), json.dumps(summary, indent=2))
+    log.info(
+        "encode: %d shards (%d encoded, %d already there), %d clips, %s, %.1fs",
+        summary["shards"], summary["encoded_shards"], summary["skipped_shards"], summary["clips"], summary["vae"], summary["wall_s"],
+    )  # fmt: skip
+    return summary
+
+
+def read_latents(shard: str, storage: Storage) -> dict[str, dict[str, Any]]:
+    """{key: {"latent": (C, T', H', W'), "text": (L, D), "meta": {...}}} of one latent shard."""
+    from safetensors.torch import load
+
+    out = {}
+    for s in iter_samples(shard, storage):
+        lat = s["latent.safetensors"]
+        header_len = int.from_bytes(lat[:8], "little")  # safetensors: u64 header size, JSON header
+        meta = json.loads(lat[8 : 8 + header_len]).get("__metadata__", {})
+        out[s["__key__"]] = {
+            "latent": load(lat)["latent"],
+            "text": load(s["text.safetensors"])["tokens"],
+            "meta": meta,
+        }
+    return out
