@@ -58,6 +58,8 @@ def test_demo_runs_built_stages(tmp_path: Path, local_ray: None) -> None:
     vae = summary["stages_run"]["train-vae"]
     assert vae["psnr_after"] > vae["psnr_before"] + 3
     assert (tmp_path / "demo" / "vae" / "vae" / "model.safetensors").is_file()
+    assert summary["stages_run"]["encode"]["clips"] == 48
+    assert (tmp_path / "demo" / "latents" / "latents-000000.tar").is_file()
     captions = [
         s["txt"].decode()
         for s in wds.WebDataset(

@@ -97,3 +97,23 @@ def test_encode_writes_latent_shards_and_resumes(shards: Path, tmp_path: Path) -
     summary = json.loads((out / "summary.json").read_text())
     assert summary["encoded_shards"] == 1 and summary["skipped_shards"] == len(clip_shards) - 1
     assert latent_shards[0].stat().st_mtime_ns == keep
+
+
+def test_encode_s3_in_and_out(shards: Path, tmp_path: Path, s3_server: str, s3_bucket: str) -> None:
+    from infra.storage import Storage, StorageConfig
+    from trainer.encode import EncodeConfig, read_latents, run_encode
+    from trainer.vae import CausalVAE, VAEConfig
+
+    store = Storage(StorageConfig(s3_endpoint_url=s3_server))
+    for p in sorted(shards.glob("clips-*.tar"))[:2]:
+        store.upload(p, f"s3://{s3_bucket}/clips/{p.name}")
+    vae_dir = tmp_path / "vae"
+    CausalVAE(VAEConfig.named("tiny")).save_pretrained(vae_dir)
+    out = f"s3://{s3_bucket}/latents"
+    summary = run_encode(
+        f"s3://{s3_bucket}/clips", out, str(vae_dir), None, EncodeConfig(), store.config
+    )
+    assert summary["encoded_shards"] == 2 and summary["clips"] > 0
+    uris = store.list(out, suffix=".tar")
+    assert [u.rsplit("/", 1)[-1] for u in uris] == ["latents-000000.tar", "latents-000001.tar"]
+    assert sum(len(read_latents(u, store)) for u in uris) == summary["clips"]
