@@ -27,6 +27,7 @@ from data_pipeline.config import ShardConfig
 from data_pipeline.process import load_record, process_source
 from data_pipeline.shards import Shard, ShardPlanner, write_shard
 from data_pipeline.sources import Source, list_sources
+from infra.errors import JobError
 from infra.ray_cluster import ray_session
 from infra.storage import Storage, StorageConfig, is_s3, join
 
@@ -35,10 +36,6 @@ log = logging.getLogger(__name__)
 OUTPUT_FILES = ("manifest.parquet", "errors.jsonl", "summary.json")
 # Settings that change what is written; the others (parallelism, timeouts) may differ on a rerun.
 _NOT_IN_FINGERPRINT = {"num_workers", "file_timeout_s"}
-
-
-class JobError(RuntimeError):
-    """The job itself cannot run (bad arguments, unreachable or inconsistent output)."""
 
 
 def _fingerprint(input_uri: str, cfg: ShardConfig) -> str:

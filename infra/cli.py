@@ -12,9 +12,11 @@ import sys
 from collections.abc import Callable
 
 from infra.config import ConfigError, dump_yaml, load
+from infra.errors import JobError
 from infra.log import setup_logging
 from infra.presets import PRESETS, get_preset
 from infra.schema import SpacetimeConfig
+from infra.storage import StorageError
 
 log = logging.getLogger("spacetime")
 
@@ -77,16 +79,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
-    from data_pipeline.job import JobError, run_shard
+    from data_pipeline.job import run_shard
 
     cfg = resolve_config(args)
-    try:
-        s = run_shard(
-            args.input, args.output, cfg.shard, cfg.storage, args.ray_address, args.overwrite
-        )
-    except (JobError, FileNotFoundError, ValueError) as e:
-        log.error("spacetime shard: %s", e)
-        return 1
+    s = run_shard(args.input, args.output, cfg.shard, cfg.storage, args.ray_address, args.overwrite)
     log.info(
         "shard: %d videos -> %d clips (%.1fs of %.1fs source video) in %d shards; %d errors %s; %.1fs",
         s["sources"], s["clips"], s["seconds_out"], s["seconds_in"], s["shards"], s["errors"],
@@ -100,17 +96,9 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
     from trainer.vae.train import train_vae
 
     cfg = resolve_config(args)
-    try:
-        train_vae(
-            args.shards,
-            args.output,
-            cfg.vae_train,
-            Storage(cfg.storage),
-            resume=args.resume == "auto",
-        )
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        log.error("spacetime train-vae: %s", e)
-        return 1
+    train_vae(
+        args.shards, args.output, cfg.vae_train, Storage(cfg.storage), resume=args.resume == "auto"
+    )
     return 0
 
 
@@ -118,19 +106,15 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from trainer.encode import run_encode
 
     cfg = resolve_config(args)
-    try:
-        run_encode(
-            args.shards,
-            args.output,
-            args.vae,
-            args.text_encoder,
-            cfg.encode,
-            cfg.storage,
-            args.ray_address,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        log.error("spacetime encode: %s", e)
-        return 1
+    run_encode(
+        args.shards,
+        args.output,
+        args.vae,
+        args.text_encoder,
+        cfg.encode,
+        cfg.storage,
+        args.ray_address,
+    )
     return 0
 
 
@@ -253,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         log.error("config error: %s", e)
         return 2
+    except (JobError, StorageError, FileNotFoundError, FileExistsError, ValueError) as e:
+        log.error("spacetime %s: %s", args.command, e)
+        return 1
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

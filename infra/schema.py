@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 
 from data_pipeline.config import ShardConfig
 from infra.storage import StorageConfig
-from trainer.encode import EncodeConfig
-from trainer.vae.train import VAETrainConfig
+from trainer.vae.config import EncodeConfig, VAETrainConfig
 
 
 @dataclass

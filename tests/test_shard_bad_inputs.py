@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from data_pipeline.config import ShardConfig
-from data_pipeline.job import JobError, run_shard
+from data_pipeline.job import run_shard
+from infra.errors import JobError
 from infra.storage import StorageConfig
 from tests.media import moving_frames, write_audio_only, write_video
 

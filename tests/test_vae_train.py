@@ -101,8 +101,8 @@ def test_encode_writes_latent_shards_and_resumes(shards: Path, tmp_path: Path) -
 
 def test_encode_s3_in_and_out(shards: Path, tmp_path: Path, s3_server: str, s3_bucket: str) -> None:
     from infra.storage import Storage, StorageConfig
-    from trainer.encode import EncodeConfig, read_latents, run_encode
-    from trainer.vae import CausalVAE, VAEConfig
+    from trainer.encode import read_latents, run_encode
+    from trainer.vae import CausalVAE, EncodeConfig, VAEConfig
 
     store = Storage(StorageConfig(s3_endpoint_url=s3_server))
     for p in sorted(shards.glob("clips-*.tar"))[:2]:

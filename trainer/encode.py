@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +27,9 @@ from infra.storage import Storage, StorageConfig, is_s3, join
 from trainer.data.clips import decode_frames, iter_samples, list_shards
 from trainer.text import TextEncoder, TextEncoderConfig
 from trainer.vae import CausalVAE
+from trainer.vae.config import EncodeConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EncodeConfig:
-    chunk_latent_frames: int = 4
-    """Latent frames per temporal chunk (exact; bounds memory for long clips)."""
-    tile: int = 0
-    """Spatial tile in pixels for large clips (0: no spatial tiling)."""
-    max_frames: int = 257
-    """Longer clips are cut to this many frames (1 + 4k) before encoding."""
-    text_max_length: int = 128
-    """Caption tokens kept."""
 
 
 @functools.lru_cache(maxsize=2)

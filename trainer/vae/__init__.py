@@ -1,5 +1,15 @@
-"""The spacetime VAE."""
+"""The spacetime VAE. Configs import light; the model (torch) loads on first use."""
 
-from trainer.vae.model import CausalVAE, Posterior, VAEConfig
+from typing import Any
 
-__all__ = ["CausalVAE", "Posterior", "VAEConfig"]
+from trainer.vae.config import EncodeConfig, VAEConfig, VAETrainConfig
+
+__all__ = ["CausalVAE", "EncodeConfig", "Posterior", "VAEConfig", "VAETrainConfig"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("CausalVAE", "Posterior"):
+        from trainer.vae import model
+
+        return getattr(model, name)
+    raise AttributeError(name)

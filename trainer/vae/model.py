@@ -15,51 +15,14 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-SIZES: dict[str, dict[str, object]] = {
-    "tiny": {"base_channels": 16, "latent_channels": 4, "layers_per_block": 1},
-    "S": {"base_channels": 64, "latent_channels": 16, "layers_per_block": 2},
-    "B": {"base_channels": 128, "latent_channels": 16, "layers_per_block": 2},
-}
-
-
-@dataclass
-class VAEConfig:
-    size: str = "tiny"
-    """Named size (tiny, S, B): sets the three fields below unless they are given."""
-    in_channels: int = 3
-    base_channels: int = 16
-    """Width of the first level; levels use base x channel_mults."""
-    latent_channels: int = 4
-    layers_per_block: int = 1
-    channel_mults: tuple[int, int, int, int] = (1, 2, 2, 4)
-    """Four levels: three 2x spatial downsamples (8x)."""
-    temporal_down: tuple[bool, bool, bool] = (True, True, False)
-    """Which of the three downsamples also halve time (two: 4x)."""
-    latent_mean: list[float] = field(default_factory=list)
-    """Per-channel shift for normalising latents (set by train-vae; empty: 0)."""
-    latent_std: list[float] = field(default_factory=list)
-    """Per-channel scale for normalising latents (empty: 1)."""
-
-    @classmethod
-    def named(cls, size: str, **overrides: object) -> VAEConfig:
-        if size not in SIZES:
-            raise ValueError(f"VAE size must be one of {', '.join(SIZES)}, got {size!r}")
-        return cls(size=size, **{**SIZES[size], **overrides})  # type: ignore[arg-type]
-
-    @property
-    def time_stride(self) -> int:
-        return 2 ** sum(self.temporal_down)
-
-    @property
-    def space_stride(self) -> int:
-        return 2 ** (len(self.channel_mults) - 1)
+from trainer.vae.config import VAEConfig
 
 
 class CausalConv3d(nn.Module):

@@ -14,8 +14,9 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,36 +25,10 @@ from tqdm import tqdm
 
 from infra.storage import Storage
 from trainer.data.clips import decode_frames, iter_samples, list_shards
-from trainer.vae.model import CausalVAE, VAEConfig
+from trainer.vae.config import VAEConfig, VAETrainConfig
+from trainer.vae.model import CausalVAE
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class VAETrainConfig:
-    size: str = "tiny"
-    """VAE size (trainer.vae.model.SIZES)."""
-    steps: int = 300
-    batch_size: int = 4
-    lr: float = 1e-3
-    kl_weight: float = 1e-6
-    """Weight of the KL term (small: the latent should stay informative)."""
-    temporal_weight: float = 0.1
-    """Weight of an L1 loss on frame-to-frame differences (motion fidelity)."""
-    frames: int = 5
-    """Frames per training crop (1 + 4k)."""
-    crop: int = 64
-    """Square crop side in pixels (a multiple of 8)."""
-    holdout: int = 4
-    """Clips held out for PSNR (chosen by key hash, so stable across runs)."""
-    seed: int = 0
-    checkpoint_every: int = 100
-
-    def validate(self) -> None:
-        if (self.frames - 1) % 4 or self.crop % 8:
-            raise ValueError(
-                f"frames must be 1 + 4k and crop a multiple of 8, got {self.frames}, {self.crop}"
-            )
 
 
 def _to_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -182,7 +157,10 @@ def _checkpoint(
         "torch_rng": torch.get_rng_state(),
     }
     torch.save(state, tmp / "state.pt")
-    tmp.rename(ckpt_dir / name)
+    final = ckpt_dir / name
+    if final.exists():  # left by a run that crashed before moving `latest` to it
+        shutil.rmtree(final)
+    tmp.rename(final)
     pointer = ckpt_dir / ".latest.tmp"
     pointer.write_text(name)
     pointer.rename(ckpt_dir / "latest")  # written last: a crash before this leaves the old one

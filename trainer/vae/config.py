@@ -1,0 +1,83 @@
+"""Configuration of the spacetime VAE and its training (no heavy imports: the CLI loads it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SIZES: dict[str, dict[str, object]] = {
+    "tiny": {"base_channels": 16, "latent_channels": 4, "layers_per_block": 1},
+    "S": {"base_channels": 64, "latent_channels": 16, "layers_per_block": 2},
+    "B": {"base_channels": 128, "latent_channels": 16, "layers_per_block": 2},
+}
+
+
+@dataclass
+class VAEConfig:
+    size: str = "tiny"
+    """Named size (tiny, S, B): sets the three fields below unless they are given."""
+    in_channels: int = 3
+    base_channels: int = 16
+    """Width of the first level; levels use base x channel_mults."""
+    latent_channels: int = 4
+    layers_per_block: int = 1
+    channel_mults: tuple[int, int, int, int] = (1, 2, 2, 4)
+    """Four levels: three 2x spatial downsamples (8x)."""
+    temporal_down: tuple[bool, bool, bool] = (True, True, False)
+    """Which of the three downsamples also halve time (two: 4x)."""
+    latent_mean: list[float] = field(default_factory=list)
+    """Per-channel shift for normalising latents (set by train-vae; empty: 0)."""
+    latent_std: list[float] = field(default_factory=list)
+    """Per-channel scale for normalising latents (empty: 1)."""
+
+    @classmethod
+    def named(cls, size: str, **overrides: object) -> VAEConfig:
+        if size not in SIZES:
+            raise ValueError(f"VAE size must be one of {', '.join(SIZES)}, got {size!r}")
+        return cls(size=size, **{**SIZES[size], **overrides})  # type: ignore[arg-type]
+
+    @property
+    def time_stride(self) -> int:
+        return 2 ** sum(self.temporal_down)
+
+    @property
+    def space_stride(self) -> int:
+        return 2 ** (len(self.channel_mults) - 1)
+
+
+@dataclass
+class VAETrainConfig:
+    size: str = "tiny"
+    """VAE size (trainer.vae.model.SIZES)."""
+    steps: int = 300
+    batch_size: int = 4
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+    """Weight of the KL term (small: the latent should stay informative)."""
+    temporal_weight: float = 0.1
+    """Weight of an L1 loss on frame-to-frame differences (motion fidelity)."""
+    frames: int = 5
+    """Frames per training crop (1 + 4k)."""
+    crop: int = 64
+    """Square crop side in pixels (a multiple of 8)."""
+    holdout: int = 4
+    """Clips held out for PSNR (chosen by key hash, so stable across runs)."""
+    seed: int = 0
+    checkpoint_every: int = 100
+
+    def validate(self) -> None:
+        if (self.frames - 1) % 4 or self.crop % 8:
+            raise ValueError(
+                f"frames must be 1 + 4k and crop a multiple of 8, got {self.frames}, {self.crop}"
+            )
+
+
+@dataclass
+class EncodeConfig:
+    chunk_latent_frames: int = 4
+    """Latent frames per temporal chunk (exact; bounds memory for long clips)."""
+    tile: int = 0
+    """Spatial tile in pixels for large clips (0: no spatial tiling)."""
+    max_frames: int = 257
+    """Longer clips are cut to this many frames (1 + 4k) before encoding."""
+    text_max_length: int = 128
+    """Caption tokens kept."""
