@@ -123,8 +123,8 @@ def _yuv_planes(frame: av.VideoFrame) -> list[np.ndarray]:
 
 
 def _frame_from_planes(planes: list[np.ndarray]) -> av.VideoFrame:
-    """A yuv420p frame from planes; row padding is zeroed so nothing uninitialised reaches the
-    encoder (its SIMD code reads past the visible width)."""
+    """A yuv420p frame from (possibly rotated) planes, row padding zeroed so every byte the encoder
+    is handed is defined."""
     h, w = planes[0].shape
     frame = av.VideoFrame(w, h, "yuv420p")
     for plane, data in zip(frame.planes, planes, strict=True):

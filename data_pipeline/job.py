@@ -15,10 +15,8 @@ import json
 import logging
 import re
 import sys
-import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -28,8 +26,8 @@ from data_pipeline.process import load_record, process_source
 from data_pipeline.shards import Shard, ShardPlanner, write_shard
 from data_pipeline.sources import Source, list_sources
 from infra.errors import JobError
-from infra.ray_cluster import ray_session
-from infra.storage import Storage, StorageConfig, is_s3, join
+from infra.ray_cluster import local_work_dir, ray_session
+from infra.storage import Storage, StorageConfig, join
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +122,6 @@ def run_shard(
         output,
     )
 
-    # Ray's temp dir: under the output's work dir when that is local, else under the system temp.
-    if is_s3(output):
-        local_work = (
-            Path(tempfile.gettempdir())
-            / "spacetime-work"
-            / hashlib.sha1(output.encode()).hexdigest()[:10]
-        )
-    else:
-        local_work = Path(work)
     records: list[dict[str, Any]] = []
     planner = ShardPlanner(cfg.shard_max_bytes, cfg.shard_max_clips)
     shards: list[str] = []
@@ -153,7 +142,7 @@ def run_shard(
             shards.append(uri)
             shard_of.update((key, shard.name) for _, key in shard.entries)
 
-    with ray_session(ray_address, local_work) as resources:
+    with ray_session(ray_address, local_work_dir(output)) as resources:
         import ray
 
         ctx = ray.data.DataContext.get_current()

@@ -33,6 +33,18 @@ def _short_temp_dir(work_dir: Path) -> str:
     return str(link)
 
 
+def local_work_dir(output: str) -> Path:
+    """Where a job keeps local working files (Ray's temp dir): `{output}/_work` for a local output,
+    a folder under the system temp dir named after the output for an s3:// one."""
+    if output.startswith("s3://"):
+        return (
+            Path(tempfile.gettempdir())
+            / "spacetime-work"
+            / hashlib.sha1(output.encode()).hexdigest()[:10]
+        )
+    return Path(output) / "_work"
+
+
 def loopback_only() -> None:
     """Makes a local Ray bind to 127.0.0.1. Passing `_node_ip_address="127.0.0.1"` is not enough:
     Ray swaps loopback for the machine's external address unless its cluster support is off

@@ -22,8 +22,8 @@ import torch
 import webdataset as wds
 from safetensors.torch import save
 
-from infra.ray_cluster import ray_session
-from infra.storage import Storage, StorageConfig, is_s3, join
+from infra.ray_cluster import local_work_dir, ray_session
+from infra.storage import Storage, StorageConfig, join
 from trainer.data.clips import decode_frames, iter_samples, list_shards
 from trainer.text import TextEncoder, TextEncoderConfig
 from trainer.vae import CausalVAE
@@ -108,11 +108,8 @@ def run_encode(
     storage = Storage(storage_cfg)
     clip_shards = list_shards(shards, storage)
     CausalVAE.from_pretrained(vae_dir)  # fail fast, before any worker starts
-    local_work = (
-        Path(output) / "_work" if not is_s3(output) else Path("/tmp") / "spacetime-work" / "encode"
-    )
     results = []
-    with ray_session(ray_address, local_work):
+    with ray_session(ray_address, local_work_dir(output)):
         import ray
 
         task = ray.remote(num_cpus=1)(encode_shard)
