@@ -25,7 +25,6 @@ EXIT_NOT_BUILT = 3
 # Subcommands whose feature has not landed yet, and the issue that tracks each.
 NOT_BUILT = {
     "recaption": "recaptioning (issue 4)",
-    "train": "the DeepSpeed trainer (issue 8)",
     "sample": "sampling (issue 6)",
     "launch": "multi-node launch (issue 9)",
 }
@@ -118,6 +117,28 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    if args.latents:
+        cfg.train.data.latents = args.latents
+    if args.dry_run:
+        import json
+        import os
+
+        from infra.storage import Storage
+        from trainer.train import dry_run
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        report = dry_run(cfg.train, cfg.run.seed, Storage(cfg.storage), world)
+        print(dump_yaml(cfg.train), end="")
+        print(json.dumps(report, indent=2))
+        return 0
+    from trainer.train import train
+
+    train(cfg, resume=args.resume)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
@@ -192,10 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None)
     _add_config_args(p)
 
-    p = add("train", "train the spacetime DiT with DeepSpeed ZeRO", _not_built("train"))
-    p.add_argument("--resume", default=None, help="'auto' or a checkpoint path")
+    p = add("train", "train the spacetime DiT with DeepSpeed ZeRO", cmd_train)
+    p.add_argument("--latents", default=None, help="latent shards (output of `spacetime encode`)")
     p.add_argument(
-        "--dry-run", action="store_true", help="print the DeepSpeed config and model stats"
+        "--resume",
+        default=None,
+        help="'auto' (continue from the run's latest checkpoint, or start) or a checkpoint dir",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the DeepSpeed config, parameter count, attention backend and packing stats",
     )
     _add_config_args(p)
 

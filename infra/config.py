@@ -103,6 +103,12 @@ def _coerce(value: Any, tp: Any, path: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        # YAML 1.1 reads "1e-3" (no dot) as a string; a float field accepts what float() accepts.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad() from None
         raise bad()
     if tp is str:
         if isinstance(value, str):

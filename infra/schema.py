@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from data_pipeline.config import ShardConfig
 from infra.storage import StorageConfig
+from trainer.config import TrainConfig
 from trainer.vae.config import EncodeConfig, VAETrainConfig
 
 
@@ -38,3 +39,4 @@ class SpacetimeConfig:
     shard: ShardConfig = field(default_factory=ShardConfig)
     vae_train: VAETrainConfig = field(default_factory=VAETrainConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,6 +1,7 @@
 """`spacetime encode`: cache VAE latents and text embeddings as shards beside the clip shards.
 
-One Ray task per clip shard writes `latents-NNNNNN.tar` (same number as its `clips-NNNNNN.tar`):
+One Ray task per clip shard writes `latents-NNNNNN.tar` (same number as its `clips-NNNNNN.tar`)
+and `latents-NNNNNN.index.json` (key, latent shape and text length of each sample, for planning):
 `{key}.latent.safetensors` (the normalised posterior mean, (C, T', H', W'), with the VAE's tag and
 latent statistics in its metadata) and `{key}.text.safetensors` (the caption's token states and
 their count). Shards are published atomically, so a rerun after a crash redoes only the missing
@@ -46,6 +47,32 @@ def vae_tag(vae_dir: str) -> str:
     return f"vae-{h}"
 
 
+def latent_record(
+    key: str,
+    latent: torch.Tensor,
+    text_states: torch.Tensor,
+    caption: str,
+    tag: str,
+    vae_cfg: Any,
+    frames: int,
+    text_encoder: str,
+) -> dict[str, Any]:
+    """One sample of a latent shard, in the format trainer.data reads."""
+    meta = {"vae": tag, "shape": json.dumps(list(latent.shape)), "frames": str(frames)}
+    meta |= {
+        "latent_mean": json.dumps(list(vae_cfg.latent_mean)),
+        "latent_std": json.dumps(list(vae_cfg.latent_std)),
+    }
+    return {
+        "__key__": key,
+        "latent.safetensors": save({"latent": latent.contiguous()}, metadata=meta),
+        "text.safetensors": save(
+            {"tokens": text_states.contiguous()},
+            metadata={"caption": caption, "encoder": text_encoder},
+        ),
+    }
+
+
 def encode_shard(
     clip_shard: str,
     output: str,
@@ -59,12 +86,13 @@ def encode_shard(
     ecfg = EncodeConfig(**cfg)
     name = clip_shard.rsplit("/", 1)[-1].replace("clips-", "latents-")
     out_uri = join(output, name)
-    if storage.exists(out_uri):
+    index_uri = out_uri[: -len(".tar")] + ".index.json"
+    if storage.exists(out_uri) and storage.exists(index_uri):
         return {"shard": name, "clips": -1, "skipped": True}
     torch.set_num_threads(1)
     vae, text = _models(vae_dir, text_path, ecfg.text_max_length)
     tag = vae_tag(vae_dir)
-    n = 0
+    rows: list[dict[str, Any]] = []
     with storage.atomic_writer(out_uri) as tmp, open(tmp, "wb") as f:
         writer = wds.TarWriter(f, mtime=0, user="", group="")
         for s in iter_samples(clip_shard, storage):
@@ -76,23 +104,15 @@ def encode_shard(
                 z = vae.normalize(z)[0].contiguous()
             caption = s.get("txt", b"").decode("utf-8")
             states = text.encode([caption])[0].contiguous()
-            meta = {"vae": tag, "shape": json.dumps(list(z.shape)), "frames": str(t)}
-            meta |= {
-                "latent_mean": json.dumps(vae.cfg.latent_mean),
-                "latent_std": json.dumps(vae.cfg.latent_std),
-            }
             writer.write(
-                {
-                    "__key__": s["__key__"],
-                    "latent.safetensors": save({"latent": z}, metadata=meta),
-                    "text.safetensors": save(
-                        {"tokens": states}, metadata={"caption": caption, "encoder": text.path}
-                    ),
-                }
+                latent_record(s["__key__"], z, states, caption, tag, vae.cfg, t, text.path)
             )
-            n += 1
+            rows.append({"key": s["__key__"], "shape": list(z.shape), "text_len": len(states)})
         writer.close()
-    return {"shard": name, "clips": n, "skipped": False}
+    # The index lets the trainer plan packing without reading latents; written after the shard,
+    # and a shard without one is redone (or scanned by the loader).
+    storage.write_text(index_uri, json.dumps(rows))
+    return {"shard": name, "clips": len(rows), "skipped": False}
 
 
 def run_encode(

@@ -8,30 +8,12 @@ batch's `sample_idx`. Schedules are computed in float64 and gathered into the da
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from trainer.diffusion.common import Denoiser
+from trainer.diffusion.config import DDPMConfig
 from trainer.model.packing import PackedBatch
-
-Schedule = Literal["linear", "scaled_linear", "cosine"]
-
-
-@dataclass
-class DDPMConfig:
-    schedule: Schedule = "linear"
-    """Beta schedule: DDPM's linear, the 'quadratic' scaled-linear (Stable Diffusion), or the cosine
-    schedule of Nichol & Dhariwal 2021."""
-    num_timesteps: int = 1000
-    """Diffusion steps T."""
-    beta_start: float = 1e-4
-    """First beta of the linear/scaled-linear schedules (for T=1000; rescaled for other T)."""
-    beta_end: float = 0.02
-    """Last beta of the linear/scaled-linear schedules."""
-    prediction: Literal["epsilon", "v"] = "epsilon"
-    """What the model predicts: the noise, or v = sqrt(a)·eps - sqrt(1-a)·x0 (Salimans & Ho 2022)."""
 
 
 def make_betas(cfg: DDPMConfig) -> torch.Tensor:

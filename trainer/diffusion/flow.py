@@ -8,25 +8,11 @@ Sampling integrates the ODE from t=1 to 0 with Euler steps on the same shifted g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
 from trainer.diffusion.common import Denoiser
+from trainer.diffusion.config import FlowConfig
 from trainer.model.packing import PackedBatch
-
-
-@dataclass
-class FlowConfig:
-    timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
-    """How training draws t (before the shift)."""
-    logit_mean: float = 0.0
-    """Mean of the logit-normal's underlying normal."""
-    logit_std: float = 1.0
-    """Std of the logit-normal's underlying normal."""
-    shift_base_tokens: int = 256
-    """Token count at which the time shift is 1; larger samples are shifted toward noise. 0: off."""
 
 
 def shift_time(t: torch.Tensor, tokens: torch.Tensor, base: int) -> torch.Tensor:

@@ -9,60 +9,17 @@ tokens and a per-sample timestep to a prediction; trainer.diffusion owns noising
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from kernels import varlen_attention
 from kernels.fused import adaln_norm_modulate, rope_3d
+from trainer.model.config import SIZES, DiTConfig
 from trainer.model.packing import PackedBatch
 
-# DiT's named sizes (depth, hidden, heads), plus a tiny one for tests.
-SIZES: dict[str, tuple[int, int, int]] = {
-    "tiny": (2, 64, 4),
-    "S": (12, 384, 6),
-    "B": (12, 768, 12),
-    "L": (24, 1024, 16),
-    "XL": (28, 1152, 16),
-}
-
-
-@dataclass
-class DiTConfig:
-    """Shape of the denoiser."""
-
-    size: str = "tiny"
-    """Named size (depth, hidden, heads): tiny, S, B, L, XL."""
-    in_channels: int = 4
-    """Latent channels."""
-    patch: tuple[int, int, int] = (1, 2, 2)
-    """Patch size (pt, ph, pw) in latent frames and pixels."""
-    text_dim: int = 384
-    """Width of the text encoder's token embeddings (MiniLM: 384)."""
-    mlp_ratio: float = 4.0
-    """MLP hidden width as a multiple of the model width."""
-    rope_theta: float = 10000.0
-    """RoPE base."""
-    attn_backend: str = "auto"
-    """kernels.varlen_attention backend: auto, flash3, flash2, xformers, flex, sdpa, reference."""
-    fused_impl: str = "auto"
-    """kernels.fused implementation: auto, triton, torch."""
-
-    def validate(self) -> None:
-        if self.size not in SIZES:
-            raise ValueError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
-        _, hidden, heads = SIZES[self.size]
-        if (hidden // heads) % 2:
-            raise ValueError("head dim must be even for RoPE")
-
-    @property
-    def dims(self) -> tuple[int, int, int]:
-        return SIZES[self.size]
-
-    @property
-    def patch_dim(self) -> int:
-        return self.in_channels * self.patch[0] * self.patch[1] * self.patch[2]
+__all__ = ["SIZES", "DiT", "DiTConfig"]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -173,6 +130,8 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(hidden, heads, cfg) for _ in range(depth))
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
         self.final = nn.Linear(hidden, cfg.patch_dim)
+        self.grad_checkpointing = False
+        """Recompute each block in the backward pass instead of storing its activations."""
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -204,7 +163,10 @@ class DiT(nn.Module):
             pooled
         )  # (B, D)
         for block in self.blocks:
-            x = block(x, c, text, batch)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, c, text, batch, use_reentrant=False)
+            else:
+                x = block(x, c, text, batch)
         shift, scale = self.final_modulation(c).chunk(2, dim=-1)
         x = adaln_norm_modulate(
             x, shift, scale, batch.sample_idx, norm="layer", impl=self.cfg.fused_impl

@@ -1,0 +1,233 @@
+"""Training checkpoints: DeepSpeed engine state plus everything else a resume needs, published atomically.
+
+Layout under `{run}/checkpoints/`:
+
+    step-00000100/      DeepSpeed's files (model states, ZeRO optimizer partitions, LR scheduler),
+                        trainer_state.json (step, data position, tokens seen, world size, resolved
+                        config, code version), rng-rank00000.pt per rank, ema.safetensors
+    latest              the name of the newest complete checkpoint, written last
+
+Everything is written under `step-N.partial/`; after every rank has finished, rank 0 renames it to
+`step-N/` and then rewrites `latest`. A crash at any point leaves the previous `latest` pointing at
+a complete checkpoint; a leftover `.partial` directory is never read and is removed by the next
+save. On S3 the same order holds: the files are uploaded, then `latest` is uploaded last.
+
+A different world size at resume: DeepSpeed's ZeRO checkpoints are partitioned by rank, so the
+checkpoint is first converted to DeepSpeed's universal format (deepspeed.checkpoint.ds_to_universal)
+and loaded with `load_universal`. Weights, optimizer moments, LR schedule, EMA and the data position
+carry over; per-rank RNG states of ranks that no longer exist are dropped (the trainer seeds all
+randomness from (seed, step, micro-batch), so this does not change the math).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from infra.storage import Storage, join
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+PARTIAL = ".partial"
+
+
+def tag_for(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def code_version() -> str:
+    try:
+        here = Path(__file__).resolve().parent.parent
+        out = subprocess.run(
+            ["git", "-C", str(here), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import version
+
+    return f"spacetime-dit {version('spacetime-dit')}"
+
+
+class CheckpointStore:
+    """Where checkpoints live: `local_dir` always (DeepSpeed writes files), mirrored to `remote`
+    (an s3:// prefix) when the run's output is on S3."""
+
+    def __init__(self, local_dir: Path, remote: str | None, storage: Storage, rank: int):
+        self.local, self.remote, self.storage, self.rank = local_dir, remote, storage, rank
+        self.local.mkdir(parents=True, exist_ok=True)
+
+    def latest(self) -> str | None:
+        if self.remote:
+            uri = join(self.remote, LATEST)
+            return self.storage.read_text(uri).strip() if self.storage.exists(uri) else None
+        p = self.local / LATEST
+        return p.read_text().strip() if p.exists() else None
+
+    def all_tags(self) -> list[str]:
+        if self.remote:
+            names = {
+                u[len(self.remote) :].lstrip("/").split("/", 1)[0]
+                for u in self.storage.list(self.remote)
+            }
+        else:
+            names = {p.name for p in self.local.iterdir() if p.is_dir()}
+        return sorted(n for n in names if n.startswith("step-") and not n.endswith(PARTIAL))
+
+    def begin(self, tag: str) -> str:
+        """Called by rank 0 before a collective save: clears leftovers of a crashed save."""
+        for stale in (self.local / (tag + PARTIAL), self.local / tag):
+            if stale.exists():
+                shutil.rmtree(stale)
+        return tag + PARTIAL
+
+    def publish(self, tag: str, keep: int, local_rank: int) -> None:
+        """After every rank wrote `tag.partial`: make it `tag`, then point `latest` at it.
+        Collective (every rank calls it)."""
+        dist.barrier()
+        if self.remote:
+            if local_rank == 0:  # each node uploads what its ranks wrote
+                part = self.local / (tag + PARTIAL)
+                for f in sorted(part.rglob("*")):
+                    if f.is_file():
+                        self.storage.upload(f, join(self.remote, tag, str(f.relative_to(part))))
+            dist.barrier()
+            if self.rank == 0:
+                self.storage.write_text(join(self.remote, LATEST), tag)
+            if local_rank == 0:
+                os.replace(self.local / (tag + PARTIAL), self.local / tag)
+        elif self.rank == 0:
+            os.replace(self.local / (tag + PARTIAL), self.local / tag)
+            tmp = self.local / (LATEST + PARTIAL)
+            tmp.write_text(tag)
+            os.replace(tmp, self.local / LATEST)
+        dist.barrier()
+        if self.rank == 0 and keep > 0:
+            for old in self.all_tags()[:-keep]:
+                self._delete(old)
+
+    def _delete(self, tag: str) -> None:
+        if self.remote:
+            self.storage.delete_prefix(join(self.remote, tag) + "/")
+        if (self.local / tag).exists():
+            shutil.rmtree(self.local / tag, ignore_errors=True)
+        log.info("checkpoint %s removed (keep-last-N)", tag)
+
+    def fetch(self, tag: str, local_rank: int) -> Path:
+        """The local directory of checkpoint `tag` (downloaded from S3 by each node's first rank)."""
+        path = self.local / tag
+        if self.remote and local_rank == 0 and not (path / "trainer_state.json").exists():
+            prefix = join(self.remote, tag)
+            tmp = self.local / (tag + ".download")
+            shutil.rmtree(tmp, ignore_errors=True)
+            for uri in self.storage.list(prefix):
+                self.storage.download(uri, tmp / uri[len(prefix) :].lstrip("/"))
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+        dist.barrier()
+        if not (path / "trainer_state.json").exists():
+            raise FileNotFoundError(f"{path}: not a complete checkpoint (no trainer_state.json)")
+        return path
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_rank_files(path: Path, rank: int) -> None:
+    torch.save(rng_state(), path / f"rng-rank{rank:05d}.pt")
+
+
+def load_rank_files(path: Path, rank: int) -> bool:
+    f = path / f"rng-rank{rank:05d}.pt"
+    if not f.exists():
+        return False
+    set_rng_state(torch.load(f, weights_only=False))
+    return True
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    return json.loads((path / "trainer_state.json").read_text())
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    (path / "trainer_state.json").write_text(json.dumps(state, indent=2))
+
+
+def to_universal(ckpt_dir: Path, tag: str) -> str:
+    """Converts checkpoint `tag` to DeepSpeed's universal format (once) and returns its tag."""
+    out_tag = tag + "-universal"
+    out = ckpt_dir / out_tag
+    if not (out / "zero").is_dir():
+        tmp = ckpt_dir / (out_tag + PARTIAL)
+        shutil.rmtree(tmp, ignore_errors=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "deepspeed.checkpoint.ds_to_universal",
+            "--input_folder",
+            str(ckpt_dir / tag),
+            "--output_folder",
+            str(tmp),
+            "--num_extract_workers",
+            "1",
+            "--num_merge_workers",
+            "1",
+        ]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(
+                f"{ckpt_dir / tag}: conversion to a universal checkpoint failed:\n{res.stderr[-2000:]}"
+            )
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+        # trainer files travel with it so the universal tag is a complete checkpoint too
+        for f in (ckpt_dir / tag).glob("*"):
+            if f.is_file() and (f.name.endswith(".json") or f.name.endswith(".safetensors")):
+                shutil.copy2(f, out / f.name)
+    return out_tag
+
+
+def export_weights(ckpt_dir: Path, tag: str, out_dir: Path) -> Path:
+    """Consolidated fp32 weights (model.safetensors, and ema.safetensors when present) plus the
+    model config, loadable without DeepSpeed (trainer.sample)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors.torch import save_file
+
+    state = read_state(ckpt_dir / tag)
+    sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(out_dir / "model.safetensors"))
+    if (ckpt_dir / tag / "ema.safetensors").exists():
+        shutil.copy2(ckpt_dir / tag / "ema.safetensors", out_dir / "ema.safetensors")
+    (out_dir / "config.json").write_text(json.dumps(state["config"], indent=2))
+    return out_dir

@@ -1,0 +1,107 @@
+"""Configuration of `spacetime train` (no torch import: the CLI and config loader read it).
+
+The DeepSpeed dict is generated from these fields (trainer.engine.deepspeed_config), never written
+by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from trainer.diffusion.config import DDPMConfig, FlowConfig
+from trainer.model.config import DiTConfig
+
+
+@dataclass
+class TrainDataConfig:
+    latents: str = ""
+    """Latent shards (output of `spacetime encode`), local folder or s3:// prefix."""
+    token_budget: int = 4096
+    """Most video tokens in one micro-batch (samples longer than this travel alone)."""
+    microbatches_per_step: int = 2
+    """Micro-batches in one optimizer step across all ranks (the global batch). Fixed across world
+    sizes: each rank runs microbatches_per_step / world_size of them (gradient accumulation), so
+    resuming on another world size trains on exactly the same batches."""
+    shuffle_shards: int = 8
+    """Shards shuffled together (window); samples are shuffled and packed within a window."""
+    workers: int = 1
+    """Reader processes per rank (0: read in the training process)."""
+    caption_dropout: float = 0.1
+    """Fraction of samples trained without text (for classifier-free guidance)."""
+    token_drop: float = 0.0
+    """NaViT token dropping: fraction of each sample's tokens dropped in training."""
+    balance: Literal["cost", "tokens"] = "cost"
+    """How micro-batches are spread across ranks: by compute cost (tokens and sum of L^2) or tokens."""
+
+    def validate(self) -> None:
+        if self.token_budget < 1 or self.microbatches_per_step < 1 or self.shuffle_shards < 1:
+            raise ValueError("token_budget, microbatches_per_step and shuffle_shards must be >= 1")
+        if not 0 <= self.caption_dropout < 1 or not 0 <= self.token_drop < 1:
+            raise ValueError("caption_dropout and token_drop must be in [0, 1)")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    """Linear warmup from 0."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """After warmup: constant, or cosine decay to min_lr_ratio·lr at the last step."""
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    """Global gradient-norm clipping (0: off)."""
+
+
+@dataclass
+class TrainConfig:
+    model: DiTConfig = field(default_factory=DiTConfig)
+    objective: Literal["flow", "ddpm"] = "flow"
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    ddpm: DDPMConfig = field(default_factory=DDPMConfig)
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 1000
+    """Optimizer steps to train in total (a resumed run continues to this number)."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage 0-3."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 on GPU, fp32 on CPU."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload of optimizer states to CPU (stage >= 1)."""
+    activation_checkpointing: bool = False
+    """Recompute each DiT block in the backward pass (less memory, ~1.3x compute)."""
+    loss_averaging: Literal["token", "sample"] = "token"
+    """Every token weighs the same, or every sample; normalised over the global batch."""
+    ema_decay: float = 0.999
+    """EMA of the weights (0: off)."""
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    """Keep the newest N checkpoints (0: keep all)."""
+    log_every: int = 10
+    preview_every: int = 0
+    """Steps between sample previews (0: off); needs preview_vae."""
+    preview_vae: str = ""
+    """VAE directory used to decode previews."""
+    preview_prompts: list[str] = field(
+        default_factory=lambda: ["a red circle moving right", "a blue square moving up"]
+    )
+    preview_shape: tuple[int, int, int] = (9, 64, 64)
+    """(frames, height, width) of preview videos."""
+    text_encoder: str = ""
+    """Text encoder for preview prompts (empty: the packaged MiniLM)."""
+    peak_tflops: float = 0.0
+    """Peak of one device for MFU (0: measured with a matmul on CPU; 989 for H100 bf16 dense)."""
+
+    def validate(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("steps, checkpoint_every and log_every must be >= 1")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage >= 1")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")

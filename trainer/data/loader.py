@@ -1,0 +1,212 @@
+"""Streaming loader of cached latents for the trainer: follows the plan (trainer.data.plan).
+
+Each rank reads only the shards that hold its samples, in the order it needs them, split across
+reader processes (torch DataLoader workers, shard j to worker j mod n) so decoding overlaps the
+training step. Samples wait in memory until their step comes; because a shard's samples are all used
+within its shuffle window, that is at most about one window of samples. Local or S3 shards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from safetensors.torch import load
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from infra.storage import Storage
+from trainer.data.clips import iter_samples
+from trainer.data.plan import (
+    EpochPlan,
+    Index,
+    assign_ranks,
+    plan_epoch,
+    sample_cost,
+    tokens_of,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sample:
+    key: str
+    latent: torch.Tensor
+    """(C, T, H, W) normalised latent."""
+    text: torch.Tensor
+    """(L, D) caption token states."""
+
+
+@dataclass
+class StepData:
+    epoch: int
+    step_in_epoch: int
+    microbatches: list[list[Sample]]
+    """This rank's micro-batches of the step (microbatches_per_step / world_size of them)."""
+    microbatch_ids: list[int]
+    """Their positions among the step's G micro-batches (seeds noise independently of rank)."""
+    global_tokens: int
+    """Video tokens of the whole step on all ranks (the loss normaliser)."""
+    step_lengths: list[int]
+    """Token count of every sample of the step on all ranks."""
+    global_samples: int
+
+
+class _ShardReader(IterableDataset):
+    """Yields (shard position, [Sample]) for the wanted keys of each shard, worker-split."""
+
+    def __init__(self, shards: list[str], wanted: list[set[str]], storage: Storage):
+        self.shards, self.wanted, self.storage = shards, wanted, storage
+
+    def __iter__(self) -> Iterator[tuple[int, list[Sample]]]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        if info is not None:
+            torch.set_num_threads(1)  # readers must not compete with the training step for cores
+        for j, (shard, keys) in enumerate(zip(self.shards, self.wanted, strict=True)):
+            if j % nw != wid:
+                continue
+            out = []
+            for s in iter_samples(shard, self.storage):
+                if s["__key__"] in keys:
+                    out.append(
+                        Sample(
+                            s["__key__"],
+                            load(s["latent.safetensors"])["latent"],
+                            load(s["text.safetensors"])["tokens"],
+                        )
+                    )
+            missing = keys - {s.key for s in out}
+            if missing:
+                raise FileNotFoundError(
+                    f"{shard}: {len(missing)} samples of the index are missing from the shard "
+                    f"(e.g. {sorted(missing)[0]}); was it rewritten after encoding?"
+                )
+            yield j, out
+
+
+class LatentLoader:
+    """Iterates StepData for one rank from a position (epoch, step_in_epoch), epoch after epoch."""
+
+    def __init__(
+        self,
+        index: Index,
+        storage: Storage,
+        *,
+        rank: int,
+        world_size: int,
+        seed: int,
+        patch: tuple[int, int, int],
+        token_budget: int,
+        microbatches_per_step: int,
+        shuffle_shards: int,
+        workers: int,
+        hidden: int,
+        balance: str = "cost",
+    ):
+        self.index, self.storage = index, storage
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.patch, self.budget, self.g = patch, token_budget, microbatches_per_step
+        self.shuffle_shards, self.workers, self.hidden, self.balance = (
+            shuffle_shards,
+            workers,
+            hidden,
+            balance,
+        )
+        self.lengths = [tokens_of(e.shape, patch) for e in index.entries]
+        if self.g % world_size:
+            raise ValueError(
+                f"data.microbatches_per_step ({self.g}) must be divisible by the world size "
+                f"({world_size})"
+            )
+
+    def plan(self, epoch: int) -> EpochPlan:
+        p = plan_epoch(
+            self.index,
+            epoch,
+            self.seed,
+            self.patch,
+            self.budget,
+            self.g,
+            self.shuffle_shards,
+        )
+        if not p.steps:
+            raise ValueError(
+                f"the data fill no optimizer step: {len(self.index.entries)} samples pack into "
+                f"fewer than microbatches_per_step={self.g} micro-batches of {self.budget} tokens"
+            )
+        return p
+
+    def rank_microbatches(self, step: list[list[int]]) -> list[int]:
+        def cost(mb: list[int]) -> float:
+            if self.balance == "tokens":
+                return float(sum(self.lengths[i] for i in mb))
+            return sum(sample_cost(self.lengths[i], self.hidden) for i in mb)
+
+        return assign_ranks([cost(mb) for mb in step], self.world_size)[self.rank]
+
+    def iterate(self, epoch: int, step_in_epoch: int) -> Iterator[StepData]:
+        while True:
+            plan = self.plan(epoch)
+            if step_in_epoch < len(plan.steps):
+                yield from self._epoch(plan, step_in_epoch)
+            epoch, step_in_epoch = epoch + 1, 0
+
+    def _epoch(self, plan: EpochPlan, start: int) -> Iterator[StepData]:
+        mine = [(s, self.rank_microbatches(plan.steps[s])) for s in range(start, len(plan.steps))]
+        shard_order: list[int] = []
+        wanted: dict[int, set[str]] = {}
+        for s, mbs in mine:
+            for m in mbs:
+                for i in plan.steps[s][m]:
+                    e = self.index.entries[i]
+                    if e.shard not in wanted:
+                        shard_order.append(e.shard)
+                        wanted[e.shard] = set()
+                    wanted[e.shard].add(e.key)
+        reader = _ShardReader(
+            [self.index.shards[j] for j in shard_order],
+            [wanted[j] for j in shard_order],
+            self.storage,
+        )
+        stream: Any = (
+            DataLoader(
+                reader,
+                batch_size=None,
+                num_workers=self.workers,
+                prefetch_factor=2,
+                multiprocessing_context="fork",
+            )
+            if self.workers > 0
+            else reader
+        )
+        arrived: dict[tuple[int, str], Sample] = {}
+        it = iter(stream)
+        for s, mbs in mine:
+            need = [
+                (self.index.entries[i].shard, self.index.entries[i].key)
+                for m in mbs
+                for i in plan.steps[s][m]
+            ]
+            while any(n not in arrived for n in need):
+                j, samples = next(it)
+                for smp in samples:
+                    arrived[(shard_order[j], smp.key)] = smp
+            yield StepData(
+                epoch=plan.epoch,
+                step_in_epoch=s,
+                microbatches=[
+                    [
+                        arrived.pop((self.index.entries[i].shard, self.index.entries[i].key))
+                        for i in plan.steps[s][m]
+                    ]
+                    for m in mbs
+                ],
+                microbatch_ids=mbs,
+                global_tokens=plan.step_tokens(s, self.lengths),
+                step_lengths=[self.lengths[i] for mb in plan.steps[s] for i in mb],
+                global_samples=plan.step_samples(s),
+            )

@@ -1,0 +1,35 @@
+"""Diffusion objective settings (no torch import: the CLI and config loader read them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Schedule = Literal["linear", "scaled_linear", "cosine"]
+
+
+@dataclass
+class DDPMConfig:
+    schedule: Schedule = "linear"
+    """Beta schedule: DDPM's linear, the 'quadratic' scaled-linear (Stable Diffusion), or the cosine
+    schedule of Nichol & Dhariwal 2021."""
+    num_timesteps: int = 1000
+    """Diffusion steps T."""
+    beta_start: float = 1e-4
+    """First beta of the linear/scaled-linear schedules (for T=1000; rescaled for other T)."""
+    beta_end: float = 0.02
+    """Last beta of the linear/scaled-linear schedules."""
+    prediction: Literal["epsilon", "v"] = "epsilon"
+    """What the model predicts: the noise, or v = sqrt(a)·eps - sqrt(1-a)·x0 (Salimans & Ho 2022)."""
+
+
+@dataclass
+class FlowConfig:
+    timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
+    """How training draws t (before the shift)."""
+    logit_mean: float = 0.0
+    """Mean of the logit-normal's underlying normal."""
+    logit_std: float = 1.0
+    """Std of the logit-normal's underlying normal."""
+    shift_base_tokens: int = 256
+    """Token count at which the time shift is 1; larger samples are shifted toward noise. 0: off."""

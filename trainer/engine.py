@@ -1,0 +1,137 @@
+"""Process group and DeepSpeed engine setup, shared by every launcher (torchrun, the deepspeed
+launcher, Ray Train, or a plain single process)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from trainer.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed(timeout_s: float = 600.0) -> DistInfo:
+    """Joins the process group the launcher set up through the environment (RANK, WORLD_SIZE,
+    MASTER_ADDR, ...); a plain `spacetime train` is a world of one on 127.0.0.1."""
+    import datetime
+
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        os.environ.update(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+        )  # fmt: skip
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        deepspeed.init_distributed(
+            dist_backend="nccl" if cuda else "gloo",
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def use_bf16(cfg: TrainConfig) -> bool:
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available())
+
+
+def deepspeed_config(
+    cfg: TrainConfig, world_size: int, load_universal: bool = False
+) -> dict[str, Any]:
+    """The DeepSpeed dict, generated from the typed config."""
+    gas = cfg.data.microbatches_per_step // world_size
+    zero: dict[str, Any] = {"stage": cfg.zero_stage}
+    if cfg.zero_stage >= 2:
+        zero |= {"overlap_comm": False, "contiguous_gradients": True}
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    return {
+        # Micro-batches are packed token budgets, not fixed sample counts: "1" here means one packed
+        # micro-batch per rank per forward.
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": gas,
+        "train_batch_size": gas * world_size,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": use_bf16(cfg)},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+        "checkpoint": {"load_universal": load_universal},
+    }
+
+
+def lr_lambda(cfg: TrainConfig) -> Any:
+    o = cfg.optim
+
+    def f(step: int) -> float:
+        if o.warmup_steps and step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return 1.0
+        span = max(1, cfg.steps - o.warmup_steps)
+        progress = min(1.0, (step - o.warmup_steps) / span)
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    kw = dict(
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay,
+    )
+    if cfg.offload_optimizer:
+        # ZeRO-Offload needs DeepSpeed's CPU Adam (JIT-built; resume not bit-exact, see PLATFORM.md).
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(params, adamw_mode=True, **kw)
+    # torch's AdamW: resume is bit-exact with it (DeepSpeed's C++ Adam recomputes beta^t on restore).
+    return torch.optim.AdamW(params, **kw)
+
+
+def measure_peak_tflops(device: torch.device, bf16: bool, seconds: float = 1.0) -> float:
+    """Achieved TFLOP/s of a large matmul on this device: the MFU denominator on CPU."""
+    import time
+
+    n = 2048
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    iters, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        iters += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12

@@ -1,0 +1,51 @@
+"""Shape of the spacetime DiT (no torch import: the CLI and config loader read it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# DiT's named sizes (depth, hidden, heads), plus a tiny one for tests.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (2, 64, 4),
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+
+
+@dataclass
+class DiTConfig:
+    """Shape of the denoiser."""
+
+    size: str = "tiny"
+    """Named size (depth, hidden, heads): tiny, S, B, L, XL."""
+    in_channels: int = 4
+    """Latent channels."""
+    patch: tuple[int, int, int] = (1, 2, 2)
+    """Patch size (pt, ph, pw) in latent frames and pixels."""
+    text_dim: int = 384
+    """Width of the text encoder's token embeddings (MiniLM: 384)."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width as a multiple of the model width."""
+    rope_theta: float = 10000.0
+    """RoPE base."""
+    attn_backend: str = "auto"
+    """kernels.varlen_attention backend: auto, flash3, flash2, xformers, flex, sdpa, reference."""
+    fused_impl: str = "auto"
+    """kernels.fused implementation: auto, triton, torch."""
+
+    def validate(self) -> None:
+        if self.size not in SIZES:
+            raise ValueError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
+        _, hidden, heads = SIZES[self.size]
+        if (hidden // heads) % 2:
+            raise ValueError("head dim must be even for RoPE")
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        return SIZES[self.size]
+
+    @property
+    def patch_dim(self) -> int:
+        return self.in_channels * self.patch[0] * self.patch[1] * self.patch[2]
