@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +90,35 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def real_shards(
+    videos_dir: Path, tmp_path_factory: pytest.TempPathFactory, local_ray: None
+) -> dict[str, Any]:
+    """`spacetime shard` output of the 21 sample videos (shared by the pipeline and trainer tests)."""
+    import json
+
+    import webdataset as wds
+
+    from data_pipeline.config import ShardConfig
+    from data_pipeline.job import run_shard
+    from infra.storage import StorageConfig
+
+    out = tmp_path_factory.mktemp("real") / "clips"
+    # A small pixel budget keeps encoding cheap; geometry and metadata are what is checked.
+    cfg = ShardConfig(max_pixels=224 * 128, shard_max_bytes=2 * 1024 * 1024)
+    summary = run_shard(str(videos_dir), str(out), cfg, StorageConfig())
+    samples = {}
+    for shard in sorted(out.glob("clips-*.tar")):
+        for s in wds.WebDataset(str(shard), shardshuffle=False):
+            samples[s["__key__"]] = {
+                "json": json.loads(s["json"]),
+                "mp4": s["mp4"],
+                "shard": shard.name,
+            }
+    records = {
+        json.loads(p.read_text())["rel"]: json.loads(p.read_text())
+        for p in (out / "_work" / "staging").glob("*.json")
+    }
+    return {"out": out, "summary": summary, "samples": samples, "records": records}

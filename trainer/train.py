@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -307,6 +309,9 @@ class Trainer:
         )  # fmt: skip
         path = self.ckpt.local / partial
         save_rank_files(path, self.d.rank)
+        if os.environ.get("SPACETIME_KILL_IN_SAVE") == str(self.step) and self.d.rank == 0:
+            # Fault injection for the tests: a real SIGKILL between writing and publishing.
+            os.kill(os.getpid(), signal.SIGKILL)
         ema = self.ema.full_state() if self.ema is not None else None
         if self.d.rank == 0:
             if ema is not None:
