@@ -22,6 +22,8 @@ class RunConfig:
     """Seed for every random choice the run makes."""
     log_level: str = "INFO"
     """Python logging level name for the entry point."""
+    cache_dir: str = ".cache/spacetime"
+    """Local scratch for runs whose output is on S3 (checkpoints are written here, then uploaded)."""
 
     def validate(self) -> None:
         if not self.name or "/" in self.name:

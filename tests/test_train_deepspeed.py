@@ -269,3 +269,44 @@ def test_trains_on_real_video_shards(real_shards: dict, tmp_path: Path) -> None:
         )
     )
     assert len(_history(tmp_path, "real")) == 3
+
+
+def test_checkpoints_on_s3_resume_on_a_fresh_machine(
+    latents: Path, baseline: tuple[Path, str], tmp_path: Path, s3_server: str, s3_bucket: str
+) -> None:
+    from infra.storage import Storage, StorageConfig
+
+    storage = Storage(StorageConfig(s3_endpoint_url=s3_server))
+    for f in sorted(latents.iterdir()):
+        storage.upload(f, f"s3://{s3_bucket}/lat/{f.name}")
+    s3 = ["--set", f"storage.s3_endpoint_url={s3_server}"]
+    cmd = _cmd(2, latents, tmp_path, "x", 2, *s3, "--set", f"run.cache_dir={tmp_path / 'cache1'}")
+    cmd[cmd.index(f"run.output_dir={tmp_path}")] = f"run.output_dir=s3://{s3_bucket}/runs"
+    cmd[cmd.index(str(latents))] = f"s3://{s3_bucket}/lat"
+    p = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env=_env({"SPACETIME_KILL_IN_SAVE": "6"}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode != 0
+    assert storage.read_text(f"s3://{s3_bucket}/runs/x/checkpoints/latest") == "step-00000004"
+    # Another machine: an empty local cache, everything comes from S3.
+    cmd[cmd.index(f"run.cache_dir={tmp_path / 'cache1'}")] = f"run.cache_dir={tmp_path / 'cache2'}"
+    log = _run([*cmd, "--resume", "auto"])
+    assert "resumed from step-00000004" in log
+    assert storage.read_text(f"s3://{s3_bucket}/runs/x/checkpoints/latest") == f"step-{STEPS:08d}"
+    state = json.loads(
+        storage.read_text(
+            f"s3://{s3_bucket}/runs/x/checkpoints/step-{STEPS:08d}/trainer_state.json"
+        )
+    )
+    got, ref = [h["loss"] for h in state["history"]], _history(*baseline)
+    assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-4, atol=1e-6)
+    tags = {
+        u.split("/checkpoints/")[1].split("/")[0]
+        for u in storage.list(f"s3://{s3_bucket}/runs/x/checkpoints")
+    }
+    assert tags == {"latest", "step-00000006", "step-00000008", "step-00000010"}  # keep-last-3

@@ -52,10 +52,10 @@ def run_dir(output_dir: str, name: str) -> str:
     return join(output_dir, name)
 
 
-def local_run_dir(output_dir: str, name: str) -> Path:
-    """Local files of the run: the run dir itself, or a cache beside the working dir for S3 runs."""
+def local_run_dir(output_dir: str, name: str, cache_dir: str) -> Path:
+    """Local files of the run: the run dir itself, or a folder of the cache for S3 runs."""
     if is_s3(output_dir):
-        return Path(".cache") / "runs" / output_dir.replace("s3://", "s3-").replace("/", "_") / name
+        return Path(cache_dir) / "runs" / output_dir.replace("s3://", "s3-").replace("/", "_") / name
     return Path(output_dir) / name
 
 
@@ -149,7 +149,7 @@ class Trainer:
         self.remote = (
             run_dir(run_cfg.output_dir, run_cfg.name) if is_s3(run_cfg.output_dir) else None
         )
-        self.local = local_run_dir(run_cfg.output_dir, run_cfg.name)
+        self.local = local_run_dir(run_cfg.output_dir, run_cfg.name, run_cfg.cache_dir)
         self.ckpt = CheckpointStore(
             self.local / "checkpoints",
             join(self.remote, "checkpoints") if self.remote else None,
