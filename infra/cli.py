@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from infra.config import ConfigError, dump_yaml, load
 from infra.errors import JobError
@@ -25,7 +26,6 @@ EXIT_NOT_BUILT = 3
 # Subcommands whose feature has not landed yet, and the issue that tracks each.
 NOT_BUILT = {
     "recaption": "recaptioning (issue 4)",
-    "sample": "sampling (issue 6)",
     "launch": "multi-node launch (issue 9)",
 }
 
@@ -139,6 +139,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from trainer.checkpoint import export_weights
+    from trainer.sample import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    out = export_weights(ckpt.parent, ckpt.name, Path(args.output))
+    log.info("export: %s -> %s (model.safetensors, ema.safetensors, config.json)", ckpt, out)
+    return 0
+
+
+SAMPLE_FLAGS = ("mode", "frames", "height", "width", "steps", "guidance", "seed", "strength")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from trainer.sample import run_sample
+
+    cfg = resolve_config(args)
+    for name in SAMPLE_FLAGS:
+        if getattr(args, name) is not None:
+            setattr(cfg.sample, name, getattr(args, name))
+    cfg.sample.validate()
+    run_sample(
+        args.checkpoint, args.vae, args.prompt, args.output, cfg.sample,
+        text_encoder=args.text_encoder, inputs=args.input,
+    )  # fmt: skip
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
@@ -227,13 +255,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
 
-    p = add(
-        "sample", "generate videos (t2v, t2i, i2v, extend, interpolate, edit)", _not_built("sample")
+    p = add("sample", "generate videos (t2v, t2i, i2v, extend, interpolate, edit)", cmd_sample)
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="run dir, checkpoints dir, checkpoint dir or exported weights dir",
     )
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--vae", required=True, help="VAE directory the latents were encoded with")
     p.add_argument("--prompt", action="append", default=[], help="text prompt (repeatable)")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help="folder for mp4s, pngs and their records")
+    p.add_argument(
+        "--mode", choices=["t2v", "i2v", "extend", "extend_backward", "interpolate", "edit"]
+    )
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        help="image or video to condition on (interpolate: give two)",
+    )
+    p.add_argument("--text-encoder", default=None, help="local text encoder dir (as in encode)")
+    p.add_argument("--frames", type=int, help="1 + 4k frames (1: an image)")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--steps", type=int, help="sampler steps")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--strength", type=float, help="edit: noise level in (0, 1]")
     _add_config_args(p)
+
+    p = add("export", "consolidate a training checkpoint into fp32 safetensors", cmd_export)
+    p.add_argument("--checkpoint", required=True, help="run dir, checkpoints dir or checkpoint dir")
+    p.add_argument("--output", required=True, help="folder for the exported weights")
 
     p = add(
         "launch",

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from data_pipeline.config import ShardConfig
 from infra.storage import StorageConfig
-from trainer.config import TrainConfig
+from trainer.config import SampleConfig, TrainConfig
 from trainer.vae.config import EncodeConfig, VAETrainConfig
 
 
@@ -42,3 +42,4 @@ class SpacetimeConfig:
     vae_train: VAETrainConfig = field(default_factory=VAETrainConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)

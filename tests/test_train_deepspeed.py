@@ -310,3 +310,44 @@ def test_checkpoints_on_s3_resume_on_a_fresh_machine(
         for u in storage.list(f"s3://{s3_bucket}/runs/x/checkpoints")
     }
     assert tags == {"latest", "step-00000006", "step-00000008", "step-00000010"}  # keep-last-3
+
+
+def test_sample_and_export_from_a_zero_checkpoint(
+    baseline: tuple[Path, str], tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from trainer.sample import load_model
+    from trainer.vae import CausalVAE, VAEConfig
+
+    run = baseline[0] / baseline[1]
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "infra.cli",
+            "export",
+            "--checkpoint",
+            str(run),
+            "--output",
+            str(tmp_path / "exp"),
+        ]
+    )
+    exported = load_file(str(tmp_path / "exp" / "model.safetensors"))
+    ref = _weights(*baseline)  # DeepSpeed's own zero_to_fp32 on the same checkpoint
+    assert set(exported) == set(ref) and all(torch.equal(exported[k], ref[k]) for k in ref)
+    m_ckpt, _, which = load_model(run, use_ema=True)
+    m_exp, _, _ = load_model(tmp_path / "exp", use_ema=True)
+    assert "EMA" in which
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(m_ckpt.state_dict().values(), m_exp.state_dict().values(), strict=True)
+    )
+    vae = tmp_path / "vae"
+    CausalVAE(VAEConfig.named("tiny")).save_pretrained(vae)
+    _run([
+        sys.executable, "-m", "infra.cli", "sample", "--checkpoint", str(run), "--vae", str(vae),
+        "--prompt", "a red circle moving right", "--output", str(tmp_path / "s"), "--frames", "5",
+        "--height", "32", "--width", "32", "--steps", "2",
+    ])  # fmt: skip
+    assert (tmp_path / "s" / "contact_sheet.png").exists()

@@ -105,3 +105,37 @@ class TrainConfig:
             raise ValueError("offload_optimizer needs zero_stage >= 1")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class SampleConfig:
+    mode: Literal["t2v", "i2v", "extend", "extend_backward", "interpolate", "edit"] = "t2v"
+    """t2v (t2i: frames=1); i2v: first frame given; extend: continue a given video forward, or
+    backward (its frames at the end); interpolate: two videos at the start and the end; edit: SDEdit,
+    the given video noised to `strength` and denoised with the new prompt."""
+    frames: int = 17
+    """Output frames (1 + 4k; 1 is an image)."""
+    height: int = 64
+    width: int = 64
+    steps: int = 30
+    """Sampler steps."""
+    sampler: Literal["auto", "euler", "ddim", "ddpm"] = "auto"
+    """auto: Euler for flow models, DDIM for DDPM models; ddpm: ancestral (eta = 1)."""
+    eta: float = 0.0
+    """DDIM stochasticity (0: deterministic)."""
+    guidance: float = 4.0
+    """Classifier-free guidance scale (1: off)."""
+    strength: float = 0.6
+    """SDEdit noise level in (0, 1]."""
+    cond_latent_frames: int = 1
+    """Latent frames taken from each given video in extend and interpolate modes."""
+    seed: int = 0
+    use_ema: bool = True
+    """Sample with the EMA weights when the checkpoint has them."""
+    fps: int = 8
+
+    def validate(self) -> None:
+        if (self.frames - 1) % 4:
+            raise ValueError(f"frames must be 1 + 4k, got {self.frames}")
+        if not 0 < self.strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")

@@ -55,7 +55,9 @@ def run_dir(output_dir: str, name: str) -> str:
 def local_run_dir(output_dir: str, name: str, cache_dir: str) -> Path:
     """Local files of the run: the run dir itself, or a folder of the cache for S3 runs."""
     if is_s3(output_dir):
-        return Path(cache_dir) / "runs" / output_dir.replace("s3://", "s3-").replace("/", "_") / name
+        return (
+            Path(cache_dir) / "runs" / output_dir.replace("s3://", "s3-").replace("/", "_") / name
+        )
     return Path(output_dir) / name
 
 

@@ -1,0 +1,317 @@
+"""`spacetime sample`: text-to-video/image, image-to-video, extension, interpolation and SDEdit.
+
+All modes are one mechanism, as in the Sora report: some latent frames are given (encoded from an
+image or video) and held on their true noising path by a per-frame mask, the rest are denoised;
+SDEdit instead starts from a given video noised to a chosen strength. Classifier-free guidance runs
+the denoiser with and without the prompt on the same packed token layout. Several prompts are
+packed into one batch (NaViT), so they may differ in size.
+
+Loads a training checkpoint (consolidating ZeRO partitions in one process; EMA weights by default)
+or an exported directory, without DeepSpeed's engine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from infra.config import from_dict, to_dict
+from trainer.config import SampleConfig, TrainConfig
+from trainer.model import DiT, PackedBatch, pack, patchify, unpack
+
+log = logging.getLogger(__name__)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run dir, its checkpoints dir (-> latest), a checkpoint dir, or an exported dir."""
+    p = Path(path)
+    if (p / "checkpoints" / "latest").exists():
+        p = p / "checkpoints"
+    if (p / "latest").exists():
+        p = p / (p / "latest").read_text().strip()
+    if not ((p / "trainer_state.json").exists() or (p / "config.json").exists()):
+        raise FileNotFoundError(
+            f"{path}: not a checkpoint (no trainer_state.json or config.json, no checkpoints/latest)"
+        )
+    return p
+
+
+def load_model(path: str | Path, use_ema: bool = True) -> tuple[DiT, TrainConfig, str]:
+    """(model in eval mode, its training config, which weights were loaded)."""
+    from safetensors.torch import load_file
+
+    p = resolve_checkpoint(path)
+    if (p / "trainer_state.json").exists():
+        cfg_dict = json.loads((p / "trainer_state.json").read_text())["config"]
+    else:
+        cfg_dict = json.loads((p / "config.json").read_text())
+    cfg = from_dict(TrainConfig, cfg_dict, source=str(p))
+    if use_ema and (p / "ema.safetensors").exists():
+        sd, which = load_file(str(p / "ema.safetensors")), f"{p} (EMA)"
+    elif (p / "model.safetensors").exists():
+        sd, which = load_file(str(p / "model.safetensors")), str(p)
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        sd, which = get_fp32_state_dict_from_zero_checkpoint(str(p.parent), tag=p.name), str(p)
+    cfg.model.attn_backend = "auto"  # the machine that samples may differ from the one that trained
+    model = DiT(cfg.model)
+    model.load_state_dict(sd, strict=True)
+    return model.eval().requires_grad_(False), cfg, which
+
+
+def guided(model: DiT, cond: PackedBatch, uncond: PackedBatch, scale: float) -> Any:
+    """A denoiser applying classifier-free guidance: u + s·(c - u), with and without text."""
+
+    def call(x: torch.Tensor, t: torch.Tensor, _batch: PackedBatch) -> torch.Tensor:
+        c = model(x, t, cond)
+        if scale == 1.0:
+            return c
+        u = model(x, t, uncond)
+        return u + scale * (c - u)
+
+    return call
+
+
+def latent_grid(cfg: SampleConfig, model_cfg: Any, vae_cfg: Any) -> tuple[int, int, int, int]:
+    ts, ss = vae_cfg.time_stride, vae_cfg.space_stride
+    pt, ph, pw = model_cfg.patch
+    if cfg.height % (ss * ph) or cfg.width % (ss * pw):
+        raise ValueError(
+            f"height and width must be multiples of {ss * ph} (VAE stride x patch), "
+            f"got {cfg.height}x{cfg.width}"
+        )
+    t = 1 + (cfg.frames - 1) // ts
+    if t % pt:
+        raise ValueError(f"{cfg.frames} frames give {t} latent frames, not divisible by patch {pt}")
+    return (model_cfg.in_channels, t, cfg.height // ss, cfg.width // ss)
+
+
+def read_media(path: str | Path, frames: int, height: int, width: int) -> torch.Tensor:
+    """An image or video file -> (3, T, H, W) in [-1, 1], resized, at most `frames` frames."""
+    import av
+
+    out = []
+    try:
+        with av.open(str(path)) as c:
+            for f in c.decode(video=0):
+                out.append(f.to_ndarray(format="rgb24"))
+                if len(out) >= frames:
+                    break
+    except (av.error.FFmpegError, OSError) as e:
+        raise ValueError(f"{path}: cannot read as an image or video ({e})") from None
+    if not out:
+        raise ValueError(f"{path}: no frames decoded")
+    x = torch.from_numpy(np.stack(out)).permute(3, 0, 1, 2).float() / 127.5 - 1  # (3, T, h, w)
+    x = torch.nn.functional.interpolate(
+        x.permute(1, 0, 2, 3), size=(height, width), mode="bilinear", antialias=True
+    )
+    return x.permute(1, 0, 2, 3).clamp(-1, 1)
+
+
+def _frames_for_latents(k: int, time_stride: int) -> int:
+    return 1 + (k - 1) * time_stride
+
+
+def conditioning(
+    mode: str,
+    shape: tuple[int, int, int, int],
+    cfg: SampleConfig,
+    vae: Any,
+    inputs: list[str],
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(x0 latent, (T,) bool mask of given latent frames) for the modes that give frames."""
+    if mode in ("t2v", "edit"):
+        return None
+    need = 2 if mode == "interpolate" else 1
+    if len(inputs) < need:
+        raise ValueError(f"mode {mode} needs {need} --input file(s), got {len(inputs)}")
+    t = shape[1]
+    k = 1 if mode == "i2v" else cfg.cond_latent_frames
+    if k >= t or (mode == "interpolate" and 2 * k >= t):
+        raise ValueError(f"{k} given latent frames leave nothing to generate in {t} latent frames")
+    n_frames = _frames_for_latents(k, vae.cfg.time_stride)
+    x0 = torch.zeros(shape)
+    mask = torch.zeros(t, dtype=torch.bool)
+
+    def encode(path: str, last: bool) -> torch.Tensor:
+        video = read_media(path, 10_000 if last else n_frames, cfg.height, cfg.width)
+        video = video[:, -n_frames:] if last else video[:, :n_frames]
+        if video.shape[1] < n_frames:
+            raise ValueError(
+                f"{path}: {video.shape[1]} frames, {n_frames} needed for {k} latent frames"
+            )
+        with torch.no_grad():
+            return vae.normalize(vae.encode(video[None]).mean)[0]  # (C, k, h, w)
+
+    if mode in ("i2v", "extend", "interpolate"):
+        # forward extension continues from the END of the given video
+        x0[:, :k] = encode(inputs[0], last=mode == "extend")
+        mask[:k] = True
+    if mode == "extend_backward":
+        x0[:, t - k :] = encode(inputs[0], last=False)
+        mask[t - k :] = True
+    if mode == "interpolate":
+        x0[:, t - k :] = encode(inputs[1], last=False)
+        mask[t - k :] = True
+    return x0, mask
+
+
+def generate(
+    model: DiT,
+    train_cfg: TrainConfig,
+    cfg: SampleConfig,
+    texts: list[torch.Tensor],
+    vae: Any,
+    inputs: list[str] | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Returns (latents (C, T', H', W') per prompt, videos (3, T, H, W) in [-1, 1] per prompt)."""
+    from trainer.train import build_diffusion
+
+    inputs = inputs or []
+    if vae.cfg.latent_channels != model.cfg.in_channels:
+        raise ValueError(
+            f"the VAE has {vae.cfg.latent_channels} latent channels, the model expects "
+            f"{model.cfg.in_channels}"
+        )
+    shape = latent_grid(cfg, model.cfg, vae.cfg)
+    n = len(texts)
+    noise_lat = [
+        torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed + i)) for i in range(n)
+    ]
+    noise, cond = pack(noise_lat, texts, model.cfg.patch)
+    _, uncond = pack(noise_lat, [t.new_zeros(0, t.shape[-1]) for t in texts], model.cfg.patch)
+    known = None
+    start_x0 = None
+    given = conditioning(cfg.mode, shape, cfg, vae, inputs)
+    if given is not None:
+        x0_lat, frame_mask = given
+        x0_tok = torch.cat([patchify(x0_lat, model.cfg.patch)] * n)
+        m = frame_mask[None, :, None, None].expand(1, *shape[1:]).float()
+        # a token is given only if every latent frame it spans is given
+        tok_mask = patchify(m, model.cfg.patch).min(-1).values.bool()
+        known = (x0_tok, torch.cat([tok_mask] * n))
+    if cfg.mode == "edit":
+        if not inputs:
+            raise ValueError("mode edit needs --input (the video to edit)")
+        video = read_media(inputs[0], cfg.frames, cfg.height, cfg.width)
+        if video.shape[1] < cfg.frames:
+            raise ValueError(f"{inputs[0]}: {video.shape[1]} frames, {cfg.frames} needed")
+        with torch.no_grad():
+            z = vae.normalize(vae.encode(video[None]).mean)[0]
+        start_x0 = (torch.cat([patchify(z, model.cfg.patch)] * n), cfg.strength)
+    diffusion = build_diffusion(train_cfg)
+    denoise = guided(model, cond, uncond, cfg.guidance)
+    if train_cfg.objective == "flow":
+        if cfg.sampler not in ("auto", "euler"):
+            raise ValueError(f"a flow model samples with euler, not {cfg.sampler}")
+        out = diffusion.sample(
+            denoise, noise, cond, steps=cfg.steps, known=known, start_x0=start_x0
+        )
+    else:
+        if cfg.sampler == "euler":
+            raise ValueError("a DDPM model samples with ddim or ddpm, not euler")
+        eta = 1.0 if cfg.sampler == "ddpm" else cfg.eta
+        steps = None if cfg.sampler == "ddpm" else cfg.steps
+        out = diffusion.sample(
+            denoise, noise, cond, steps=steps, eta=eta,
+            generator=torch.Generator().manual_seed(cfg.seed), known=known, start_x0=start_x0,
+        )  # fmt: skip
+    latents = unpack(out, cond, model.cfg.patch)
+    with torch.no_grad():
+        videos = [vae.decode_chunked(vae.denormalize(z[None]))[0].clamp(-1, 1) for z in latents]
+    return latents, videos
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """(3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
+    return ((video + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).numpy()
+
+
+def contact_sheet(videos: list[np.ndarray], columns: int = 8) -> np.ndarray:
+    """One row per video, `columns` frames spread over its duration, 2 px gaps."""
+    rows = []
+    width = max(v.shape[2] for v in videos)
+    for v in videos:
+        idx = np.linspace(0, len(v) - 1, min(columns, len(v))).round().astype(int)
+        cells = [np.pad(v[i], ((0, 2), (0, 2), (0, 0)), constant_values=255) for i in idx]
+        row = np.concatenate(cells, axis=1)
+        rows.append(
+            np.pad(
+                row,
+                ((0, 0), (0, columns * (width + 2) - row.shape[1]), (0, 0)),
+                constant_values=255,
+            )
+        )
+    return np.concatenate(rows, axis=0)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "empty"
+
+
+def run_sample(
+    checkpoint: str,
+    vae_dir: str,
+    prompts: list[str],
+    output: str,
+    cfg: SampleConfig,
+    text_encoder: str | None = None,
+    inputs: list[str] | None = None,
+) -> dict[str, Any]:
+    from PIL import Image
+
+    from data_pipeline.shapes import write_mp4
+    from trainer.text import TextEncoder, TextEncoderConfig
+    from trainer.vae import CausalVAE
+
+    if not prompts:
+        raise ValueError("give at least one --prompt")
+    t0 = time.monotonic()
+    torch.manual_seed(cfg.seed)
+    model, train_cfg, which = load_model(checkpoint, cfg.use_ema)
+    vae = CausalVAE.from_pretrained(vae_dir).eval()
+    encoder = TextEncoder(TextEncoderConfig(path=text_encoder or None))
+    if encoder.dim != model.cfg.text_dim:
+        raise ValueError(
+            f"the text encoder gives {encoder.dim}-dim states, the model was trained on "
+            f"{model.cfg.text_dim}: pass the --text-encoder used by `spacetime encode`"
+        )
+    texts = encoder.encode(prompts)
+    _, videos = generate(model, train_cfg, cfg, texts, vae, inputs)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = [to_uint8(v) for v in videos]
+    records = []
+    for i, (prompt, f) in enumerate(zip(prompts, frames, strict=True)):
+        stem = f"{i:02d}-{slug(prompt)}"
+        if len(f) > 1:
+            write_mp4(out / f"{stem}.mp4", f, fps=cfg.fps)
+        Image.fromarray(f[0] if len(f) == 1 else contact_sheet([f])).save(out / f"{stem}.png")
+        rec = {
+            "prompt": prompt, "seed": cfg.seed + i, "mode": cfg.mode, "inputs": inputs or [],
+            "checkpoint": which, "sample": to_dict(cfg), "model": to_dict(train_cfg.model),
+            "objective": train_cfg.objective, "vae": str(vae_dir),
+            "text_encoder": encoder.path, "files": [f"{stem}.mp4", f"{stem}.png"],
+        }  # fmt: skip
+        (out / f"{stem}.json").write_text(json.dumps(rec, indent=2))
+        records.append(rec)
+    Image.fromarray(contact_sheet(frames)).save(out / "contact_sheet.png")
+    summary = {
+        "samples": len(records),
+        "wall_s": round(time.monotonic() - t0, 2),
+        "output": str(out),
+    }
+    log.info(
+        "sample: %d %s samples (%d frames, %dx%d, %d steps, guidance %.1f) from %s in %.1fs -> %s",
+        len(records), cfg.mode, cfg.frames, cfg.height, cfg.width, cfg.steps, cfg.guidance, which,
+        summary["wall_s"], out,
+    )  # fmt: skip
+    return summary
