@@ -170,7 +170,10 @@ def _per_segment(
             if q1 == q0:
                 continue
             if k1 == k0:  # no keys (an empty caption): nothing to attend to
-                out.append(q.new_zeros(q1 - q0, *q.shape[1:]))
+                # q·0, not new zeros: the output stays in q's graph, so q's weights get a (zero)
+                # gradient and not None. Under ZeRO a None gradient on one rank only makes the
+                # ranks' gradient buckets differ in size (a gloo size-mismatch abort).
+                out.append(q[q0:q1] * 0)
                 continue
             # (L, H, D) -> (H, L, D)
             out.append(

@@ -139,3 +139,14 @@ def test_auto_resolution_is_logged_once_and_override_works(
 def test_auto_prefers_a_fused_kernel_on_gpu() -> None:
     b = resolve_backend("auto", torch.device("cuda"), torch.bfloat16)
     assert b in (Backend.FLASH3, Backend.FLASH2, Backend.XFORMERS, Backend.FLEX)
+
+
+@pytest.mark.parametrize("backend", [Backend.SDPA, Backend.REFERENCE])
+def test_all_captions_empty_still_gives_q_a_gradient(backend) -> None:
+    """Under ZeRO, a parameter whose gradient is None on one rank only (every caption of its
+    micro-batch dropped) made the ranks' gradient buckets differ: gloo aborted the job."""
+    q, k, v, cu_q, cu_k, mq, _ = packed([3, 4], [0, 0], dtype=torch.float32)
+    q.requires_grad_()
+    out = varlen_attention(q, k, v, cu_q, cu_k, mq, 0, backend=backend)
+    (g,) = torch.autograd.grad(out.sum(), q)
+    assert torch.equal(out, torch.zeros_like(out)) and torch.equal(g, torch.zeros_like(g))

@@ -67,8 +67,20 @@ def deepspeed_config(
     """The DeepSpeed dict, generated from the typed config."""
     gas = cfg.data.microbatches_per_step // world_size
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
+    b = cfg.bucket_elements
+    if cfg.zero_stage in (1, 2) and b != 500_000_000:
+        # DeepSpeed's default; other sizes split the all-gather into buckets, which on gloo (CPU)
+        # failed with "Received data size doesn't match expected size" (DeepSpeed 0.19.8).
+        zero |= {"reduce_bucket_size": b, "allgather_bucket_size": b}
     if cfg.zero_stage >= 2:
         zero |= {"overlap_comm": False, "contiguous_gradients": True}
+    if cfg.zero_stage == 3:
+        zero |= {
+            "stage3_prefetch_bucket_size": b,
+            "stage3_max_live_parameters": b,
+            "stage3_max_reuse_distance": b,
+            "stage3_param_persistence_threshold": 10_000,
+        }
     if cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     return {

@@ -78,6 +78,11 @@ class Attention(nn.Module):
         o = varlen_attention(
             q, k, v, batch.cu_seqlens, cu_k, batch.max_seqlen, max_k, backend=self.cfg.attn_backend
         )  # (N, H, Dh)
+        if m == 0:
+            # Every caption of the micro-batch dropped: k and v are empty and kv/k_norm would get
+            # no gradient (None). Under ZeRO that rank's gradient buckets then differ from the
+            # others' and gloo aborts; a zero-valued dependency gives them a zero gradient.
+            o = o + 0 * (k.sum() + v.sum())
         return self.out(o.reshape(n, -1))
 
 

@@ -1,0 +1,209 @@
+"""Training step benchmarks on this machine, measured in one run.
+
+    python bench/train.py [--steps 20] [--size small]
+
+1. Loader: step time fed by the real streaming loader (latent shards on disk, reader worker) vs
+   the same steps pre-materialised in memory (target <= 1.05x: the loader is never the bottleneck).
+2. MFU: model FLOPs per second of a training step as a fraction of the measured peak of a large
+   fp32 matmul on the same machine and thread count.
+3. Memory: model + gradient + optimizer memory per rank for ZeRO 0/1/2/3 with 2 ranks (torchrun,
+   gloo): resident memory after two steps minus before the model was built, max over ranks
+   (target: ZeRO-3 <= 0.55x of ZeRO-0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# DiT widths for the benchmark: 'small' is big enough that weights and optimizer dominate memory.
+SIZES = {"tiny": "tiny", "small": "S"}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def make_latents(out: Path, n: int, seed: int = 0) -> None:
+    from tests.latents import write_latent_shards
+
+    r = random.Random(seed)
+    # 9-33 frames at 48-96 px through a 4x8x8 VAE: latents of 3-9 x 6-12 x 6-12
+    shapes = [
+        (4, r.choice([3, 5, 9]), r.choice([6, 8, 12]), r.choice([6, 8, 12])) for _ in range(n)
+    ]
+    write_latent_shards(out, shapes, per_shard=32, seed=seed)
+
+
+def _config(latents: Path, out: Path, size: str, stage: int, steps: int) -> object:
+    from infra.config import load
+    from infra.presets import get_preset
+    from infra.schema import SpacetimeConfig
+
+    return load(
+        SpacetimeConfig,
+        get_preset("tiny"),
+        None,
+        [
+            f"train.data.latents={latents}", f"run.output_dir={out}", "run.name=bench",
+            f"train.model.size={SIZES[size]}", f"train.zero_stage={stage}", f"train.steps={steps}",
+            "train.data.token_budget=1024", "train.data.microbatches_per_step=2",
+            f"train.checkpoint_every={10**6}", f"train.log_every={10**6}", "train.ema_decay=0.0",
+            "train.data.workers=1",
+        ],
+    )  # fmt: skip
+
+
+def loader_and_mfu(steps: int, size: str) -> dict[str, float]:
+    import torch
+
+    from infra.storage import Storage
+    from trainer.engine import init_distributed, measure_peak_tflops
+    from trainer.train import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lat = Path(tmp) / "lat"
+        make_latents(lat, 512)
+        cfg = _config(lat, Path(tmp), size, 2, steps)
+        d = init_distributed()
+        tr = Trainer(cfg.train, cfg.run, Storage(), d)  # type: ignore[attr-defined]
+        tr.setup(None)
+        warm = 3
+        stream = tr.loader.iterate(0, 0)
+        for _ in range(warm):
+            tr.train_step(next(stream))
+        # Alternate rounds of the two feeds so drift of this shared machine hits both alike.
+        real_t = pre_t = flops = 0.0
+        rounds = 4
+        per = max(1, steps // rounds)
+        for _ in range(rounds):
+            # Real loader: the reader worker fetches and decodes shards while steps run.
+            t0 = time.perf_counter()
+            for _ in range(per):
+                flops += tr.train_step(next(stream))["flops"]
+            real_t += time.perf_counter() - t0
+            # Pre-materialised: the next steps read completely before timing.
+            batches = [next(stream) for _ in range(per)]
+            t0 = time.perf_counter()
+            for b in batches:
+                tr.train_step(b)
+            pre_t += time.perf_counter() - t0
+        real, pre = real_t / (rounds * per), pre_t / (rounds * per)
+        peak = measure_peak_tflops(torch.device("cpu"), False, seconds=2.0)
+        return {
+            "params_m": tr.flops_model.num_params() / 1e6,
+            "step_real_s": real,
+            "step_pre_s": pre,
+            "ratio": real / pre,
+            "tflops": flops / (rounds * per) / real / 1e12,
+            "peak_tflops": peak,
+            "mfu": flops / (rounds * per) / real / 1e12 / peak,
+            "threads": torch.get_num_threads(),
+        }
+
+
+def _trim() -> None:
+    """Returns freed heap pages to the OS, so resident memory shows what is still held."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def memory_worker(stage: int, size: str, latents: str, out: str) -> None:
+    """Runs under torchrun: prints this rank's memory as JSON."""
+
+    from infra.storage import Storage
+    from trainer.engine import init_distributed
+    from trainer.train import Trainer
+
+    cfg = _config(Path(latents), Path(out) / f"z{stage}", size, stage, 2)
+    cfg.train.data.token_budget = 64  # type: ignore[attr-defined]  # activations stay negligible
+    d = init_distributed()
+    tr = Trainer(cfg.train, cfg.run, Storage(), d)  # type: ignore[attr-defined]
+    _trim()
+    before = rss_mb()
+    tr.setup(None)
+    tr.peak = 1.0
+    stream = tr.loader.iterate(0, 0)
+    for _ in range(2):
+        tr.train_step(next(stream))
+    _trim()
+    # one file per rank: two ranks printing to one pipe interleave their lines
+    (Path(out) / f"mem-{stage}-{d.rank}.json").write_text(json.dumps({"mb": rss_mb() - before}))
+
+
+def memory(size: str) -> dict[int, float]:
+    out: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        make_latents(Path(tmp) / "lat", 64)
+        for stage in (0, 1, 2, 3):
+            cmd = [
+                sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--master-addr", "127.0.0.1", "--master-port", str(29600 + stage),
+                __file__, "--memory-worker", str(stage), "--size", size, "--latents",
+                str(Path(tmp) / "lat"), "--out", tmp,
+            ]  # fmt: skip
+            env = dict(os.environ, OMP_NUM_THREADS="1")
+            env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+            rows = [json.loads(f.read_text()) for f in Path(tmp).glob(f"mem-{stage}-*.json")]
+            if p.returncode or len(rows) != 2:
+                raise SystemExit(
+                    f"ZeRO-{stage} memory run failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
+                )
+            out[stage] = max(r["mb"] for r in rows)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--size", choices=list(SIZES), default="small")
+    ap.add_argument("--memory-worker", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--latents", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+    if args.memory_worker is not None:
+        memory_worker(args.memory_worker, args.size, args.latents, args.out)
+        return
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    a = loader_and_mfu(args.steps, args.size)
+    m = memory(args.size)
+    print(
+        f"\nDiT-{SIZES[args.size]} ({a['params_m']:.1f}M params), fp32, CPU, {a['threads']} threads, token budget 1024 x 2 micro-batches\n"
+    )
+    print("| measure | value | target |\n|---|---|---|")
+    print(f"| step, real loader | {a['step_real_s'] * 1000:.0f} ms | |")
+    print(f"| step, pre-materialised batches | {a['step_pre_s'] * 1000:.0f} ms | |")
+    print(f"| loader / pre-materialised | {a['ratio']:.3f}x | <= 1.05x |")
+    print(f"| achieved | {a['tflops'] * 1000:.1f} GFLOP/s | |")
+    print(f"| matmul peak (2048^2 fp32) | {a['peak_tflops'] * 1000:.1f} GFLOP/s | |")
+    print(f"| MFU | {100 * a['mfu']:.1f}% | |")
+    print(
+        "\n| ZeRO stage (2 ranks) | model+grad+optimizer MB per rank | vs stage 0 |\n|---|---|---|"
+    )
+    for stage, mb in m.items():
+        print(f"| {stage} | {mb:.0f} | {mb / m[0]:.2f}x |")
+    print(f"\nZeRO-3 / ZeRO-0 memory: {m[3] / m[0]:.2f}x (target <= 0.55x)")
+
+
+if __name__ == "__main__":
+    main()
