@@ -129,3 +129,17 @@ def test_first_fit_decreasing_respects_budget_and_keeps_everything() -> None:
     fill = sum(lengths) / (len(groups) * 1024)
     assert fill > 0.95, fill  # NaViT reports < 2% padding; FFD on a big buffer gets close
     assert groups == pack_first_fit(lengths, budget=1024, seed=1)
+
+
+def test_every_parameter_gets_a_gradient_when_all_captions_are_dropped() -> None:
+    """A None gradient on one rank only breaks ZeRO's gradient buckets (gloo size mismatch)."""
+    from trainer.model import DiT, DiTConfig, pack
+
+    model = DiT(DiTConfig(size="tiny"))
+    x, batch = pack(
+        [torch.randn(4, 2, 4, 4), torch.randn(4, 1, 2, 6)],
+        [torch.zeros(0, 384), torch.zeros(0, 384)],
+        (1, 2, 2),
+    )
+    model(x, torch.tensor([500.0, 20.0]), batch).pow(2).mean().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []

@@ -132,6 +132,24 @@ def _kill_tree(pid: int) -> None:
             os.kill(p, signal.SIGKILL)
 
 
+def test_two_ranks_survive_micro_batches_without_any_caption(latents: Path, tmp_path: Path) -> None:
+    # With most captions dropped, some micro-batch has no text at all on one rank only.
+    _run(
+        _cmd(
+            2,
+            latents,
+            tmp_path,
+            "nocap",
+            2,
+            "--set",
+            "train.data.caption_dropout=0.9",
+            "--set",
+            "train.steps=6",
+        )
+    )
+    assert len(_history(tmp_path, "nocap")) == 6
+
+
 def _wait_latest(path: Path, tag: str, proc: subprocess.Popen[str], timeout: float = 240) -> None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
