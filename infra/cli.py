@@ -25,7 +25,6 @@ EXIT_NOT_BUILT = 3
 
 # Subcommands whose feature has not landed yet, and the issue that tracks each.
 NOT_BUILT = {
-    "recaption": "recaptioning (issue 4)",
     "launch": "multi-node launch (issue 9)",
 }
 
@@ -87,6 +86,18 @@ def cmd_shard(args: argparse.Namespace) -> int:
         s["sources"], s["clips"], s["seconds_out"], s["seconds_in"], s["shards"], s["errors"],
         s["errors_by_reason"] or "", s["wall_s"],
     )  # fmt: skip
+    return 0
+
+
+def cmd_recaption(args: argparse.Namespace) -> int:
+    from recaption.job import run_recaption
+
+    cfg = resolve_config(args)
+    for name in ("backend", "model", "prompt"):
+        if getattr(args, name) is not None:
+            setattr(cfg.recaption, name, getattr(args, name))
+    cfg.recaption.validate()
+    run_recaption(args.shards, args.output, cfg.recaption, cfg.storage, args.ray_address)
     return 0
 
 
@@ -202,14 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete existing output and start over")
     _add_config_args(p)
 
-    p = add(
-        "recaption", "write detailed captions for every clip with a VLM", _not_built("recaption")
-    )
+    p = add("recaption", "write detailed captions for every clip with a VLM", cmd_recaption)
     p.add_argument("--shards", required=True, help="output of `spacetime shard`")
-    p.add_argument("--output", required=True, help="caption sidecar folder or s3:// prefix")
-    p.add_argument("--backend", choices=["stats", "hf", "vllm"], default="stats")
+    p.add_argument(
+        "--output", required=True, help="caption set folder or s3:// prefix (one set per folder)"
+    )
+    p.add_argument(
+        "--backend", choices=["stats", "hf", "vllm"], default=None, help="default: stats"
+    )
     p.add_argument("--model", default=None, help="local model directory (hf, vllm)")
-    p.add_argument("--prompt", default=None, help="prompt template name")
+    p.add_argument("--prompt", default=None, help="prompt template name (detailed, short)")
     p.add_argument("--ray-address", default=None)
     _add_config_args(p)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from data_pipeline.config import ShardConfig
 from infra.storage import StorageConfig
+from recaption.config import RecaptionConfig
 from trainer.config import SampleConfig, TrainConfig
 from trainer.vae.config import EncodeConfig, VAETrainConfig
 
@@ -39,6 +40,7 @@ class SpacetimeConfig:
     run: RunConfig = field(default_factory=RunConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    recaption: RecaptionConfig = field(default_factory=RecaptionConfig)
     vae_train: VAETrainConfig = field(default_factory=VAETrainConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

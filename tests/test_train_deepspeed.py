@@ -6,11 +6,9 @@ bit-identical weights and losses; a run resumes on a different world size.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ import torch
 
 from tests.conftest import REPO, free_port
 from tests.latents import write_latent_shards
+from tests.procs import kill_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -113,25 +112,6 @@ def test_two_ranks_match_one_rank(
     assert f"ZeRO-{stage}" in log and "world 2" in log
 
 
-def _kill_tree(pid: int) -> None:
-    """SIGKILL a process and every descendant (torchrun's workers are not in its process group)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    todo, tree = [pid], []
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo += children.get(p, [])
-    for p in tree:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGKILL)
-
-
 def test_two_ranks_survive_micro_batches_without_any_caption(latents: Path, tmp_path: Path) -> None:
     # With most captions dropped, some micro-batch has no text at all on one rank only.
     _run(
@@ -173,7 +153,7 @@ def test_kill_9_then_resume_is_bit_exact(latents: Path, tmp_path: Path, stage: i
     latest = tmp_path / "killed" / "checkpoints" / "latest"
     _wait_latest(latest, "step-00000004", proc)
     time.sleep(random.Random(stage).uniform(0.0, 0.3))
-    _kill_tree(proc.pid)
+    kill_tree(proc.pid)
     proc.wait()
     killed_at = latest.read_text()
     assert killed_at < f"step-{STEPS:08d}", "the kill came too late to test anything"

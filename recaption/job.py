@@ -1,0 +1,251 @@
+"""`spacetime recaption`: caption every clip of a shard set with a pool of captioner actors.
+
+Each actor loads its captioner once (one per GPU, or per CPU worker) and captions whole clip shards
+in batches; each clip shard gives one sidecar `captions-NNNNNN.tar` of `{key}.caption.json`,
+published atomically, so a rerun after kill -9 redoes only the shards that were not published:
+nothing is lost and nothing is duplicated. A clip that fails (undecodable, degenerate output, a
+prompt that does not fit the model) gets a record with `text: null` and the reason; the trainer
+then falls back to the source caption. Video shards are never rewritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from typing import Any
+
+import webdataset as wds
+
+from infra.ray_cluster import local_work_dir, ray_session
+from infra.storage import Storage, StorageConfig, join
+from recaption.config import RecaptionConfig
+from recaption.prompts import get_prompt
+from trainer.data.clips import iter_samples, list_shards
+
+log = logging.getLogger(__name__)
+
+
+def make_captioner(cfg: RecaptionConfig) -> Any:
+    if cfg.backend == "stats":
+        from recaption.stats import StatsCaptioner
+
+        return StatsCaptioner()
+    if cfg.backend == "hf":
+        from recaption.hf import HFCaptioner
+
+        return HFCaptioner(cfg)
+    if cfg.backend == "vllm":
+        from recaption.vllm_backend import VLLMCaptioner
+
+        return VLLMCaptioner(cfg)
+    raise ValueError(f"unknown backend {cfg.backend!r}")
+
+
+def caption_shard_name(clip_shard: str) -> str:
+    return clip_shard.rsplit("/", 1)[-1].replace("clips-", "captions-")
+
+
+class CaptionWorker:
+    """Ray actor body: one captioner, loaded once, captioning whole shards."""
+
+    def __init__(self, cfg: dict[str, Any], storage_cfg: dict[str, Any]):
+        import torch
+
+        torch.set_num_threads(1)
+        self.cfg = RecaptionConfig(**cfg)
+        self.storage = Storage(StorageConfig(**storage_cfg))
+        self.prompt = get_prompt(self.cfg.prompt)
+        self.captioner = make_captioner(self.cfg)
+
+    def _caption_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Captions a batch with retries; a batch that keeps failing is split into single rows so
+        one bad clip costs only its own caption."""
+        last = None
+        for _ in range(self.cfg.retries + 1):
+            try:
+                return self.captioner.caption(items)
+            except Exception as e:  # any backend failure: retried, then recorded per row
+                last = e
+        if len(items) == 1:
+            return [{"text": None, "error": f"{type(last).__name__}: {last}"}]
+        return [r for it in items for r in self._caption_batch([it])]
+
+    def run_shard(self, clip_shard: str, out_uri: str, scenes: dict[str, int]) -> dict[str, Any]:
+        from recaption.frames import sample_frames
+        from recaption.validate import problem
+
+        records: list[dict[str, Any]] = []
+        pending: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            t0 = time.monotonic()
+            results = self._caption_batch(pending)
+            per_clip = (time.monotonic() - t0) / len(pending)
+            for it, res in zip(pending, results, strict=True):
+                text = res.get("text")
+                error = res.get("error")
+                if text is not None and error is None:
+                    error = problem(text, self.prompt.text if self.cfg.backend != "stats" else "")
+                    if error:
+                        text = None
+                rec = it["record"] | {"text": text, "error": error, "seconds": round(per_clip, 4)}
+                if "facts" in res:
+                    rec["facts"] = res["facts"]
+                records.append(rec)
+            pending.clear()
+
+        keys: list[str] = []
+        for s in iter_samples(clip_shard, self.storage):
+            keys.append(s["__key__"])
+            meta = json.loads(s.get("json", b"{}"))
+            source_caption = s.get("txt", b"").decode("utf-8")
+            record = {
+                "key": s["__key__"], "backend": self.captioner.backend,
+                "model": self.captioner.model_id, "prompt": self.prompt.name,
+                "prompt_version": self.prompt.version, "source_caption": source_caption,
+            }  # fmt: skip
+            try:
+                frames, times, info = sample_frames(s["mp4"], self.cfg.frames, self.cfg.max_side)
+            except Exception as e:  # a broken clip is recorded, never fatal to the shard
+                records.append(record | {"text": None, "error": f"decode: {e}", "frames": []})
+                continue
+            info |= {k: meta[k] for k in ("width", "height") if k in meta}
+            record["frames"] = times
+            pending.append(
+                {
+                    "record": record, "frames": frames, "times": times, "info": info,
+                    "source_caption": source_caption,
+                    "scene": int(meta.get("scene", 0)),
+                    "source_has_cuts": scenes.get(meta.get("source", ""), 1) > 1,
+                }
+            )  # fmt: skip
+            if len(pending) >= self.cfg.batch_size:
+                flush()
+        flush()
+        order = {k: i for i, k in enumerate(keys)}
+        records.sort(key=lambda r: order[r["key"]])  # the clip shard's order (failures come early)
+        with self.storage.atomic_writer(out_uri) as tmp, open(tmp, "wb") as f:
+            writer = wds.TarWriter(f, mtime=0, user="", group="")
+            for rec in records:
+                writer.write(
+                    {
+                        "__key__": rec["key"],
+                        "caption.json": json.dumps(rec, sort_keys=True).encode(),
+                    }
+                )
+            writer.close()
+        return {"shard": out_uri.rsplit("/", 1)[-1], "records": _index_rows(records, out_uri)}
+
+
+def _index_rows(records: list[dict[str, Any]], shard: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "key": r["key"], "shard": shard.rsplit("/", 1)[-1], "backend": r["backend"],
+            "model": r["model"], "prompt": r["prompt"], "prompt_version": r["prompt_version"],
+            "chars": len(r["text"] or ""), "error": r["error"],
+        }
+        for r in records
+    ]  # fmt: skip
+
+
+def read_captions(shard: str, storage: Storage) -> dict[str, dict[str, Any]]:
+    """{key: caption record} of one caption shard."""
+    return {s["__key__"]: json.loads(s["caption.json"]) for s in iter_samples(shard, storage)}
+
+
+def source_scene_counts(shards: str, storage: Storage) -> dict[str, int]:
+    """Scenes per source video (at least: highest scene index with a kept clip, plus one)."""
+    uri = join(shards, "manifest.parquet")
+    if not storage.exists(uri):
+        return {}
+    import io
+
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(
+        io.BytesIO(storage.read_bytes(uri)), columns=["source", "scene"]
+    ).to_pylist()
+    scenes: dict[str, int] = {}
+    for r in rows:
+        scenes[r["source"]] = max(scenes.get(r["source"], 0), int(r["scene"]) + 1)
+    return scenes
+
+
+def run_recaption(
+    shards: str,
+    output: str,
+    cfg: RecaptionConfig,
+    storage_cfg: StorageConfig,
+    ray_address: str | None = None,
+) -> dict[str, Any]:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    t0 = time.monotonic()
+    storage = Storage(storage_cfg)
+    prompt = get_prompt(cfg.prompt)
+    clip_shards = list_shards(shards, storage)
+    if cfg.backend == "hf":
+        from recaption.hf import check_model_dir
+
+        check_model_dir(cfg.model)  # fail fast, before any actor starts
+    elif cfg.backend == "vllm":
+        from recaption.vllm_backend import check_vllm
+
+        check_vllm()
+    scenes = source_scene_counts(shards, storage)
+    todo = [s for s in clip_shards if not storage.exists(join(output, caption_shard_name(s)))]
+    rows: list[dict[str, Any]] = []
+    with ray_session(ray_address, local_work_dir(output)):
+        import ray
+        from ray.util import ActorPool
+
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        n = cfg.workers or (gpus if gpus and cfg.backend != "stats" else cpus)
+        n = max(1, min(n, len(todo) or 1))
+        res = {"num_gpus": 1} if gpus and cfg.backend != "stats" else {"num_cpus": 1}
+        actor = ray.remote(**res)(CaptionWorker)  # type: ignore[call-overload]
+        pool = ActorPool(
+            [
+                actor.remote(dataclasses.asdict(cfg), dataclasses.asdict(storage_cfg))
+                for _ in range(n)
+            ]
+        )
+        jobs = [(s, join(output, caption_shard_name(s))) for s in todo]
+        results = pool.map_unordered(lambda a, j: a.run_shard.remote(j[0], j[1], scenes), jobs)
+        for r in tqdm(results, total=len(jobs), desc=f"recaption ({cfg.backend})", unit="shard"):
+            rows += r["records"]
+    done = {r["shard"] for r in rows}
+    for s in clip_shards:  # shards captioned by an earlier run: their rows come from their tars
+        name = caption_shard_name(s)
+        if name not in done:
+            rows += _index_rows(list(read_captions(join(output, name), storage).values()), name)
+    rows.sort(key=lambda r: (r["shard"], r["key"]))
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    storage.write_bytes(join(output, "index.parquet"), buf.getvalue())
+    failed = [r for r in rows if r["error"]]
+    summary = {
+        "clips": len(rows), "captioned": len(rows) - len(failed), "failed": len(failed),
+        "shards": len(clip_shards), "captioned_shards": len(todo),
+        "skipped_shards": len(clip_shards) - len(todo), "backend": cfg.backend,
+        "model": cfg.model or cfg.backend, "prompt": f"{prompt.name}-v{prompt.version}",
+        "errors": sorted({(r["error"] or "").split(":")[0] for r in failed}),
+        "wall_s": round(time.monotonic() - t0, 2),
+    }  # fmt: skip
+    storage.write_text(join(output, "summary.json"), json.dumps(summary, indent=2))
+    log.info(
+        "recaption: %d clips in %d shards (%d captioned now, %d already done), %d failed, "
+        "backend %s, prompt %s, %.1fs",
+        summary["clips"], summary["shards"], summary["captioned_shards"], summary["skipped_shards"],
+        summary["failed"], cfg.backend, summary["prompt"], summary["wall_s"],
+    )  # fmt: skip
+    return summary
