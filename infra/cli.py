@@ -124,6 +124,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         cfg.encode,
         cfg.storage,
         args.ray_address,
+        captions=args.captions,
     )
     return 0
 
@@ -251,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="local text encoder directory (default: packaged MiniLM)",
     )
     p.add_argument("--output", required=True, help="latent shard folder or s3:// prefix")
+    p.add_argument(
+        "--captions",
+        default=None,
+        help="caption set (output of `spacetime recaption`) to train on; default: source captions",
+    )
     p.add_argument("--ray-address", default=None)
     _add_config_args(p)
 

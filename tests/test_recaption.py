@@ -367,3 +367,22 @@ def test_mosaic_keeps_every_frame_in_order() -> None:
     m = mosaic(frames)
     assert m.shape == (8, 18, 3)
     assert [int(m[r * 4, c * 6, 0]) for r in range(2) for c in range(3)][:5] == [0, 20, 40, 60, 80]
+
+
+def test_encode_trains_on_a_chosen_caption_set_with_fallback(
+    small_clips: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    from trainer.encode import read_latents, run_encode
+    from trainer.vae import CausalVAE, EncodeConfig, VAEConfig
+
+    clips, keys = small_clips
+    run_recaption(str(clips), str(tmp_path / "caps"), RecaptionConfig(), StorageConfig())
+    caps = all_captions(tmp_path / "caps")
+    CausalVAE(VAEConfig.named("tiny")).save_pretrained(tmp_path / "vae")
+    s = run_encode(str(clips), str(tmp_path / "lat"), str(tmp_path / "vae"), None, EncodeConfig(max_frames=5),
+                   StorageConfig(), captions=str(tmp_path / "caps"))  # fmt: skip
+    assert [e["key"] for e in s["errors"]] == [keys[2]]  # the undecodable clip: recorded, skipped
+    got = read_latents(str(tmp_path / "lat" / "latents-000000.tar"), Storage())
+    assert set(got) == set(keys) - {keys[2]}
+    assert all(got[k]["caption"] == caps[k]["text"] for k in got)
+    assert s["caption_fallbacks"] == 0

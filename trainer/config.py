@@ -72,8 +72,8 @@ class TrainConfig:
     """auto: bf16 on GPU, fp32 on CPU."""
     bucket_elements: int = 500_000_000
     """Elements per ZeRO communication bucket (gradient reduce, all-gather, ZeRO-3 prefetch and
-    live parameters): smaller saves memory, larger overlaps communication better. DeepSpeed's
-    default; on CPU (gloo) ZeRO-1/2 failed with smaller all-gather buckets, ZeRO-3 did not."""
+    live parameters): smaller saves memory, larger overlaps communication better (DeepSpeed's
+    default)."""
     offload_optimizer: bool = False
     """ZeRO-Offload of optimizer states to CPU (stage >= 1)."""
     activation_checkpointing: bool = False

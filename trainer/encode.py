@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import av
 import torch
 import webdataset as wds
 from safetensors.torch import save
@@ -80,6 +81,7 @@ def encode_shard(
     text_path: str | None,
     cfg: dict[str, Any],
     storage_cfg: dict[str, Any],
+    captions: str | None = None,
 ) -> dict[str, Any]:
     """Ray task: one clip shard in, one latent shard out (skipped if already published)."""
     storage = Storage(StorageConfig(**storage_cfg))
@@ -92,17 +94,33 @@ def encode_shard(
     torch.set_num_threads(1)
     vae, text = _models(vae_dir, text_path, ecfg.text_max_length)
     tag = vae_tag(vae_dir)
+    chosen: dict[str, str] = {}
+    if captions:
+        from recaption.job import caption_shard_name, read_captions
+
+        cap_uri = join(captions, caption_shard_name(clip_shard))
+        if storage.exists(cap_uri):
+            chosen = {k: r["text"] for k, r in read_captions(cap_uri, storage).items() if r["text"]}
+    fallbacks = 0
+    errors: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     with storage.atomic_writer(out_uri) as tmp, open(tmp, "wb") as f:
         writer = wds.TarWriter(f, mtime=0, user="", group="")
         for s in iter_samples(clip_shard, storage):
-            frames = decode_frames(s["mp4"], max_frames=ecfg.max_frames)
+            try:
+                frames = decode_frames(s["mp4"], max_frames=ecfg.max_frames)
+            except (av.error.FFmpegError, ValueError) as e:  # recorded and skipped, never fatal
+                errors.append({"key": s["__key__"], "shard": clip_shard, "reason": f"decode: {e}"})
+                continue
             t = 1 + 4 * ((frames.shape[0] - 1) // 4)
             x = torch.from_numpy(frames[:t]).permute(3, 0, 1, 2).float()[None] / 127.5 - 1
             with torch.no_grad():
                 z = vae.encode_chunked(x, ecfg.chunk_latent_frames, tile=ecfg.tile or None)
                 z = vae.normalize(z)[0].contiguous()
-            caption = s.get("txt", b"").decode("utf-8")
+            caption = chosen.get(s["__key__"])
+            if caption is None:  # no caption set, or this clip's caption failed: the source's
+                caption = s.get("txt", b"").decode("utf-8")
+                fallbacks += bool(captions)
             states = text.encode([caption])[0].contiguous()
             writer.write(
                 latent_record(s["__key__"], z, states, caption, tag, vae.cfg, t, text.path)
@@ -112,7 +130,9 @@ def encode_shard(
     # The index lets the trainer plan packing without reading latents; written after the shard,
     # and a shard without one is redone (or scanned by the loader).
     storage.write_text(index_uri, json.dumps(rows))
-    return {"shard": name, "clips": len(rows), "skipped": False}
+    return {
+        "shard": name, "clips": len(rows), "skipped": False, "fallbacks": fallbacks, "errors": errors,
+    }  # fmt: skip
 
 
 def run_encode(
@@ -123,7 +143,10 @@ def run_encode(
     cfg: EncodeConfig,
     storage_cfg: StorageConfig,
     ray_address: str | None = None,
+    captions: str | None = None,
 ) -> dict[str, Any]:
+    """`captions`: a caption set (output of `spacetime recaption`) whose text replaces the source
+    caption by key; clips it has no caption for keep their source caption (counted)."""
     t0 = time.monotonic()
     storage = Storage(storage_cfg)
     clip_shards = list_shards(shards, storage)
@@ -141,6 +164,7 @@ def run_encode(
                 text_path,
                 dataclasses.asdict(cfg),
                 dataclasses.asdict(storage_cfg),
+                captions,
             )
             for s in clip_shards
         ]
@@ -153,29 +177,39 @@ def run_encode(
         "encoded_shards": sum(not r["skipped"] for r in results),
         "skipped_shards": sum(r["skipped"] for r in results),
         "clips": sum(max(r["clips"], 0) for r in results),
+        "captions": captions or "source",
+        "caption_fallbacks": sum(r.get("fallbacks", 0) for r in results),
+        "errors": [e for r in results for e in r.get("errors", [])],
         "vae": vae_tag(vae_dir),
         "wall_s": round(time.monotonic() - t0, 2),
     }
     storage.write_text(join(output, "summary.json"), json.dumps(summary, indent=2))
     log.info(
-        "encode: %d shards (%d encoded, %d already there), %d clips, %s, %.1fs",
-        summary["shards"], summary["encoded_shards"], summary["skipped_shards"], summary["clips"], summary["vae"], summary["wall_s"],
+        "encode: %d shards (%d encoded, %d already there), %d clips, %d undecodable clips skipped, "
+        "captions: %s (%d fell back to the source caption), %s, %.1fs",
+        summary["shards"], summary["encoded_shards"], summary["skipped_shards"], summary["clips"],
+        len(summary["errors"]), summary["captions"], summary["caption_fallbacks"], summary["vae"],
+        summary["wall_s"],
     )  # fmt: skip
     return summary
 
 
+def _safetensors_metadata(blob: bytes) -> dict[str, str]:
+    header_len = int.from_bytes(blob[:8], "little")  # safetensors: u64 header size, JSON header
+    return json.loads(blob[8 : 8 + header_len]).get("__metadata__", {})
+
+
 def read_latents(shard: str, storage: Storage) -> dict[str, dict[str, Any]]:
-    """{key: {"latent": (C, T', H', W'), "text": (L, D), "meta": {...}}} of one latent shard."""
+    """{key: {"latent": (C, T', H', W'), "text": (L, D), "meta": {...}, "caption": str}}."""
     from safetensors.torch import load
 
     out = {}
     for s in iter_samples(shard, storage):
-        lat = s["latent.safetensors"]
-        header_len = int.from_bytes(lat[:8], "little")  # safetensors: u64 header size, JSON header
-        meta = json.loads(lat[8 : 8 + header_len]).get("__metadata__", {})
+        lat, txt = s["latent.safetensors"], s["text.safetensors"]
         out[s["__key__"]] = {
             "latent": load(lat)["latent"],
-            "text": load(s["text.safetensors"])["tokens"],
-            "meta": meta,
+            "text": load(txt)["tokens"],
+            "meta": _safetensors_metadata(lat),
+            "caption": _safetensors_metadata(txt).get("caption", ""),
         }
     return out

@@ -68,9 +68,7 @@ def deepspeed_config(
     gas = cfg.data.microbatches_per_step // world_size
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
     b = cfg.bucket_elements
-    if cfg.zero_stage in (1, 2) and b != 500_000_000:
-        # DeepSpeed's default; other sizes split the all-gather into buckets, which on gloo (CPU)
-        # failed with "Received data size doesn't match expected size" (DeepSpeed 0.19.8).
+    if cfg.zero_stage in (1, 2):
         zero |= {"reduce_bucket_size": b, "allgather_bucket_size": b}
     if cfg.zero_stage >= 2:
         zero |= {"overlap_comm": False, "contiguous_gradients": True}
