@@ -174,7 +174,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     cfg.sample.validate()
     run_sample(
         args.checkpoint, args.vae, args.prompt, args.output, cfg.sample,
-        text_encoder=args.text_encoder, inputs=args.input,
+        text_encoder=args.text_encoder, inputs=args.input, upsample=args.upsample,
     )  # fmt: skip
     return 0
 
@@ -293,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="image or video to condition on (interpolate: give two)",
     )
     p.add_argument("--text-encoder", default=None, help="local text encoder dir (as in encode)")
+    p.add_argument(
+        "--upsample",
+        default=None,
+        metavar="CAPTION_SET",
+        help="rewrite prompts in the style of the caption set the model trained on",
+    )
     p.add_argument("--frames", type=int, help="1 + 4k frames (1: an image)")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)

@@ -386,3 +386,13 @@ def test_encode_trains_on_a_chosen_caption_set_with_fallback(
     assert set(got) == set(keys) - {keys[2]}
     assert all(got[k]["caption"] == caps[k]["text"] for k in got)
     assert s["caption_fallbacks"] == 0
+
+
+def test_rule_based_upsampling_in_the_caption_sets_style(stats_run: dict[str, Any]) -> None:
+    from recaption.upsample import Upsampler
+
+    up = Upsampler.from_caption_set(str(stats_run["out"]), Storage())
+    text = up("a red circle moving left", 64, 48, 2.0, 8.0)
+    assert text.startswith("a red circle moving left. A landscape video clip of 2.0 seconds (64x48")
+    assert "mostly red" in text and "moves left" in text
+    assert "black-and-white" in up("a black and white film of a man walking")

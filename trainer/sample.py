@@ -265,7 +265,9 @@ def run_sample(
     cfg: SampleConfig,
     text_encoder: str | None = None,
     inputs: list[str] | None = None,
+    upsample: str | None = None,
 ) -> dict[str, Any]:
+    """`upsample`: a caption set; prompts are rewritten in its style (recaption.upsample)."""
     from PIL import Image
 
     from data_pipeline.shapes import write_mp4
@@ -284,7 +286,15 @@ def run_sample(
             f"the text encoder gives {encoder.dim}-dim states, the model was trained on "
             f"{model.cfg.text_dim}: pass the --text-encoder used by `spacetime encode`"
         )
-    texts = encoder.encode(prompts)
+    conditioned = list(prompts)
+    if upsample:
+        from infra.storage import Storage
+        from recaption.upsample import Upsampler
+
+        up = Upsampler.from_caption_set(upsample, Storage())
+        seconds = cfg.frames / cfg.fps
+        conditioned = [up(p, cfg.width, cfg.height, seconds, cfg.fps) for p in prompts]
+    texts = encoder.encode(conditioned)
     _, videos = generate(model, train_cfg, cfg, texts, vae, inputs)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -296,7 +306,7 @@ def run_sample(
             write_mp4(out / f"{stem}.mp4", f, fps=cfg.fps)
         Image.fromarray(f[0] if len(f) == 1 else contact_sheet([f])).save(out / f"{stem}.png")
         rec = {
-            "prompt": prompt, "seed": cfg.seed + i, "mode": cfg.mode, "inputs": inputs or [],
+            "prompt": prompt, "conditioned_on": conditioned[i], "seed": cfg.seed + i, "mode": cfg.mode, "inputs": inputs or [],
             "checkpoint": which, "sample": to_dict(cfg), "model": to_dict(train_cfg.model),
             "objective": train_cfg.objective, "vae": str(vae_dir),
             "text_encoder": encoder.path, "files": [f"{stem}.mp4", f"{stem}.png"],
