@@ -26,8 +26,28 @@ def demo() -> SpacetimeConfig:
     cfg.shard.min_side = 32  # 64x48 is the smallest shapes size
     cfg.shard.min_motion = 0.0003  # one small shape on a plain background moves few pixels
     cfg.shard.shard_max_bytes = 4 * 1024 * 1024
+    cfg.shard.shard_max_bytes = (
+        1024 * 1024
+    )  # several shards, so encode and recaption run in parallel
     cfg.vae_train.steps = 300
     cfg.vae_train.crop = 32  # shapes videos are 48-96 px
+    t = cfg.train
+    t.model.size = "XS"
+    t.model.in_channels = 4  # the tiny VAE's latent channels
+    # Uniform timesteps: logit-normal rarely visits the high-noise end where a shape's layout and
+    # direction are decided (PLATFORM.md calibration).
+    t.flow.timestep_sampling = "uniform"
+    t.data.token_budget = 2048
+    t.data.microbatches_per_step = 2
+    t.data.caption_dropout = 0.1
+    t.zero_stage = 2
+    t.optim.lr = 1e-3
+    t.optim.warmup_steps = 50
+    t.ema_decay = 0.99
+    t.checkpoint_every = 50
+    t.log_every = 25
+    cfg.sample.frames, cfg.sample.height, cfg.sample.width = 17, 64, 64
+    cfg.sample.steps, cfg.sample.guidance = 20, 4.0
     return cfg
 
 

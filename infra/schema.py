@@ -34,6 +34,16 @@ class RunConfig:
 
 
 @dataclass
+class DemoConfig:
+    """`spacetime demo` only."""
+
+    videos: int = 192
+    """Shapes videos generated (held-out combinations excluded)."""
+    eval_prompts: int = 24
+    """Prompts sampled and scored at the end (the held-out combinations among them)."""
+
+
+@dataclass
 class SpacetimeConfig:
     """Everything a spacetime job reads. Each job uses its own sections and ignores the rest."""
 
@@ -45,3 +55,4 @@ class SpacetimeConfig:
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)

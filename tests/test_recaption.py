@@ -20,13 +20,13 @@ import webdataset as wds
 from data_pipeline import shapes
 from data_pipeline.config import ShardConfig
 from data_pipeline.job import run_shard
+from infra.procs import kill_tree
 from infra.storage import Storage, StorageConfig
 from recaption.config import RecaptionConfig
 from recaption.frames import sample_frames
 from recaption.job import read_captions, run_recaption
 from recaption.validate import problem
 from tests.conftest import REPO
-from tests.procs import kill_tree
 
 pytestmark = pytest.mark.slow
 TOKENIZERS = REPO.parent / "shared" / "data" / "tokenizers"

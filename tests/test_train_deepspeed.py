@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from infra.procs import kill_tree
 from tests.conftest import REPO, free_port
 from tests.latents import write_latent_shards
-from tests.procs import kill_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 

@@ -366,7 +366,7 @@ class Trainer:
                 tokens_window += s["tokens"]
                 samples_window += s["samples"]
                 flops_window += s["flops"]
-                self.history.append({"step": self.step, "loss": s["loss"]})
+                self.history.append({"step": self.step, "loss": s["loss"], "wall": time.time()})
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     dt = time.monotonic() - t_window
                     mfu = flops_window / dt / (self.peak * 1e12 * self.d.world_size)

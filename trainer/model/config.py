@@ -7,6 +7,7 @@ from dataclasses import dataclass
 # DiT's named sizes (depth, hidden, heads), plus a tiny one for tests.
 SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (2, 64, 4),
+    "XS": (6, 128, 4),  # the CPU demo
     "S": (12, 384, 6),
     "B": (12, 768, 12),
     "L": (24, 1024, 16),

@@ -1,4 +1,4 @@
-"""Killing a job for real: SIGKILL to a process and all its descendants."""
+"""Process helpers: killing a job for real (SIGKILL to a process and all its descendants)."""
 
 from __future__ import annotations
 
