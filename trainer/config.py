@@ -86,17 +86,6 @@ class TrainConfig:
     keep_checkpoints: int = 3
     """Keep the newest N checkpoints (0: keep all)."""
     log_every: int = 10
-    preview_every: int = 0
-    """Steps between sample previews (0: off); needs preview_vae."""
-    preview_vae: str = ""
-    """VAE directory used to decode previews."""
-    preview_prompts: list[str] = field(
-        default_factory=lambda: ["a red circle moving right", "a blue square moving up"]
-    )
-    preview_shape: tuple[int, int, int] = (9, 64, 64)
-    """(frames, height, width) of preview videos."""
-    text_encoder: str = ""
-    """Text encoder for preview prompts (empty: the packaged MiniLM)."""
     peak_tflops: float = 0.0
     """Peak of one device for MFU (0: measured with a matmul on CPU; 989 for H100 bf16 dense)."""
 
