@@ -21,13 +21,6 @@ from infra.storage import StorageError
 
 log = logging.getLogger("spacetime")
 
-EXIT_NOT_BUILT = 3
-
-# Subcommands whose feature has not landed yet, and the issue that tracks each.
-NOT_BUILT = {
-    "launch": "multi-node launch (issue 9)",
-}
-
 
 def _add_config_args(p: argparse.ArgumentParser, preset: str = "default") -> None:
     g = p.add_argument_group("configuration (preset, then file, then --set overrides)")
@@ -47,14 +40,6 @@ def _add_config_args(p: argparse.ArgumentParser, preset: str = "default") -> Non
 
 def resolve_config(args: argparse.Namespace) -> SpacetimeConfig:
     return load(SpacetimeConfig, get_preset(args.preset), args.config, args.overrides)
-
-
-def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        log.error("spacetime %s: %s is not built yet; nothing was run.", name, NOT_BUILT[name])
-        return EXIT_NOT_BUILT
-
-    return run
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -177,6 +162,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
         text_encoder=args.text_encoder, inputs=args.input, upsample=args.upsample,
     )  # fmt: skip
     return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from infra.launch import main as launch_main
+
+    return launch_main(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -313,11 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for the exported weights")
 
     p = add(
-        "launch",
-        "launch training on one or many nodes (hostfile, Slurm, Ray)",
-        _not_built("launch"),
+        "launch", "launch training on one or many nodes (per-node, hostfile, Slurm)", cmd_launch
     )
-    p.add_argument("--dry-run", action="store_true")
+    from infra.launch import add_arguments
+
+    add_arguments(p)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="-- train --config ...")
 
     p = add("demo", "the whole system end to end on a built-in dataset (CPU, minutes)", cmd_demo)

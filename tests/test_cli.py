@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.cli import EXIT_NOT_BUILT, NOT_BUILT, build_parser, main
+from infra.cli import build_parser, main
 
 SUBCOMMANDS = [
     "shard",
@@ -60,14 +60,45 @@ def test_config_show_and_validate(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["config", "validate", str(bad)]) == 2
 
 
-def test_unbuilt_subcommands_say_so_and_fail(caplog: pytest.LogCaptureFixture) -> None:
-    argv = {
-        "recaption": ["--shards", "x", "--output", "y"],
-        "train": [],
-        "sample": ["--checkpoint", "c", "--output", "o"],
-        "launch": [],
-    }
-    for name in NOT_BUILT:
-        caplog.clear()
-        assert main([name, *argv[name]]) == EXIT_NOT_BUILT
-        assert "not built yet" in caplog.text
+def test_launch_needs_a_train_command_and_prints_exactly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["launch", "--dry-run"]) == 1
+    assert main(["launch", "--nnodes", "2", "--dry-run", "--", "train"]) == 1  # no --master
+    argv = ["launch", "--nnodes", "2", "--node-rank", "1", "--master", "10.0.0.1:29500",
+            "--nproc-per-node", "4", "--iface", "eth1", "--run-id", "r1", "--dry-run",
+            "--", "train", "--config", "my config.yaml"]  # fmt: skip
+    assert main(argv) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("OMP_NUM_THREADS=") and "GLOO_SOCKET_IFNAME=eth1" in line
+    for part in ("--nnodes=2", "--nproc-per-node=4", "--node-rank=1", "--rdzv-endpoint=10.0.0.1:29500",
+                 "--rdzv-id=r1", "is_host=0", "-m infra.cli train --config 'my config.yaml'"):  # fmt: skip
+        assert part in line, part
+
+
+def test_launch_slurm_and_hostfile_commands_match_per_node(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    script = tmp_path / "job.sbatch"
+    argv = ["launch", "--slurm", "--nnodes", "2", "--nproc-per-node", "8", "--gpus", "--run-id", "r2",
+            "--slurm-script", str(script), "--", "train", "--config", "c.yaml"]  # fmt: skip
+    assert main(argv) == 0
+    text = script.read_text()
+    assert text.startswith("#!/bin/bash\n") and "#SBATCH --nodes=2" in text
+    assert "#SBATCH --gpus-per-node=8" in text and "srun --kill-on-bad-exit=1" in text
+    assert (
+        "--nproc-per-node=8" in text
+        and "--rdzv-id=r2" in text
+        and "infra.cli train --config c.yaml" in text
+    )
+    assert "AWS_SECRET" not in text
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# cluster\nnode-a slots=2\nnode-b slots=2\n")
+    assert (
+        main(["launch", "--hostfile", str(hosts), "--print-only", "--run-id", "r3", "--", "train"])
+        == 0
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[:2] for ln in lines] == [["ssh", "node-a"], ["ssh", "node-b"]]
+    assert "--node-rank=0" in lines[0] and "--node-rank=1" in lines[1]
+    assert all("--rdzv-endpoint=node-a:29500" in ln for ln in lines)
+    hosts.write_text("node-a gpus=2\n")
+    assert main(["launch", "--hostfile", str(hosts), "--print-only", "--", "train"]) == 1

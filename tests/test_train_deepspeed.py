@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -349,3 +350,82 @@ def test_sample_and_export_from_a_zero_checkpoint(
         "--height", "32", "--width", "32", "--steps", "2",
     ])  # fmt: skip
     assert (tmp_path / "s" / "contact_sheet.png").exists()
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(
+    latents: Path, baseline: tuple[Path, str], tmp_path: Path
+) -> None:
+    _run(_cmd(1, latents, tmp_path, "ckpt", 2, "--set", "train.activation_checkpointing=true"))
+    got, ref = _history(tmp_path, "ckpt"), _history(*baseline)
+    assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-5, atol=1e-7), (got, ref)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def test_watchdog_ends_a_job_whose_peer_froze(latents: Path, tmp_path: Path) -> None:
+    """SIGSTOP one rank (frozen, not dead): gloo would wait for it forever; the other rank's
+    watchdog aborts, torchrun tears the job down, and --resume auto continues."""
+    cmd = _cmd(
+        2,
+        latents,
+        tmp_path,
+        "frozen",
+        2,
+        "--set",
+        "train.steps=100000",
+        "--set",
+        "train.watchdog_s=8",
+    )
+    log_file = (tmp_path / "frozen.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log_file, stderr=subprocess.STDOUT)
+    latest = tmp_path / "frozen" / "checkpoints" / "latest"
+    _wait_latest(latest, "step-00000002", proc)
+    workers = sorted(_children(proc.pid))
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        proc.wait(timeout=120)
+    finally:
+        kill_tree(proc.pid)
+        log_file.close()
+    out = (tmp_path / "frozen.log").read_text()
+    assert proc.returncode != 0 and time.monotonic() - t0 < 90
+    assert "watchdog: rank 0 made no training progress" in out
+    log = _run(
+        [*_cmd(2, latents, tmp_path, "frozen", 2, "--set", "train.steps=12"), "--resume", "auto"]
+    )
+    assert "resumed from step-" in log
+
+
+def test_launch_max_restarts_relaunches_and_resumes(
+    latents: Path, baseline: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A rank is killed inside the save of step 6; `spacetime launch --max-restarts 1` relaunches
+    the node with --resume auto and the run ends with the uninterrupted run's losses."""
+    train = _cmd(1, latents, tmp_path, "relaunch", 2)[3:]  # the `train ...` arguments
+    cmd = [
+        sys.executable,
+        "-m",
+        "infra.cli",
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        "1",
+        "--",
+        *train,
+    ]
+    log = _run(cmd, env={"SPACETIME_KILL_IN_SAVE": "6"})
+    assert "relaunching from the latest checkpoint" in log and "resumed from step-00000004" in log
+    got, ref = _history(tmp_path, "relaunch"), _history(*baseline)
+    assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-4, atol=1e-6)

@@ -86,6 +86,12 @@ class TrainConfig:
     keep_checkpoints: int = 3
     """Keep the newest N checkpoints (0: keep all)."""
     log_every: int = 10
+    watchdog_s: float = 0.0
+    """Abort a rank that makes no step progress for this long (0: off). Gloo/NCCL collectives can
+    hang far past their timeouts when a peer is frozen; set it above the slowest step plus a
+    checkpoint save."""
+    dist_timeout_s: float = 600.0
+    """Timeout of the process group's collectives and rendezvous (a dead peer is caught by it)."""
     peak_tflops: float = 0.0
     """Peak of one device for MFU (0: measured with a matmul on CPU; 989 for H100 bf16 dense)."""
 

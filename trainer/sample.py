@@ -43,6 +43,27 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
+def _known_keys(cls: type, data: dict[str, Any], where: str, path: str = "") -> dict[str, Any]:
+    """Drops keys a newer version of the config no longer has (a checkpoint outlives its code),
+    with a warning naming them; everything else is still checked strictly."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for k, v in data.items():
+        if k not in hints:
+            log.warning("%s: ignoring config key %s%s (not in this version)", where, path, k)
+            continue
+        tp = hints[k]
+        out[k] = (
+            _known_keys(tp, v, where, f"{path}{k}.")
+            if dataclasses.is_dataclass(tp) and isinstance(v, dict)
+            else v
+        )
+    return out
+
+
 def load_model(path: str | Path, use_ema: bool = True) -> tuple[DiT, TrainConfig, str]:
     """(model in eval mode, its training config, which weights were loaded)."""
     from safetensors.torch import load_file
@@ -52,7 +73,7 @@ def load_model(path: str | Path, use_ema: bool = True) -> tuple[DiT, TrainConfig
         cfg_dict = json.loads((p / "trainer_state.json").read_text())["config"]
     else:
         cfg_dict = json.loads((p / "config.json").read_text())
-    cfg = from_dict(TrainConfig, cfg_dict, source=str(p))
+    cfg = from_dict(TrainConfig, _known_keys(TrainConfig, cfg_dict, str(p)), source=str(p))
     if use_ema and (p / "ema.safetensors").exists():
         sd, which = load_file(str(p / "ema.safetensors")), f"{p} (EMA)"
     elif (p / "model.safetensors").exists():

@@ -311,9 +311,14 @@ class Trainer:
         )  # fmt: skip
         path = self.ckpt.local / partial
         save_rank_files(path, self.d.rank)
-        if os.environ.get("SPACETIME_KILL_IN_SAVE") == str(self.step) and self.d.rank == 0:
-            # Fault injection for the tests: a real SIGKILL between writing and publishing.
-            os.kill(os.getpid(), signal.SIGKILL)
+        marker = self.ckpt.local / f".killed-in-save-{self.step}"
+        if os.environ.get("SPACETIME_KILL_IN_SAVE") == str(self.step) and not marker.exists():
+            # Fault injection for the tests: a real SIGKILL between writing and publishing (once
+            # per run, so a relaunch with the same environment gets past it).
+            dist.barrier()
+            if self.d.rank == 0:
+                marker.touch()
+                os.kill(os.getpid(), signal.SIGKILL)
         ema = self.ema.full_state() if self.ema is not None else None
         if self.d.rank == 0:
             if ema is not None:
@@ -357,8 +362,12 @@ class Trainer:
         if self.step >= cfg.steps:
             log.info("already at step %d of %d: nothing to train", self.step, cfg.steps)
         else:
+            from trainer.watchdog import Watchdog
+
+            dog = Watchdog(self.cfg.watchdog_s, self.d.rank).start()
             for data in self.loader.iterate(self.epoch, self.step_in_epoch):
                 s = self.train_step(data)
+                dog.beat(f"step {self.step + 1}")
                 self.step += 1
                 self.epoch, self.step_in_epoch = data.epoch, data.step_in_epoch + 1
                 self.tokens_seen += int(s["tokens"])
@@ -396,8 +405,10 @@ class Trainer:
                     )
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
+                    dog.beat(f"checkpoint at step {self.step}")
                 if self.step >= cfg.steps:
                     break
+            dog.stop()
         if writer is not None:
             writer.close()
         wall = time.monotonic() - t_start
@@ -429,7 +440,7 @@ def train(cfg: Any, resume: str | None = None) -> dict[str, Any]:
         raise ValueError(
             "train.data.latents is empty: point it at the output of `spacetime encode`"
         )
-    dinfo = init_distributed()
+    dinfo = init_distributed(tcfg.dist_timeout_s)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     trainer = Trainer(tcfg, cfg.run, Storage(cfg.storage), dinfo)
     trainer.setup(resume)

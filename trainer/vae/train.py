@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from infra.storage import Storage
 from trainer.data.clips import decode_frames, iter_samples, list_shards
-from trainer.vae.config import VAEConfig, VAETrainConfig
+from trainer.vae.config import VAETrainConfig
 from trainer.vae.model import CausalVAE
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def train_vae(
     rng = random.Random(cfg.seed)
     train, held_clips = load_clips(src, storage, cfg)
     held = [crop(c, cfg, random.Random(i)) for i, c in enumerate(held_clips)]  # fixed eval crops
-    vae = CausalVAE(VAEConfig.named(cfg.size))
+    vae = CausalVAE(cfg.vae_config())
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     out = Path(output)
     ckpt_dir = out / "checkpoints"
@@ -109,7 +109,7 @@ def train_vae(
             [crop(train[rng.randrange(len(train))], cfg, rng) for _ in range(cfg.batch_size)]
         )
         rec, post = vae(x)
-        recon = (rec - x).abs().mean()
+        recon = (rec - x).pow(2).mean() if cfg.recon_loss == "mse" else (rec - x).abs().mean()
         temporal = ((rec[:, :, 1:] - rec[:, :, :-1]) - (x[:, :, 1:] - x[:, :, :-1])).abs().mean()
         kl = post.kl().mean() / x[0].numel()
         loss = recon + cfg.temporal_weight * temporal + cfg.kl_weight * kl

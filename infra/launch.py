@@ -1,0 +1,245 @@
+"""`spacetime launch`: one command for single-node, per-node (Kubernetes, any scheduler), hostfile
+(ssh) and Slurm launches of `spacetime train`, each printed exactly with `--dry-run`.
+
+Every node runs one torchrun with a c10d rendezvous on the master address; torchrun starts
+`--nproc-per-node` ranks running `python -m infra.cli train ...`. A node that never joins ends the
+rendezvous after `--join-timeout` seconds; a rank that dies ends the others (gloo/NCCL see the
+closed sockets); a rank that hangs is ended by the trainer's watchdog (`train.watchdog_s`).
+`--max-restarts N` relaunches this node's torchrun with `--resume auto` after a failure: a restart
+costs at most the steps since the last checkpoint. (torchrun's own elastic restart is left off: on
+two hosts it did not recover, see ../shared/PLATFORM.md.)
+
+Credentials (AWS_*) pass through the environment and are never written into commands or scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PASS_ENV = ("OMP_NUM_THREADS", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TORCH_EXTENSIONS_DIR")
+
+
+@dataclass
+class NodeLaunch:
+    nnodes: int
+    node_rank: int
+    nproc_per_node: int
+    master: str
+    """host:port of the rendezvous (served by node 0)."""
+    run_id: str
+    join_timeout_s: int = 120
+    local_addr: str | None = None
+    iface: str | None = None
+
+    def env(self) -> dict[str, str]:
+        """Variables this node's processes need besides the caller's environment."""
+        env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")
+               or str(max(1, (os.cpu_count() or 1) // self.nproc_per_node))}  # fmt: skip
+        if self.iface:
+            env |= {"GLOO_SOCKET_IFNAME": self.iface, "NCCL_SOCKET_IFNAME": self.iface}
+        return env
+
+    def command(self, train_argv: list[str]) -> list[str]:
+        is_host = 1 if self.node_rank == 0 else 0
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run",
+            f"--nnodes={self.nnodes}", f"--nproc-per-node={self.nproc_per_node}",
+            f"--node-rank={self.node_rank}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={self.master}", f"--rdzv-id={self.run_id}",
+            f"--rdzv-conf=join_timeout={self.join_timeout_s},is_host={is_host}",
+            "--max-restarts=0",
+        ]  # fmt: skip
+        if self.local_addr:
+            cmd.append(f"--local-addr={self.local_addr}")
+        return [*cmd, "-m", "infra.cli", *train_argv]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def shell_line(env: dict[str, str], cmd: list[str]) -> str:
+    return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), *map(shlex.quote, cmd)])
+
+
+def read_hostfile(path: str) -> list[tuple[str, int | None]]:
+    """`host [slots=N]` per line (the deepspeed/mpi format); # comments."""
+    hosts = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        slots = None
+        for p in parts[1:]:
+            if not p.startswith("slots="):
+                raise ValueError(f"{path}:{n}: expected 'host [slots=N]', got {line!r}")
+            slots = int(p.split("=", 1)[1])
+        hosts.append((parts[0], slots))
+    if not hosts:
+        raise ValueError(f"{path}: no hosts")
+    return hosts
+
+
+def with_resume(train_argv: list[str]) -> list[str]:
+    if "--resume" in train_argv:
+        i = train_argv.index("--resume")
+        return [*train_argv[:i], "--resume", "auto", *train_argv[i + 2 :]]
+    return [*train_argv, "--resume", "auto"]
+
+
+def run_node(node: NodeLaunch, train_argv: list[str], max_restarts: int) -> int:
+    """Runs this node's torchrun; on failure relaunches it (resuming) up to max_restarts times."""
+    env = dict(os.environ) | node.env()
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    argv = train_argv
+    for attempt in range(max_restarts + 1):
+        cmd = node.command(argv)
+        log.info("launch: node %d/%d attempt %d: %s", node.node_rank, node.nnodes, attempt + 1,
+                 shell_line(node.env(), cmd))  # fmt: skip
+        t0 = time.monotonic()
+        rc = subprocess.run(cmd, env=env).returncode
+        if rc == 0:
+            log.info("launch: node %d finished in %.0fs", node.node_rank, time.monotonic() - t0)
+            return 0
+        log.error("launch: node %d failed with exit %d after %.0fs%s", node.node_rank, rc,
+                  time.monotonic() - t0,
+                  "; relaunching from the latest checkpoint" if attempt < max_restarts else "")  # fmt: skip
+        argv = with_resume(train_argv)
+    return rc
+
+
+def slurm_script(
+    nnodes: int,
+    nproc: int,
+    run_id: str,
+    train_argv: list[str],
+    port: int,
+    gpus: bool,
+    join_timeout_s: int,
+) -> str:
+    """An sbatch script: one torchrun per node, rendezvous on the allocation's first node."""
+    torchrun = [
+        "python", "-m", "torch.distributed.run", "--nnodes=$SLURM_NNODES",
+        f"--nproc-per-node={nproc}", "--node-rank=$SLURM_NODEID", "--rdzv-backend=c10d",
+        f'--rdzv-endpoint="$MASTER_ADDR:{port}"', f"--rdzv-id={run_id}",
+        f"--rdzv-conf=join_timeout={join_timeout_s}", "--max-restarts=0",
+        "-m", "infra.cli", *map(shlex.quote, train_argv),
+    ]  # fmt: skip
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={run_id}",
+        f"#SBATCH --nodes={nnodes}",
+        "#SBATCH --ntasks-per-node=1",
+        f"#SBATCH --cpus-per-task={max(1, nproc) * 4}",
+        *([f"#SBATCH --gpus-per-node={nproc}"] if gpus else []),
+        "#SBATCH --output=%x-%j.out",
+        "set -euo pipefail",
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "export MASTER_ADDR",
+        f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-{4}}}",
+        "# AWS_* credentials come from the submitting environment (sbatch exports it); never here.",
+        f"srun --kill-on-bad-exit=1 bash -c '{' '.join(torchrun)}'",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(args: argparse.Namespace) -> int:
+    train_argv = [a for a in args.rest if a != "--"]
+    if not train_argv or train_argv[0] != "train":
+        raise ValueError(
+            "spacetime launch needs the training command after --, e.g. -- train --config my.yaml"
+        )
+    run_id = args.run_id or f"spacetime-{int(time.time())}"
+    if args.slurm:
+        port = int(args.master.rsplit(":", 1)[1]) if args.master else 29500
+        script = slurm_script(
+            args.nnodes or 1,
+            args.nproc_per_node,
+            run_id,
+            train_argv,
+            port,
+            args.gpus,
+            args.join_timeout,
+        )
+        path = Path(args.slurm_script or f"{run_id}.sbatch")
+        if args.dry_run:
+            print(script, end="")
+            return 0
+        path.write_text(script)
+        log.info("launch: wrote %s", path)
+        if args.submit:
+            return subprocess.run(["sbatch", str(path)]).returncode
+        return 0
+    if args.hostfile:
+        hosts = read_hostfile(args.hostfile)
+        master = args.master or f"{hosts[0][0]}:29500"
+        lines = []
+        for rank, (host, slots) in enumerate(hosts):
+            node = NodeLaunch(len(hosts), rank, slots or args.nproc_per_node, master, run_id,
+                              args.join_timeout, None, args.iface)  # fmt: skip
+            remote = f"cd {shlex.quote(str(Path.cwd()))} && {shell_line(node.env(), node.command(train_argv))}"
+            lines.append(["ssh", host, remote])
+        if args.dry_run or args.print_only:
+            for cmd in lines:
+                print(shlex.join(cmd))
+            return 0
+        procs = [subprocess.Popen(cmd) for cmd in lines]
+        rcs = [p.wait() for p in procs]
+        return max(rcs)
+    nnodes = args.nnodes or 1
+    if nnodes > 1 and not args.master:
+        raise ValueError("--nnodes > 1 needs --master HOST:PORT (node 0's address)")
+    node = NodeLaunch(nnodes, args.node_rank, args.nproc_per_node,
+                      args.master or f"127.0.0.1:{free_port()}", run_id, args.join_timeout,
+                      args.local_addr, args.iface)  # fmt: skip
+    if args.dry_run:
+        print(shell_line(node.env(), node.command(train_argv)))
+        return 0
+    return run_node(node, train_argv, args.max_restarts)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nproc-per-node", type=int, default=1, help="ranks per node (GPUs, or CPU processes)"
+    )
+    p.add_argument("--nnodes", type=int, default=None, help="per-node mode: number of nodes")
+    p.add_argument("--node-rank", type=int, default=0, help="per-node mode: this node's rank")
+    p.add_argument("--master", default=None, help="HOST:PORT of node 0's rendezvous")
+    p.add_argument("--local-addr", default=None, help="this node's address (multi-homed hosts)")
+    p.add_argument("--iface", default=None, help="network interface for gloo/NCCL")
+    p.add_argument(
+        "--hostfile", default=None, help="'host [slots=N]' per line; one torchrun per host over ssh"
+    )
+    p.add_argument(
+        "--print-only", action="store_true", help="hostfile: print the per-host commands"
+    )
+    p.add_argument(
+        "--slurm", action="store_true", help="write an sbatch script (one torchrun per node)"
+    )
+    p.add_argument("--slurm-script", default=None, help="where to write it (default RUN_ID.sbatch)")
+    p.add_argument("--submit", action="store_true", help="slurm: submit it with sbatch")
+    p.add_argument(
+        "--gpus", action="store_true", help="slurm: request --nproc-per-node GPUs per node"
+    )
+    p.add_argument("--run-id", default=None, help="rendezvous id (default: from the time)")
+    p.add_argument("--join-timeout", type=int, default=120, help="seconds to wait for all nodes")
+    p.add_argument(
+        "--max-restarts", type=int, default=0, help="relaunch with --resume auto after a failure"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print exactly what would run; run nothing"
+    )
