@@ -1,0 +1,91 @@
+"""Captioning throughput of the `hf` backend: batch size 1 vs larger batches, measured in one run.
+
+    python bench/recaption.py [--clips 32] [--batches 1,4,8,16] [--arch llava]
+
+A tiny random-weight LLaVA (multi-frame) built here from configs, the real HFCaptioner code path
+(processor, left-padded batched generate, decode), 4 frames per clip sampled by seeking from the
+clips `spacetime shard` makes of ../shared/data/videos. Generation always runs to max_new_tokens
+(random weights rarely emit EOS), so tokens/s is clips/s x max_new_tokens. On a GPU, pass
+--dtype bfloat16 and a real model with --model DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def clip_frames(n: int, frames: int) -> list[dict]:  # type: ignore[type-arg]
+    from data_pipeline.config import ShardConfig
+    from data_pipeline.job import run_shard
+    from infra.storage import Storage, StorageConfig
+    from recaption.frames import sample_frames
+    from trainer.data.clips import iter_samples, list_shards
+
+    out = Path(tempfile.mkdtemp()) / "clips"
+    run_shard(str(ROOT.parent / "shared" / "data" / "videos"), str(out),
+              ShardConfig(max_pixels=224 * 128), StorageConfig())  # fmt: skip
+    items = []
+    for shard in list_shards(str(out), Storage()):
+        for s in iter_samples(shard, Storage()):
+            f, t, info = sample_frames(s["mp4"], frames, 96)
+            items.append({"frames": f, "times": t, "info": info})
+    while len(items) < n:
+        items += items
+    return items[:n]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--clips", type=int, default=32)
+    ap.add_argument("--batches", default="1,4,8,16")
+    ap.add_argument("--frames", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--model", default=None, help="a local VLM directory instead of the tiny LLaVA")
+    ap.add_argument("--dtype", default="auto")
+    args = ap.parse_args()
+    import torch
+
+    from recaption.config import RecaptionConfig
+    from recaption.hf import HFCaptioner
+
+    torch.set_num_threads(2)
+    items = clip_frames(args.clips, args.frames)
+    model = args.model
+    if model is None:
+        from tests.test_recaption import build_llava
+
+        model = str(Path(tempfile.mkdtemp()) / "llava")
+        build_llava(Path(model))
+    rows = []
+    for b in [int(x) for x in args.batches.split(",")]:
+        cap = HFCaptioner(RecaptionConfig(backend="hf", model=model, max_new_tokens=args.max_new_tokens,
+                                          dtype=args.dtype, batch_size=b))  # fmt: skip
+        cap.caption(items[:b])  # warm-up
+        t0 = time.perf_counter()
+        for i in range(0, len(items), b):
+            cap.caption(items[i : i + b])
+        dt = time.perf_counter() - t0
+        rows.append((b, len(items) / dt, len(items) * args.max_new_tokens / dt))
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU, 2 threads"
+    print(f"\nhf captioner, {Path(model).name}, {args.frames} frames/clip, {args.clips} clips, "
+          f"{args.max_new_tokens} new tokens, {device}\n")  # fmt: skip
+    print("| batch | clips/s | generated tokens/s | vs batch 1 |\n|---|---|---|---|")
+    for b, cps, tps in rows:
+        print(f"| {b} | {cps:.2f} | {tps:.0f} | {cps / rows[0][1]:.2f}x |")
+    best = max(rows, key=lambda r: r[1])
+    print(
+        f"\nbatching speed-up: {best[1] / rows[0][1]:.2f}x at batch {best[0]} (target >= 4x on CPU)"
+    )
+
+
+if __name__ == "__main__":
+    main()
