@@ -151,3 +151,13 @@ def test_spacetime_validation_messages() -> None:
         load(SpacetimeConfig, overrides=["run.log_level=LOUD"])
     with pytest.raises(ConfigError, match=r"unknown preset 'tinny'; did you mean 'tiny'"):
         get_preset("tinny")
+
+
+def test_every_shipped_config_file_loads() -> None:
+    from infra.presets import get_preset
+    from infra.schema import SpacetimeConfig
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert files
+    for f in files:
+        load(SpacetimeConfig, get_preset("default"), str(f), [])

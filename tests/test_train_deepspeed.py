@@ -165,41 +165,32 @@ def test_kill_9_then_resume_is_bit_exact(latents: Path, tmp_path: Path, stage: i
     assert all(torch.equal(w_a[k], w_b[k]) for k in w_a)
 
 
-def test_kill_during_checkpoint_save_keeps_previous(latents: Path, tmp_path: Path) -> None:
-    _run(_cmd(1, latents, tmp_path, "straight", 2))
-    cmd = _cmd(2, latents, tmp_path, "crash", 2)
-    # Rank 0 SIGKILLs itself inside the save of step 6, after DeepSpeed wrote its files and
-    # before the checkpoint is published (trainer.train's fault-injection point).
-    p = subprocess.run(
-        cmd,
-        cwd=REPO,
-        env=_env({"SPACETIME_KILL_IN_SAVE": "6"}),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def _crash_in_save(cmd: list[str], step: int) -> None:
+    """Runs `cmd` with rank 0 SIGKILLing itself inside the save of `step`, after DeepSpeed wrote
+    its files and before the checkpoint is published (trainer.train's fault-injection point)."""
+    p = subprocess.run(cmd, cwd=REPO, env=_env({"SPACETIME_KILL_IN_SAVE": str(step)}),
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
     assert p.returncode != 0
+
+
+def test_kill_during_checkpoint_save_keeps_previous(
+    latents: Path, baseline: tuple[Path, str], tmp_path: Path
+) -> None:
+    cmd = _cmd(2, latents, tmp_path, "crash", 2)
+    _crash_in_save(cmd, 6)
     ck = tmp_path / "crash" / "checkpoints"
     assert (ck / "latest").read_text() == "step-00000004"
     assert (ck / "step-00000006.partial").is_dir() and not (ck / "step-00000006").exists()
     log = _run([*cmd, "--resume", "auto"])
     assert "resumed from step-00000004" in log
     assert not (ck / "step-00000006.partial").exists()
-    got, ref = _history(tmp_path, "crash"), _history(tmp_path, "straight")
+    got, ref = _history(tmp_path, "crash"), _history(*baseline)
     assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-4, atol=1e-6)
 
 
 def test_resume_on_fewer_ranks(latents: Path, baseline: tuple[Path, str], tmp_path: Path) -> None:
     cmd = _cmd(2, latents, tmp_path, "shrink", 2)
-    p = subprocess.run(
-        cmd,
-        cwd=REPO,
-        env=_env({"SPACETIME_KILL_IN_SAVE": "6"}),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert p.returncode != 0
+    _crash_in_save(cmd, 6)
     log = _run([*_cmd(1, latents, tmp_path, "shrink", 2), "--resume", "auto"])
     assert "world size 2 -> 1" in log and "resumed from step-00000004" in log
     got, ref = _history(tmp_path, "shrink"), _history(*baseline)
@@ -282,15 +273,7 @@ def test_checkpoints_on_s3_resume_on_a_fresh_machine(
     cmd = _cmd(2, latents, tmp_path, "x", 2, *s3, "--set", f"run.cache_dir={tmp_path / 'cache1'}")
     cmd[cmd.index(f"run.output_dir={tmp_path}")] = f"run.output_dir=s3://{s3_bucket}/runs"
     cmd[cmd.index(str(latents))] = f"s3://{s3_bucket}/lat"
-    p = subprocess.run(
-        cmd,
-        cwd=REPO,
-        env=_env({"SPACETIME_KILL_IN_SAVE": "6"}),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert p.returncode != 0
+    _crash_in_save(cmd, 6)
     assert storage.read_text(f"s3://{s3_bucket}/runs/x/checkpoints/latest") == "step-00000004"
     # Another machine: an empty local cache, everything comes from S3.
     cmd[cmd.index(f"run.cache_dir={tmp_path / 'cache1'}")] = f"run.cache_dir={tmp_path / 'cache2'}"

@@ -1,8 +1,7 @@
 """Diffusion objectives and samplers; the model is only a denoiser. Configs import light."""
 
-from typing import Any
-
 from trainer.diffusion.config import DDPMConfig, FlowConfig
+from trainer.lazy import lazy_getattr
 
 _LAZY = {
     "Denoiser": "trainer.diffusion.common",
@@ -15,10 +14,4 @@ _LAZY = {
 
 __all__ = ["DDPMConfig", "FlowConfig", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(name)
+__getattr__ = lazy_getattr(_LAZY)

@@ -1,7 +1,6 @@
 """The spacetime DiT and NaViT packing. The config imports light; the model (torch) on first use."""
 
-from typing import Any
-
+from trainer.lazy import lazy_getattr
 from trainer.model.config import SIZES, DiTConfig
 
 _LAZY = {
@@ -17,10 +16,4 @@ _LAZY = {
 
 __all__ = ["SIZES", "DiTConfig", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(name)
+__getattr__ = lazy_getattr(_LAZY)
