@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.config import dump_yaml
-from infra.procs import kill_tree
+from infra.procs import free_port, kill_tree
 from infra.schema import SpacetimeConfig
 from infra.storage import Storage
 
@@ -30,13 +30,13 @@ log = logging.getLogger(__name__)
 RESERVE_S = 150.0
 
 
-def _train_cmd(cfg_file: Path, latents: Path, steps: int, nproc: int, port: int) -> list[str]:
+def _train_cmd(cfg_file: Path, latents: Path, steps: int, nproc: int) -> list[str]:
+    """This node's torchrun command, exactly as `spacetime launch` would build it."""
+    from infra.launch import NodeLaunch
+
     args = ["train", "--config", str(cfg_file), "--preset", "demo", "--latents", str(latents)]
-    args += ["--set", f"train.steps={steps}"]
-    return [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-        "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "infra.cli", *args,
-    ]  # fmt: skip
+    node = NodeLaunch(1, 0, nproc, f"127.0.0.1:{free_port()}", "demo")
+    return node.command([*args, "--set", f"train.steps={steps}"])
 
 
 def _env() -> dict[str, str]:
@@ -58,14 +58,6 @@ def _state(ckpt: Path) -> dict[str, Any]:
     )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def train_with_interruption(
     cfg: SpacetimeConfig, root: Path, latents: Path, deadline: float, log_file: Path
 ) -> dict[str, Any]:
@@ -82,7 +74,7 @@ def train_with_interruption(
     ckpt = Path(cfg.run.output_dir) / cfg.run.name / "checkpoints"
     target = tag_for(2 * cfg.train.checkpoint_every)
     with log_file.open("w") as lf:
-        cmd = _train_cmd(cfg_file, latents, 10**7, 2, _free_port())
+        cmd = _train_cmd(cfg_file, latents, 10**7, 2)
         proc = subprocess.Popen(cmd, env=_env(), stdout=lf, stderr=subprocess.STDOUT)
         while (_latest(ckpt) or "") < target and time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -107,7 +99,7 @@ def train_with_interruption(
         killed_at, step_s, steps,
     )  # fmt: skip
     with log_file.open("a") as lf:
-        cmd = [*_train_cmd(cfg_file, latents, steps, 2, _free_port()), "--resume", "auto"]
+        cmd = [*_train_cmd(cfg_file, latents, steps, 2), "--resume", "auto"]
         rc = subprocess.run(cmd, env=_env(), stdout=lf, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         raise JobError(f"resumed training failed ({rc}); see {log_file}")

@@ -18,12 +18,13 @@ import argparse
 import logging
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from infra.procs import free_port
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,6 @@ class NodeLaunch:
         if self.local_addr:
             cmd.append(f"--local-addr={self.local_addr}")
         return [*cmd, "-m", "infra.cli", *train_argv]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def shell_line(env: dict[str, str], cmd: list[str]) -> str:

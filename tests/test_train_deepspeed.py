@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from infra.procs import kill_tree
+from infra.procs import children_map, kill_tree
 from tests.conftest import REPO, free_port
 from tests.latents import write_latent_shards
 
@@ -343,17 +343,6 @@ def test_activation_checkpointing_changes_nothing_but_memory(
     assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-5, atol=1e-7), (got, ref)
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(stat.parent.name))
-        except (OSError, ValueError):
-            continue
-    return out
-
-
 def test_watchdog_ends_a_job_whose_peer_froze(latents: Path, tmp_path: Path) -> None:
     """SIGSTOP one rank (frozen, not dead): gloo would wait for it forever; the other rank's
     watchdog aborts, torchrun tears the job down, and --resume auto continues."""
@@ -372,7 +361,7 @@ def test_watchdog_ends_a_job_whose_peer_froze(latents: Path, tmp_path: Path) -> 
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log_file, stderr=subprocess.STDOUT)
     latest = tmp_path / "frozen" / "checkpoints" / "latest"
     _wait_latest(latest, "step-00000002", proc)
-    workers = sorted(_children(proc.pid))
+    workers = sorted(children_map().get(proc.pid, []))
     assert len(workers) == 2
     os.kill(workers[1], signal.SIGSTOP)
     t0 = time.monotonic()

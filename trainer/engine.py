@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from infra.procs import free_port
 from trainer.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -26,12 +26,6 @@ class DistInfo:
     device: torch.device
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     """Joins the process group the launcher set up through the environment (RANK, WORLD_SIZE,
     MASTER_ADDR, ...); a plain `spacetime train` is a world of one on 127.0.0.1."""
@@ -42,7 +36,7 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     if "RANK" not in os.environ:
         os.environ.update(
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
         )  # fmt: skip
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
