@@ -48,11 +48,14 @@ class StepData:
     """This rank's micro-batches of the step (microbatches_per_step / world_size of them)."""
     microbatch_ids: list[int]
     """Their positions among the step's G micro-batches (seeds noise independently of rank)."""
-    global_tokens: int
-    """Video tokens of the whole step on all ranks (the loss normaliser)."""
     step_lengths: list[int]
-    """Token count of every sample of the step on all ranks."""
+    """Token count of every sample of the step on all ranks (the loss normaliser's source)."""
     global_samples: int
+
+    @property
+    def global_tokens(self) -> int:
+        """Video tokens of the whole step on all ranks."""
+        return sum(self.step_lengths)
 
 
 class _ShardReader(IterableDataset):
@@ -206,7 +209,6 @@ class LatentLoader:
                     for m in mbs
                 ],
                 microbatch_ids=mbs,
-                global_tokens=plan.step_tokens(s, self.lengths),
                 step_lengths=[self.lengths[i] for mb in plan.steps[s] for i in mb],
                 global_samples=plan.step_samples(s),
             )
