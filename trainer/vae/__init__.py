@@ -1,15 +1,10 @@
 """The spacetime VAE. Configs import light; the model (torch) loads on first use."""
 
-from typing import Any
-
+from trainer.lazy import lazy_getattr
 from trainer.vae.config import EncodeConfig, VAEConfig, VAETrainConfig
 
-__all__ = ["CausalVAE", "EncodeConfig", "Posterior", "VAEConfig", "VAETrainConfig"]
+_LAZY = {"CausalVAE": "trainer.vae.model", "Posterior": "trainer.vae.model"}
 
+__all__ = ["EncodeConfig", "VAEConfig", "VAETrainConfig", *_LAZY]
 
-def __getattr__(name: str) -> Any:
-    if name in ("CausalVAE", "Posterior"):
-        from trainer.vae import model
-
-        return getattr(model, name)
-    raise AttributeError(name)
+__getattr__ = lazy_getattr(_LAZY)
