@@ -26,13 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.memory import rss_mb, trim  # noqa: E402
+
 # DiT widths for the benchmark: 'small' is big enough that weights and optimizer dominate memory.
 SIZES = {"tiny": "tiny", "small": "S"}
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def make_latents(out: Path, n: int, seed: int = 0) -> None:
@@ -113,15 +110,6 @@ def loader_and_mfu(steps: int, size: str) -> dict[str, float]:
         }
 
 
-def _trim() -> None:
-    """Returns freed heap pages to the OS, so resident memory shows what is still held."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def memory_worker(stage: int, size: str, latents: str, out: str) -> None:
     """Runs under torchrun: prints this rank's memory as JSON."""
 
@@ -133,14 +121,14 @@ def memory_worker(stage: int, size: str, latents: str, out: str) -> None:
     cfg.train.data.token_budget = 64  # type: ignore[attr-defined]  # activations stay negligible
     d = init_distributed()
     tr = Trainer(cfg.train, cfg.run, Storage(), d)  # type: ignore[attr-defined]
-    _trim()
+    trim()
     before = rss_mb()
     tr.setup(None)
     tr.peak = 1.0
     stream = tr.loader.iterate(0, 0)
     for _ in range(2):
         tr.train_step(next(stream))
-    _trim()
+    trim()
     # one file per rank: two ranks printing to one pipe interleave their lines
     (Path(out) / f"mem-{stage}-{d.rank}.json").write_text(json.dumps({"mb": rss_mb() - before}))
 

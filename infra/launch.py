@@ -1,5 +1,5 @@
 """`spacetime launch`: one command for single-node, per-node (Kubernetes, any scheduler), hostfile
-(ssh) and Slurm launches of `spacetime train`, each printed exactly with `--dry-run`.
+(ssh) and Slurm launches of `spacetime train` (or `train-vae`), each printed exactly with `--dry-run`.
 
 Every node runs one torchrun with a c10d rendezvous on the master address; torchrun starts
 `--nproc-per-node` ranks running `python -m infra.cli train ...`. A node that never joins ends the
@@ -154,9 +154,10 @@ def slurm_script(
 
 def main(args: argparse.Namespace) -> int:
     train_argv = [a for a in args.rest if a != "--"]
-    if not train_argv or train_argv[0] != "train":
+    if not train_argv or train_argv[0] not in ("train", "train-vae"):
         raise ValueError(
-            "spacetime launch needs the training command after --, e.g. -- train --config my.yaml"
+            "spacetime launch needs a training command (train or train-vae) after --, "
+            "e.g. -- train --config my.yaml"
         )
     run_id = args.run_id or f"spacetime-{int(time.time())}"
     if args.slurm:

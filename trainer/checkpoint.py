@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from infra.errors import JobError
 from infra.storage import Storage, join
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,41 @@ class CheckpointStore:
         else:
             names = {p.name for p in self.local.iterdir() if p.is_dir()}
         return sorted(n for n in names if n.startswith("step-") and not n.endswith(PARTIAL))
+
+    def resume_tag(self, resume: str | None) -> str | None:
+        """The checkpoint to resume from: None for a fresh run (refused when checkpoints exist, so
+        a run is never silently overwritten), `latest` for "auto", else the named tag."""
+        latest = self.latest()
+        if resume is None:
+            if latest is not None:
+                raise JobError(
+                    f"{self.remote or self.local}: holds checkpoints (latest {latest}); "
+                    "pass --resume auto to continue, or write to another run directory"
+                )
+            return None
+        if resume == "auto":
+            return latest
+        return Path(resume).name
+
+    def prepare_resume(
+        self, tag: str, world_size: int, zero_stage: int, local_rank: int
+    ) -> tuple[Path, dict[str, Any], str, bool]:
+        """Fetches checkpoint `tag` and, when it was written by another world size under ZeRO,
+        converts it to the universal format. Returns (its directory, the trainer state, the tag
+        DeepSpeed should load, whether that tag is universal). Collective."""
+        path = self.fetch(tag, local_rank)
+        state = read_state(path)
+        universal = state["world_size"] != world_size and zero_stage > 0
+        if universal:
+            if local_rank == 0:
+                log.info(
+                    "world size %d -> %d: converting %s to a universal checkpoint",
+                    state["world_size"], world_size, tag,
+                )  # fmt: skip
+                to_universal(self.local, tag)
+            dist.barrier()
+            tag = tag + "-universal"
+        return path, state, tag, universal
 
     def begin(self, tag: str) -> str:
         """Called by rank 0 before a collective save: clears leftovers of a crashed save."""

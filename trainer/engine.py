@@ -3,9 +3,11 @@ launcher, Ray Train, or a plain single process)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +51,28 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
         )
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+@contextlib.contextmanager
+def distributed(timeout_s: float = 600.0) -> Iterator[DistInfo]:
+    """init_distributed for a job that may run inside a longer-lived process (the demo, a test).
+    The world of one it creates stays up (DeepSpeed caches its process groups, so a destroyed and
+    re-created group breaks the next engine), but the launcher variables it set are removed on
+    exit, so a later torchrun child does not inherit them."""
+    created = "RANK" not in os.environ
+    try:
+        yield init_distributed(timeout_s)
+    finally:
+        if created:
+            for k in (
+                "RANK",
+                "LOCAL_RANK",
+                "WORLD_SIZE",
+                "LOCAL_WORLD_SIZE",
+                "MASTER_ADDR",
+                "MASTER_PORT",
+            ):
+                os.environ.pop(k, None)
 
 
 def use_bf16(cfg: TrainConfig) -> bool:

@@ -26,10 +26,8 @@ from trainer.checkpoint import (
     CheckpointStore,
     code_version,
     load_rank_files,
-    read_state,
     save_rank_files,
     tag_for,
-    to_universal,
     write_state,
 )
 from trainer.config import TrainConfig
@@ -169,41 +167,19 @@ class Trainer:
 
     # -- setup -----------------------------------------------------------------------------------
 
-    def _resume_tag(self, resume: str | None) -> str | None:
-        latest = self.ckpt.latest()
-        if resume is None:
-            if latest is not None:
-                raise JobError(
-                    f"{self.ckpt.remote or self.ckpt.local}: holds checkpoints (latest {latest}); "
-                    "pass --resume auto to continue, or choose another run.name"
-                )
-            return None
-        if resume == "auto":
-            return latest
-        return Path(resume).name
-
     def setup(self, resume: str | None) -> None:
         import deepspeed
 
         from trainer.ema import EMA
 
-        tag = self._resume_tag(resume)
+        tag = self.ckpt.resume_tag(resume)
         state: dict[str, Any] | None = None
         universal = False
         path = None
         if tag is not None:
-            path = self.ckpt.fetch(tag, self.d.local_rank)
-            state = read_state(path)
-            if state["world_size"] != self.d.world_size and self.cfg.zero_stage > 0:
-                universal = True
-                if self.d.local_rank == 0:
-                    log.info(
-                        "world size %d -> %d: converting %s to a universal checkpoint",
-                        state["world_size"], self.d.world_size, tag,
-                    )  # fmt: skip
-                    to_universal(self.ckpt.local, tag)
-                dist.barrier()
-                tag = tag + "-universal"
+            path, state, tag, universal = self.ckpt.prepare_resume(
+                tag, self.d.world_size, self.cfg.zero_stage, self.d.local_rank
+            )
         torch.manual_seed(self.seed)
         model = build_model(self.cfg)
         self.flops_model = model

@@ -68,6 +68,11 @@ class VAETrainConfig:
     """Clips held out for PSNR (chosen by key hash, so stable across runs)."""
     seed: int = 0
     checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    zero_stage: int = 1
+    """DeepSpeed ZeRO stage 0-2 (the VAE is small; stage 3 would only add gathers)."""
+    grad_clip: float = 0.0
+    """Gradient clipping by global norm (0: off)."""
     space_stride: int = 8
     """Spatial compression, 4, 8 or 16 (time is always 4x). Small objects in small frames (the
     shapes demo) reconstruct far sooner at 4x."""
@@ -83,6 +88,8 @@ class VAETrainConfig:
         )
 
     def validate(self) -> None:
+        if self.zero_stage not in (0, 1, 2):
+            raise ValueError(f"vae_train.zero_stage must be 0, 1 or 2, got {self.zero_stage}")
         if self.space_stride not in (4, 8, 16):
             raise ValueError(f"space_stride must be 4, 8 or 16, got {self.space_stride}")
         if (self.frames - 1) % 4 or self.crop % 8:

@@ -1,10 +1,17 @@
-"""`spacetime train-vae`: train the causal VAE on clip shards (reconstruction + KL).
+"""`spacetime train-vae`: train the causal VAE on clip shards (reconstruction + KL) under the same
+DeepSpeed engine and checkpoint store as the DiT trainer.
 
-Plain PyTorch for now (the DeepSpeed trainer of issue 8 will take this over). Clips are cut into
-random crops of `frames` x `crop` x `crop`; a few clips are held out (by key) for PSNR. Checkpoints
-go to {output}/checkpoints/step-N (published by writing `latest` last) and the final model to
-{output}/vae (config.json with the latent statistics, model.safetensors), with side-by-side
-reconstructions of the held-out clips as mp4 and png.
+Clips are cut into random crops of `frames` x `crop` x `crop`; a few clips are held out (by key)
+for PSNR. Each optimizer step draws one global batch of crops and posterior noise from generators
+seeded by (seed, step); rank r trains on its contiguous slice of it. So a resume needs no RNG state,
+and 1 or N ranks train on the same global batches (DeepSpeed averages the gradients of equal
+slices, which is the global mean). Runs as a plain process (a world of one) or under torchrun /
+`spacetime launch -- train-vae ...`.
+
+Checkpoints go to {output}/checkpoints/step-N (written as `.partial`, published by writing `latest`
+last; trainer/checkpoint.py), the final model to {output}/vae (config.json with the latent
+statistics, model.safetensors), with side-by-side reconstructions of the held-out clips as mp4 and
+png.
 """
 
 from __future__ import annotations
@@ -14,17 +21,21 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
+from infra.errors import JobError
 from infra.storage import Storage
+from trainer.checkpoint import PARTIAL, CheckpointStore, code_version, tag_for, write_state
 from trainer.data.clips import decode_frames, iter_samples, list_shards
+from trainer.engine import DistInfo, distributed
 from trainer.vae.config import VAETrainConfig
 from trainer.vae.model import CausalVAE
 
@@ -66,123 +77,199 @@ def crop(frames: np.ndarray, cfg: VAETrainConfig, rng: random.Random) -> torch.T
     return _to_tensor(frames[t0 : t0 + cfg.frames, y0 : y0 + cfg.crop, x0 : x0 + cfg.crop])
 
 
-def evaluate(vae: CausalVAE, held: list[torch.Tensor]) -> float:
-    vae.eval()
+def reconstruct(
+    vae: CausalVAE, x: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Posterior-mean reconstruction of one clip (3, T, H, W), returned as float32 on the CPU."""
     with torch.no_grad():
-        scores = [psnr(vae.decode(vae.encode(x[None]).mean)[0], x) for x in held]
+        z = vae.encode(x[None].to(device, dtype)).mean
+        return vae.decode(z)[0].float().cpu()
+
+
+def evaluate(
+    vae: CausalVAE, held: list[torch.Tensor], device: torch.device, dtype: torch.dtype
+) -> float:
+    vae.eval()
+    scores = [psnr(reconstruct(vae, x, device, dtype), x) for x in held]
     vae.train()
     return float(np.mean(scores))
 
 
+def step_batch(
+    train: list[np.ndarray], cfg: VAETrainConfig, step: int, rank: int, world: int
+) -> torch.Tensor:
+    """This rank's slice of step `step`'s global batch of crops (the same for any world size)."""
+    rng = random.Random(cfg.seed * 1_000_003 + step)
+    per = cfg.batch_size // world
+    windows = [(train[rng.randrange(len(train))], rng.random()) for _ in range(cfg.batch_size)]
+    return torch.stack(
+        [crop(c, cfg, random.Random(r)) for c, r in windows[rank * per : (rank + 1) * per]]
+    )
+
+
+def step_noise(
+    cfg: VAETrainConfig, latent: tuple[int, ...], step: int, rank: int, world: int
+) -> torch.Tensor:
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    per = cfg.batch_size // world
+    return torch.randn((cfg.batch_size, *latent), generator=g)[rank * per : (rank + 1) * per]
+
+
+def vae_loss(
+    vae: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor, cfg: VAETrainConfig
+) -> torch.Tensor:
+    rec, post = vae(x, noise=noise)
+    rec = rec.float()
+    recon = (rec - x).pow(2).mean() if cfg.recon_loss == "mse" else (rec - x).abs().mean()
+    temporal = ((rec[:, :, 1:] - rec[:, :, :-1]) - (x[:, :, 1:] - x[:, :, :-1])).abs().mean()
+    kl = post.kl().float().mean() / x[0].numel()
+    return recon + cfg.temporal_weight * temporal + cfg.kl_weight * kl
+
+
+def ds_config(cfg: VAETrainConfig, world: int, universal: bool) -> dict[str, Any]:
+    return {
+        "train_micro_batch_size_per_gpu": cfg.batch_size // world,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": cfg.batch_size,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": torch.cuda.is_available()},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "checkpoint": {"load_universal": universal},
+    }
+
+
 def train_vae(
     src: str, output: str, cfg: VAETrainConfig, storage: Storage | None = None, resume: bool = False
-) -> dict[str, float]:
+) -> dict[str, Any]:
+    import deepspeed
+
     storage = storage or Storage()
     cfg.validate()
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    train, held_clips = load_clips(src, storage, cfg)
-    held = [crop(c, cfg, random.Random(i)) for i, c in enumerate(held_clips)]  # fixed eval crops
-    vae = CausalVAE(cfg.vae_config())
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    out = Path(output)
-    ckpt_dir = out / "checkpoints"
-    start = 0
-    latest = ckpt_dir / "latest"
-    if latest.is_file() and not resume:
-        raise FileExistsError(
-            f"{output} already has checkpoints; pass --resume auto to continue, or use a new output"
+    with distributed() as d:
+        if cfg.batch_size % d.world_size:
+            raise ValueError(
+                f"vae_train.batch_size {cfg.batch_size} must divide over {d.world_size} ranks"
+            )
+        train, held_clips = load_clips(src, storage, cfg)
+        held = [crop(c, cfg, random.Random(i)) for i, c in enumerate(held_clips)]  # fixed crops
+        out = Path(output)
+        store = CheckpointStore(out / "checkpoints", None, storage, d.rank)
+        tag = store.resume_tag("auto" if resume else None)
+        state: dict[str, Any] = {}
+        universal = False
+        if tag is not None:
+            _, state, tag, universal = store.prepare_resume(
+                tag, d.world_size, cfg.zero_stage, d.local_rank
+            )
+        torch.manual_seed(cfg.seed)
+        vae = CausalVAE(cfg.vae_config())
+        vcfg = vae.cfg
+        latent = (
+            vcfg.latent_channels,
+            1 + (cfg.frames - 1) // vcfg.time_stride,
+            cfg.crop // vcfg.space_stride,
+            cfg.crop // vcfg.space_stride,
         )
-    if resume and latest.is_file():
-        state = torch.load(ckpt_dir / latest.read_text().strip() / "state.pt", weights_only=False)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = state["step"]
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        log.info("train-vae: resumed from step %d", start)
-    psnr_before = evaluate(vae, held)
-    t0 = time.monotonic()
-    bar = tqdm(range(start, cfg.steps), desc="train-vae", initial=start, total=cfg.steps)
-    for step in bar:
-        x = torch.stack(
-            [crop(train[rng.randrange(len(train))], cfg, rng) for _ in range(cfg.batch_size)]
+        opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+        engine, *_ = deepspeed.initialize(
+            model=vae, optimizer=opt, config=ds_config(cfg, d.world_size, universal)
         )
-        rec, post = vae(x)
-        recon = (rec - x).pow(2).mean() if cfg.recon_loss == "mse" else (rec - x).abs().mean()
-        temporal = ((rec[:, :, 1:] - rec[:, :, :-1]) - (x[:, :, 1:] - x[:, :, :-1])).abs().mean()
-        kl = post.kl().mean() / x[0].numel()
-        loss = recon + cfg.temporal_weight * temporal + cfg.kl_weight * kl
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            _checkpoint(ckpt_dir, step + 1, vae, opt, rng)
-    psnr_after = evaluate(vae, held)
-    _set_latent_stats(vae, held)
-    vae.save_pretrained(out / "vae")
-    _save_reconstructions(vae, held, out / "reconstructions")
-    summary = {
-        "steps": cfg.steps,
-        "psnr_before": psnr_before,
-        "psnr_after": psnr_after,
-        "train_clips": len(train),
-        "heldout_clips": len(held),
-        "seconds": round(time.monotonic() - t0, 1),
-        "config": asdict(cfg),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.info(
-        "train-vae: %d steps, held-out PSNR %.2f -> %.2f dB; model in %s",
-        cfg.steps,
-        psnr_before,
-        psnr_after,
-        out / "vae",
-    )
-    return summary
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        start = 0
+        history: list[dict[str, float]] = []
+        if tag is not None:
+            if engine.load_checkpoint(str(store.local), tag=tag)[0] is None:
+                raise JobError(f"{store.local / tag}: DeepSpeed could not load the checkpoint")
+            start, history = state["step"], state.get("history", [])
+            log.info("train-vae: resumed from %s at step %d", tag, start)
+        psnr_before = evaluate(engine.module, held, d.device, dtype) if d.rank == 0 else 0.0
+        t0 = time.monotonic()
+        bar = tqdm(
+            range(start, cfg.steps), desc="train-vae", initial=start, total=cfg.steps,
+            disable=d.rank != 0,
+        )  # fmt: skip
+        for step in bar:
+            x = step_batch(train, cfg, step, d.rank, d.world_size).to(d.device, dtype)
+            noise = step_noise(cfg, latent, step, d.rank, d.world_size).to(d.device, dtype)
+            loss = vae_loss(engine, x, noise, cfg)
+            engine.backward(loss)
+            engine.step()
+            mean_loss = loss.detach().float().clone()
+            dist.all_reduce(mean_loss)
+            history.append({"step": step + 1, "loss": mean_loss.item() / d.world_size})
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                _checkpoint(engine, store, step + 1, cfg, d, history)
+        summary: dict[str, Any] = {}
+        if d.rank == 0:
+            model = engine.module.float()
+            psnr_after = evaluate(model, held, d.device, torch.float32)
+            _set_latent_stats(model, held, d.device)
+            model.save_pretrained(out / "vae")
+            _save_reconstructions(model, held, out / "reconstructions", d.device)
+            summary = {
+                "steps": cfg.steps,
+                "psnr_before": psnr_before,
+                "psnr_after": psnr_after,
+                "train_clips": len(train),
+                "heldout_clips": len(held),
+                "world_size": d.world_size,
+                "seconds": round(time.monotonic() - t0, 1),
+                "losses": [h["loss"] for h in history],
+                "config": asdict(cfg),
+            }
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            log.info(
+                "train-vae: %d steps on %d rank(s), held-out PSNR %.2f -> %.2f dB; model in %s",
+                cfg.steps, d.world_size, psnr_before, psnr_after, out / "vae",
+            )  # fmt: skip
+        dist.barrier()
+        return summary
 
 
 def _checkpoint(
-    ckpt_dir: Path, step: int, vae: CausalVAE, opt: torch.optim.Optimizer, rng: random.Random
-) -> None:
-    name = f"step-{step:08d}"
-    tmp = ckpt_dir / f".{name}.tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    state = {
-        "model": vae.state_dict(),
-        "optimizer": opt.state_dict(),
-        "step": step,
-        "rng": rng.getstate(),
-        "torch_rng": torch.get_rng_state(),
-    }
-    torch.save(state, tmp / "state.pt")
-    final = ckpt_dir / name
-    if final.exists():  # left by a run that crashed before moving `latest` to it
-        shutil.rmtree(final)
-    tmp.rename(final)
-    pointer = ckpt_dir / ".latest.tmp"
-    pointer.write_text(name)
-    pointer.rename(ckpt_dir / "latest")  # written last: a crash before this leaves the old one
+    engine: Any, store: CheckpointStore, step: int, cfg: VAETrainConfig, d: DistInfo,
+    history: list[dict[str, float]],
+) -> None:  # fmt: skip
+    tag = tag_for(step)
+    partial = store.begin(tag) if d.rank == 0 else tag + PARTIAL
+    dist.barrier()
+    engine.save_checkpoint(
+        str(store.local), tag=partial, save_latest=False,
+        client_state={"universal_checkpoint_info": {}},
+    )  # fmt: skip
+    if d.rank == 0:
+        write_state(
+            store.local / partial,
+            {"step": step, "world_size": d.world_size, "zero_stage": cfg.zero_stage,
+             "code_version": code_version(), "config": asdict(cfg), "history": history},
+        )  # fmt: skip
+    store.publish(tag, cfg.keep_checkpoints, d.local_rank)
 
 
-def _set_latent_stats(vae: CausalVAE, held: list[torch.Tensor]) -> None:
+def _set_latent_stats(vae: CausalVAE, held: list[torch.Tensor], device: torch.device) -> None:
     with torch.no_grad():
-        z = torch.cat([vae.encode(x[None]).mean.flatten(2) for x in held], dim=2)[0]  # (C, n)
+        z = torch.cat([vae.encode(x[None].to(device)).mean.flatten(2).cpu() for x in held], dim=2)[
+            0
+        ]
     vae.cfg.latent_mean = z.mean(1).tolist()
     vae.cfg.latent_std = z.std(1).clamp(min=1e-4).tolist()
 
 
-def _save_reconstructions(vae: CausalVAE, held: list[torch.Tensor], out: Path) -> None:
+def _save_reconstructions(
+    vae: CausalVAE, held: list[torch.Tensor], out: Path, device: torch.device
+) -> None:
     from PIL import Image
 
     from data_pipeline.shapes import write_mp4
 
     out.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        for i, x in enumerate(held):
-            rec = vae.decode(vae.encode(x[None]).mean)[0].clamp(-1, 1)
-            pair = torch.cat([x, rec], dim=3)  # original | reconstruction, side by side
-            frames = ((pair + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
-            write_mp4(out / f"heldout-{i}.mp4", frames)
-            Image.fromarray(np.concatenate(list(frames), axis=0)).save(out / f"heldout-{i}.png")
+    vae.eval()
+    for i, x in enumerate(held):
+        rec = reconstruct(vae, x, device, torch.float32).clamp(-1, 1)
+        pair = torch.cat([x, rec], dim=3)  # original | reconstruction, side by side
+        frames = ((pair + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
+        write_mp4(out / f"heldout-{i}.mp4", frames)
+        Image.fromarray(np.concatenate(list(frames), axis=0)).save(out / f"heldout-{i}.png")

@@ -1,0 +1,179 @@
+"""VAE benchmarks on this machine, measured in one run.
+
+    python bench/vae.py [--sizes tiny,S] [--resolutions 64x64,128x128,256x256] [--frames 17]
+                        [--vae DIR | --train-steps 300]
+
+1. Speed and memory: encode and decode frames/s and peak memory of whole-clip, temporally chunked
+   (exact) and chunked + spatially tiled paths, per VAE size and resolution (random weights: speed
+   does not depend on them). Peak memory is the rise of resident memory during the call on CPU
+   (the kernel's high-water mark, reset before each call) or torch's peak allocation on CUDA.
+2. Quality: held-out PSNR of a trained VAE on whole shapes clips at their native resolutions,
+   untiled and tiled, and the tiled reconstruction against the untiled one. Without `--vae` the
+   demo's VAE is trained first (`--train-steps` steps on generated shapes videos).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench.memory import exact_heap, peak_mb, reset_peak  # noqa: E402
+from trainer.vae import CausalVAE, VAEConfig  # noqa: E402
+
+
+def measure(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, float]:
+    """(seconds, peak MiB above the level before the call) of one call."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = reset_peak() * 2**20
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = peak_mb() * 2**20
+    return time.perf_counter() - t0, (peak - base) / 2**20
+
+
+def paths(vae: CausalVAE, x: torch.Tensor, tile: int) -> dict[str, tuple[Callable, Callable]]:
+    """name -> (encode(), decode(z)) of each path; a quarter of a tile overlaps its neighbour."""
+    lt = tile // vae.cfg.space_stride
+    return {
+        "whole": (lambda: vae.encode(x).mean, vae.decode),
+        "chunked": (
+            lambda: vae.encode_chunked(x, chunk_latent_frames=2),
+            lambda z: vae.decode_chunked(z, chunk_latent_frames=2),
+        ),
+        f"chunked+tile {tile}px": (
+            lambda: vae.encode_chunked(x, 2, tile=tile, overlap=tile // 4),
+            lambda z: vae.decode_chunked(z, 2, tile=lt, overlap=lt // 4),
+        ),
+    }
+
+
+def speed_rows(
+    sizes: list[str], resolutions: list[tuple[int, int]], frames: int, device: torch.device
+) -> list[str]:
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    rows = []
+    for size in sizes:
+        vae = CausalVAE(VAEConfig.named(size)).to(device, dtype).eval()
+        ss = vae.cfg.space_stride
+        for h, w in resolutions:
+            x = torch.rand(1, 3, frames, h, w, device=device, dtype=dtype) * 2 - 1
+            tile = max(ss * 4, min(h, w) // 2)
+            modes = paths(vae, x, tile)
+            with torch.no_grad():
+                vae.encode(x[:, :, :5, : ss * 2, : ss * 2])  # warm-up (allocator, kernels)
+                for mode, (enc, dec) in modes.items():
+                    z = enc()
+                    te, me = measure(enc, device)
+                    td, md = measure(lambda z=z, dec=dec: dec(z), device)
+                    rows.append(
+                        f"| {size} | {frames}x{h}x{w} | {mode} | {frames / te:.1f} | "
+                        f"{frames / td:.1f} | {me:.0f} | {md:.0f} |"
+                    )
+                    print(rows[-1], flush=True)
+    return rows
+
+
+def trained_vae(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
+    """(VAE directory, clip shards of videos it never saw) for the quality table."""
+    from data_pipeline import shapes
+    from data_pipeline.job import run_shard
+    from infra.config import load
+    from infra.presets import get_preset
+    from infra.schema import SpacetimeConfig
+    from infra.storage import Storage
+    from trainer.vae.train import train_vae
+
+    cfg = load(SpacetimeConfig, get_preset("demo"), None, [])
+    held = shapes.generate(work / "held-videos", 24, seed=12345)
+    run_shard(str(held), str(work / "held"), cfg.shard, cfg.storage)
+    if args.vae:
+        return Path(args.vae), work / "held"
+    manifest = shapes.generate(work / "videos", args.videos, seed=1)
+    run_shard(str(manifest), str(work / "clips"), cfg.shard, cfg.storage)
+    cfg.vae_train.steps = args.train_steps
+    train_vae(str(work / "clips"), str(work / "vae"), cfg.vae_train, Storage(cfg.storage))
+    return work / "vae" / "vae", work / "held"
+
+
+def quality_rows(vae_dir: Path, clips: Path, device: torch.device, name: str) -> list[str]:
+    from infra.storage import Storage
+    from trainer.data.clips import decode_frames, iter_samples, list_shards
+    from trainer.vae.train import psnr
+
+    vae = CausalVAE.from_pretrained(vae_dir).to(device).eval()
+    ss = vae.cfg.space_stride
+    untiled, tiled, agree = [], [], []
+    for shard in list_shards(str(clips), Storage()):
+        for s in iter_samples(shard, Storage()):
+            f = decode_frames(s["mp4"], 33)
+            n = 1 + 4 * ((len(f) - 1) // 4)
+            x = torch.from_numpy(f[:n]).permute(3, 0, 1, 2)[None].float().to(device) / 127.5 - 1
+            tile = 8 * ss  # smaller than every clip side, so tiling really happens
+            with torch.no_grad():
+                a = vae.decode(vae.encode(x).mean).clamp(-1, 1)
+                z = vae.encode_chunked(x, 2, tile=tile, overlap=tile // 2)
+                b = vae.decode_chunked(z, 2, tile=tile // ss, overlap=tile // ss // 2).clamp(-1, 1)
+            untiled.append(psnr(a[0].cpu(), x[0].cpu()))
+            tiled.append(psnr(b[0].cpu(), x[0].cpu()))
+            agree.append(psnr(b[0].cpu(), a[0].cpu()))
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    return [
+        f"| {name} ({ss}x space, {vae.cfg.latent_channels} ch) | {len(untiled)} "
+        f"| {mean(untiled):.2f} | {mean(tiled):.2f} | {mean(agree):.2f} (min {min(agree):.2f}) |"
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="tiny,S")
+    ap.add_argument("--resolutions", default="64x64,128x128,256x256")
+    ap.add_argument("--frames", type=int, default=17)
+    ap.add_argument("--vae", default="", help="a trained VAE directory for the quality table")
+    ap.add_argument("--train-steps", type=int, default=600)
+    ap.add_argument("--videos", type=int, default=96)
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    exact_heap()
+    res = [tuple(int(v) for v in r.split("x")) for r in args.resolutions.split(",")]
+    what = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU {os.cpu_count()} cores"
+    print(
+        f"vae bench: {what}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"{platform.machine()}, {time.strftime('%Y-%m-%d')}\n"
+    )
+    print(
+        "| VAE | clip | path | encode frames/s | decode frames/s | encode peak MiB | decode peak MiB |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    speed_rows(args.sizes.split(","), res, args.frames, device)  # type: ignore[arg-type]
+    with tempfile.TemporaryDirectory() as tmp:
+        vae_dir, clips = trained_vae(args, Path(tmp))
+        print(
+            "\n| trained VAE | held-out clips | PSNR untiled dB | PSNR tiled dB | tiled vs untiled dB |"
+        )
+        print("|---|---|---|---|---|")
+        name = args.vae or f"demo VAE, {args.train_steps} steps on {args.videos} videos"
+        for row in quality_rows(vae_dir, clips, device, name):
+            print(row)
+
+
+if __name__ == "__main__":
+    main()
