@@ -96,8 +96,12 @@ def with_resume(train_argv: list[str]) -> list[str]:
     return [*train_argv, "--resume", "auto"]
 
 
-def run_node(node: NodeLaunch, train_argv: list[str], max_restarts: int) -> int:
-    """Runs this node's torchrun; on failure relaunches it (resuming) up to max_restarts times."""
+def run_node(
+    node: NodeLaunch, train_argv: list[str], max_restarts: int, restart_delay_s: float = 0.0
+) -> int:
+    """Runs this node's torchrun; on failure relaunches it (resuming) up to max_restarts times,
+    after `restart_delay_s`: long enough for every other node's torchrun to have failed too, so a
+    relaunched node never joins the old round's rendezvous store just before it closes."""
     env = dict(os.environ) | node.env()
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     argv = train_argv
@@ -114,6 +118,8 @@ def run_node(node: NodeLaunch, train_argv: list[str], max_restarts: int) -> int:
                   time.monotonic() - t0,
                   "; relaunching from the latest checkpoint" if attempt < max_restarts else "")  # fmt: skip
         argv = with_resume(train_argv)
+        if attempt < max_restarts and node.nnodes > 1:
+            time.sleep(restart_delay_s)
     return rc
 
 
@@ -205,7 +211,7 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(shell_line(node.env(), node.command(train_argv)))
         return 0
-    return run_node(node, train_argv, args.max_restarts)
+    return run_node(node, train_argv, args.max_restarts, args.restart_delay)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -236,6 +242,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-restarts", type=int, default=0, help="relaunch with --resume auto after a failure"
     )
+    p.add_argument(
+        "--restart-delay", type=float, default=15.0,
+        help="multi-node: seconds to wait before a relaunch (the other nodes fail first)",
+    )  # fmt: skip
     p.add_argument(
         "--dry-run", action="store_true", help="print exactly what would run; run nothing"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -409,6 +410,24 @@ class Trainer:
         return summary
 
 
+def lost_peer_message(e: BaseException, rank: int, step: int) -> str | None:
+    """A readable account of a collective that failed because a peer went away (gloo and NCCL
+    report it as a connection error naming the peer's address), or None for other errors."""
+    text = str(e)
+    markers = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+               "Connection refused", "NCCL communicator was aborted", "remote process exited")  # fmt: skip
+    if not any(m in text for m in markers):
+        return None
+    peers = sorted(set(re.findall(r"\[([0-9A-Fa-f.:]+)\]:\d+", text)))
+    who = f"the node at {', '.join(peers)}" if peers else "a peer"
+    return (
+        f"rank {rank} lost contact with {who} during step {step + 1}: that node died or the "
+        f"network to it failed ({text.splitlines()[0][:300]}). Relaunch every node with "
+        "--resume auto (or use spacetime launch --max-restarts N) to continue from the latest "
+        "checkpoint."
+    )
+
+
 def train(cfg: Any, resume: str | None = None) -> dict[str, Any]:
     """The entry function for every launcher. `cfg` is a SpacetimeConfig."""
     tcfg: TrainConfig = cfg.train
@@ -420,6 +439,12 @@ def train(cfg: Any, resume: str | None = None) -> dict[str, Any]:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     trainer = Trainer(tcfg, cfg.run, Storage(cfg.storage), dinfo)
     trainer.setup(resume)
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    except RuntimeError as e:  # DistBackendError too
+        lost = lost_peer_message(e, dinfo.rank, trainer.step)
+        if lost is None:
+            raise
+        raise JobError(lost) from e
     dist.barrier()
     return summary

@@ -1,0 +1,161 @@
+"""`spacetime launch` on two real hosts: two network namespaces joined by a veth pair, one torchrun
+node in each (per-node mode, c10d rendezvous, gloo), a tiny DiT under ZeRO-2.
+
+One scenario, in order, on one pair of hosts (each start-up costs tens of seconds on 2 cores):
+the loss sequence matches one host with the same global batch; killing the second host makes the
+first exit non-zero quickly with a message naming it; freezing it (SIGSTOP) is ended by the
+watchdog; relaunching both with --resume auto continues; --max-restarts 1 relaunches by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from infra.procs import children_map, free_port, kill_tree
+from tests.netns import TwoHosts, can_make_namespaces, two_hosts
+from tests.test_train_deepspeed import REPO, _cmd, _env, _history, _run, latents  # noqa: F401
+
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.multiprocess]
+
+
+def _node(hosts: TwoHosts, rank: int, port: int, train: list[str], *launch: str) -> list[str]:
+    return hosts.cmd(rank, [
+        sys.executable, "-m", "infra.cli", "launch", "--nnodes", "2", "--node-rank", str(rank),
+        "--nproc-per-node", "1", "--master", f"{hosts.addr[0]}:{port}",
+        "--local-addr", hosts.addr[rank], "--iface", hosts.veth[rank], "--join-timeout", "60",
+        *launch, "--", *train,
+    ])  # fmt: skip
+
+
+class Job:
+    """Both nodes of one launch, each with its own log file."""
+
+    def __init__(self, hosts: TwoHosts, logs: Path, name: str, train: list[str], *launch: str,
+                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+        port = free_port()
+        self.logs = [logs / f"{name}-node{r}.log" for r in range(2)]
+        self.procs = []
+        for r in range(2):
+            with self.logs[r].open("w") as f:
+                self.procs.append(subprocess.Popen(
+                    _node(hosts, r, port, train, *launch), cwd=REPO, env=_env(env),
+                    stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                ))  # fmt: skip
+
+    def wait(self, node: int, timeout: float) -> int:
+        return self.procs[node].wait(timeout=timeout)
+
+    def log(self, node: int) -> str:
+        return self.logs[node].read_text()
+
+    def ranks(self, node: int) -> list[int]:
+        """The training ranks of a node: the launcher (`ip netns exec` execs it) starts torchrun,
+        torchrun starts the ranks (which may have reader children of their own)."""
+        tree = children_map()
+        return [r for t in tree.get(self.procs[node].pid, []) for r in tree.get(t, [])]
+
+    def kill(self) -> None:
+        for p in self.procs:
+            kill_tree(p.pid)
+            p.wait(timeout=30)
+
+
+def _step(latest: Path) -> int:
+    return int(latest.read_text().split("-")[1]) if latest.exists() else 0
+
+
+def _wait_latest(latest: Path, at_least: int, job: Job, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _step(latest) >= at_least:
+            return
+        for n, p in enumerate(job.procs):
+            if p.poll() is not None:
+                raise AssertionError(f"node {n} exited {p.returncode}:\n{job.log(n)[-4000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"no checkpoint {at_least} in {timeout}s:\n{job.log(0)[-4000:]}")
+
+
+def test_two_hosts_train_fail_fast_freeze_and_resume(latents: Path, tmp_path: Path) -> None:  # noqa: F811
+    reason = can_make_namespaces()
+    if reason:
+        pytest.fail(f"this test must run (CI runs as root): {reason}")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # The reference: the same global batch (2 micro-batches per step) on one host, 2 ranks.
+    _run(_cmd(2, latents, tmp_path, "one-host", 2))
+    with two_hosts() as hosts:
+        # 1. Two hosts train the same losses.
+        train = _cmd(1, latents, tmp_path, "two-hosts", 2)[3:]
+        job = Job(hosts, logs, "match", train)
+        try:
+            assert [job.wait(n, 300) for n in range(2)] == [0, 0], (
+                job.log(0)[-3000:] + job.log(1)[-3000:]
+            )
+        finally:
+            job.kill()
+        got, ref = _history(tmp_path, "two-hosts"), _history(tmp_path, "one-host")
+        assert len(got) == len(ref) > 0
+        assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-5, atol=1e-7), (
+            got,
+            ref,
+        )
+
+        # 2. The second host dies (every process, kill -9): the first exits non-zero, quickly, and
+        # says which node is gone.
+        run = "faults"
+        long = _cmd(1, latents, tmp_path, run, 2, "--set", "train.steps=100000",
+                    "--set", "train.watchdog_s=10", "--set", "train.dist_timeout_s=60")[3:]  # fmt: skip
+        latest = tmp_path / run / "checkpoints" / "latest"
+        job = Job(hosts, logs, "kill", long)
+        try:
+            _wait_latest(latest, 2, job)
+            kill_tree(job.procs[1].pid)
+            t0 = time.monotonic()
+            rc = job.wait(0, 120)
+            took = time.monotonic() - t0
+        finally:
+            job.kill()
+        out = job.log(0)
+        assert rc != 0 and took < 60, (rc, took, out[-3000:])
+        assert hosts.addr[1] in out and "lost contact" in out, out[-3000:]
+
+        # 3. The second host freezes (SIGSTOP: alive, silent): the first host's watchdog ends the job.
+        job = Job(hosts, logs, "freeze", [*long, "--resume", "auto"])
+        try:
+            _wait_latest(latest, _step(latest) + 1, job)
+            ranks = job.ranks(1)
+            assert len(ranks) == 1, ranks
+            os.kill(ranks[0], signal.SIGSTOP)
+            t0 = time.monotonic()
+            rc = job.wait(0, 180)
+            took = time.monotonic() - t0
+        finally:
+            job.kill()
+        out = job.log(0)
+        assert rc != 0 and took < 90, (rc, took, out[-3000:])
+        assert "resumed from step-" in out and "made no training progress" in out, out[-3000:]
+
+        # 4. --max-restarts 1: rank 0 is killed inside a save; both nodes relaunch themselves with
+        # --resume auto and the run finishes.
+        resume_at = _step(latest)
+        target = resume_at + 6
+        short = [*long[: long.index("train.steps=100000")], f"train.steps={target}",
+                 *long[long.index("train.steps=100000") + 1 :], "--resume", "auto"]  # fmt: skip
+        job = Job(hosts, logs, "restart", short, "--max-restarts", "1",
+                  env={"SPACETIME_KILL_IN_SAVE": str(resume_at + 2)})  # fmt: skip
+        try:
+            rcs = [job.wait(n, 400) for n in range(2)]
+        finally:
+            job.kill()
+        assert rcs == [0, 0], job.log(0)[-4000:] + job.log(1)[-4000:]
+        assert "relaunching from the latest checkpoint" in job.log(0)
+        assert latest.read_text() == f"step-{target:08d}"
