@@ -1,5 +1,5 @@
 """`spacetime launch`: one command for single-node, per-node (Kubernetes, any scheduler), hostfile
-(ssh) and Slurm launches of `spacetime train` (or `train-vae`), each printed exactly with `--dry-run`.
+(ssh), Slurm and Ray Train (infra/ray_launch.py, with KubeRay RayJob manifests) launches of `spacetime train` (or `train-vae`), each printed exactly with `--dry-run`.
 
 Every node runs one torchrun with a c10d rendezvous on the master address; torchrun starts
 `--nproc-per-node` ranks running `python -m infra.cli train ...`. A node that never joins ends the
@@ -166,6 +166,8 @@ def main(args: argparse.Namespace) -> int:
             "e.g. -- train --config my.yaml"
         )
     run_id = args.run_id or f"spacetime-{int(time.time())}"
+    if args.rayjob or args.ray_address:
+        return _ray(args, train_argv, run_id)
     if args.slurm:
         port = int(args.master.rsplit(":", 1)[1]) if args.master else 29500
         script = slurm_script(
@@ -214,6 +216,37 @@ def main(args: argparse.Namespace) -> int:
     return run_node(node, train_argv, args.max_restarts, args.restart_delay)
 
 
+def _ray(args: argparse.Namespace, train_argv: list[str], run_id: str) -> int:
+    from infra.ray_launch import ray_train, rayjob_manifest
+
+    nnodes = args.nnodes or 1
+    workers = nnodes * args.nproc_per_node
+    if args.rayjob:
+        entry = ["spacetime", "launch", "--ray-address", "auto", "--nnodes", str(nnodes),
+                 "--nproc-per-node", str(args.nproc_per_node), "--max-restarts",
+                 str(args.max_restarts), *(["--gpus"] if args.gpus else []), "--", *train_argv]  # fmt: skip
+        manifest = rayjob_manifest(
+            run_id, shlex.join(entry), nnodes, args.nproc_per_node, args.image, args.gpus
+        )
+        import yaml
+
+        text = yaml.safe_dump(manifest, sort_keys=False)
+        if args.dry_run:
+            print(text, end="")
+        else:
+            Path(args.rayjob).write_text(text)
+            log.info("launch: wrote %s (kubectl apply -f %s)", args.rayjob, args.rayjob)
+        return 0
+    if args.dry_run:
+        print(f"# Ray Train at {args.ray_address}: {workers} workers "
+              f"({'1 GPU' if args.gpus else '1 CPU'} each, {'nccl' if args.gpus else 'gloo'}), "
+              f"each running:")  # fmt: skip
+        print(shlex.join([sys.executable, "-m", "infra.cli", *train_argv]))
+        return 0
+    return ray_train(train_argv, args.ray_address, workers, args.gpus, args.max_restarts,
+                     args.ray_storage, run_id, args.join_timeout * 5)  # fmt: skip
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--nproc-per-node", type=int, default=1, help="ranks per node (GPUs, or CPU processes)"
@@ -234,14 +267,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--slurm-script", default=None, help="where to write it (default RUN_ID.sbatch)")
     p.add_argument("--submit", action="store_true", help="slurm: submit it with sbatch")
-    p.add_argument(
-        "--gpus", action="store_true", help="slurm: request --nproc-per-node GPUs per node"
-    )
+    p.add_argument("--gpus", action="store_true", help="Slurm, Ray: --nproc-per-node GPUs per node")
     p.add_argument("--run-id", default=None, help="rendezvous id (default: from the time)")
     p.add_argument("--join-timeout", type=int, default=120, help="seconds to wait for all nodes")
     p.add_argument(
         "--max-restarts", type=int, default=0, help="relaunch with --resume auto after a failure"
     )
+    p.add_argument(
+        "--ray-address", default=None,
+        help="run under Ray Train on this cluster ('auto': the current one; 'local': start one)",
+    )  # fmt: skip
+    p.add_argument("--ray-storage", default="ray_results", help="Ray Train's run state directory")
+    p.add_argument("--rayjob", default=None, help="write a KubeRay RayJob manifest to this file")
+    p.add_argument("--image", default="spacetime:latest", help="rayjob: container image")
     p.add_argument(
         "--restart-delay", type=float, default=15.0,
         help="multi-node: seconds to wait before a relaunch (the other nodes fail first)",

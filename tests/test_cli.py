@@ -102,3 +102,45 @@ def test_launch_slurm_and_hostfile_commands_match_per_node(tmp_path, capsys) -> 
     assert all("--rdzv-endpoint=node-a:29500" in ln for ln in lines)
     hosts.write_text("node-a gpus=2\n")
     assert main(["launch", "--hostfile", str(hosts), "--print-only", "--", "train"]) == 1
+
+
+def test_launch_rayjob_manifest_and_ray_dry_run(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The KubeRay RayJob (ray.io/v1 fields) runs `spacetime launch --ray-address auto` with the
+    same training command as the per-node launch; Ray's dry run prints that command."""
+    import shlex
+
+    import yaml
+
+    train = ["train", "--config", "my config.yaml", "--set", "train.steps=5"]
+    out = tmp_path / "job.yaml"
+    argv = ["launch", "--rayjob", str(out), "--nnodes", "3", "--nproc-per-node", "8", "--gpus",
+            "--run-id", "rj", "--image", "reg/spacetime:1", "--", *train]  # fmt: skip
+    assert main(argv) == 0
+    job = yaml.safe_load(out.read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert job["metadata"]["name"] == "rj" and job["spec"]["shutdownAfterJobFinishes"] is True
+    cluster = job["spec"]["rayClusterSpec"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["image"] == "reg/spacetime:1" and isinstance(head["name"], str)
+    (group,) = cluster["workerGroupSpecs"]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 3
+    assert isinstance(group["groupName"], str)
+    worker = group["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert "AWS_" not in out.read_text()  # credentials come from a secret
+    entry = shlex.split(job["spec"]["entrypoint"])
+    assert entry[:4] == ["spacetime", "launch", "--ray-address", "auto"]
+    assert entry[entry.index("--") + 1 :] == train
+    assert entry[entry.index("--nnodes") + 1] == "3" and "--gpus" in entry
+
+    capsys.readouterr()
+    assert (
+        main(
+            ["launch", "--ray-address", "auto", "--nproc-per-node", "2", "--dry-run", "--", *train]
+        )
+        == 0
+    )
+    ray_cmd = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["launch", "--nproc-per-node", "2", "--dry-run", "--", *train]) == 0
+    per_node = shlex.split(capsys.readouterr().out.strip().split(" ", 1)[1])
+    assert ray_cmd[ray_cmd.index("infra.cli") :] == per_node[per_node.index("infra.cli") :]

@@ -1,0 +1,148 @@
+"""`spacetime launch --ray-address ADDR`: the same training entry under Ray Train, and the KubeRay
+RayJob manifest that runs it on Kubernetes.
+
+Ray Train's TorchTrainer starts one worker per GPU (or per CPU slot on CPU), sets up the process
+group (NCCL or gloo) and the usual RANK/WORLD_SIZE/LOCAL_RANK variables; each worker then runs the
+exact `spacetime train ...` (or `train-vae`) command line, through `infra.cli.main`, which finds
+the process group already up. Checkpoints are the trainer's own (run.output_dir), so a run started
+under Ray resumes under torchrun and the other way round. A failed attempt is relaunched with
+`--resume auto` up to `--max-restarts` times (Ray Train's own retry is left off, as torchrun's is,
+so that every launcher restarts the same way).
+
+Credentials (AWS_*) reach the workers through Ray's runtime environment, never a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PASS_PREFIXES = ("AWS_", "OMP_NUM_THREADS", "GLOO_SOCKET_IFNAME", "NCCL_", "TORCH_EXTENSIONS_DIR")
+
+
+def worker_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(PASS_PREFIXES)}
+
+
+def _worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+
+    from infra.cli import main
+
+    rank = ray.train.get_context().get_world_rank()
+    rc = main(config["argv"])
+    if rc != 0:
+        raise RuntimeError(f"rank {rank}: spacetime {config['argv'][0]} exited with status {rc}")
+
+
+def ray_train(
+    train_argv: list[str],
+    address: str,
+    workers: int,
+    use_gpu: bool,
+    max_restarts: int,
+    storage_path: str,
+    run_id: str,
+    timeout_s: int,
+) -> int:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from infra.launch import with_resume
+    from infra.ray_cluster import ray_session
+
+    local = address == "local"
+    work = Path(storage_path).resolve()
+    with ray_session(None if local else address, work, num_cpus=None) as resources:
+        need = "GPU" if use_gpu else "CPU"
+        if resources.get(need, 0) < workers:
+            raise ValueError(
+                f"Ray cluster has {resources.get(need, 0):g} {need}s; {workers} workers need "
+                f"{workers} (one each)"
+            )
+        argv = train_argv
+        for attempt in range(max_restarts + 1):
+            log.info("launch: Ray Train, %d workers, attempt %d: spacetime %s", workers,
+                     attempt + 1, shlex.join(argv))  # fmt: skip
+            trainer = TorchTrainer(
+                _worker,
+                train_loop_config={"argv": argv},
+                scaling_config=ScalingConfig(
+                    num_workers=workers,
+                    use_gpu=use_gpu,
+                    resources_per_worker=None if use_gpu else {"CPU": 1},
+                ),
+                torch_config=TorchConfig(
+                    backend="nccl" if use_gpu else "gloo", timeout_s=timeout_s
+                ),
+                run_config=RunConfig(
+                    name=f"{run_id}-{attempt}",
+                    storage_path=str(work),
+                    failure_config=FailureConfig(max_failures=0),
+                    worker_runtime_env={"env_vars": worker_env()},
+                ),
+            )
+            try:
+                trainer.fit()
+                log.info("launch: Ray Train run finished")
+                return 0
+            except Exception as e:  # Ray wraps worker errors in its own types
+                log.error("launch: Ray Train attempt %d failed: %s%s", attempt + 1,
+                          str(e).splitlines()[0][:500] if str(e) else type(e).__name__,
+                          "; relaunching from the latest checkpoint" if attempt < max_restarts else "")  # fmt: skip
+                argv = with_resume(train_argv)
+    return 1
+
+
+def rayjob_manifest(
+    name: str, entrypoint: str, nnodes: int, nproc: int, image: str, gpus: bool
+) -> dict[str, Any]:
+    """A KubeRay RayJob (ray.io/v1): a head pod plus `nnodes` worker pods with `nproc` GPUs or CPU
+    slots each; the job runs `entrypoint` on the head and deletes the cluster when it ends."""
+    per_pod = {"cpu": str(max(1, nproc) * 4), "memory": f"{max(1, nproc) * 16}Gi"}
+    if gpus:
+        per_pod["nvidia.com/gpu"] = str(nproc)
+
+    def container(kind: str, res: dict[str, str]) -> dict[str, Any]:
+        return {
+            "name": f"ray-{kind}",
+            "image": image,
+            # Credentials come from a Kubernetes secret, never from this file.
+            "envFrom": [{"secretRef": {"name": "spacetime-s3", "optional": True}}],
+            "resources": {"limits": res, "requests": res},
+        }
+
+    head_res = {"cpu": "2", "memory": "8Gi"}
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {"name": name},
+        "spec": {
+            "entrypoint": entrypoint,
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": 600,
+            "rayClusterSpec": {
+                "headGroupSpec": {
+                    # The head schedules no training workers: every rank gets a worker pod slot.
+                    "rayStartParams": {"num-cpus": "0"},
+                    "template": {"spec": {"containers": [container("head", head_res)]}},
+                },
+                "workerGroupSpecs": [
+                    {
+                        "groupName": "trainers",
+                        "replicas": nnodes,
+                        "minReplicas": nnodes,
+                        "maxReplicas": nnodes,
+                        "rayStartParams": {} if gpus else {"num-cpus": str(nproc)},
+                        "template": {"spec": {"containers": [container("worker", per_pod)]}},
+                    }
+                ],
+            },
+        },
+    }
