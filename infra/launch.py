@@ -96,6 +96,20 @@ def with_resume(train_argv: list[str]) -> list[str]:
     return [*train_argv, "--resume", "auto"]
 
 
+def run_teed(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Runs `cmd` with its output passed through as it comes (progress bars included) and returns
+    (exit status, the last 64 KiB of that output) so failures can be explained."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    tail = b""
+    out = sys.stdout.buffer
+    while chunk := os.read(proc.stdout.fileno(), 65536):
+        out.write(chunk)
+        out.flush()
+        tail = (tail + chunk)[-65536:]
+    return proc.wait(), tail.decode(errors="replace")
+
+
 def run_node(
     node: NodeLaunch, train_argv: list[str], max_restarts: int, restart_delay_s: float = 0.0
 ) -> int:
@@ -110,10 +124,18 @@ def run_node(
         log.info("launch: node %d/%d attempt %d: %s", node.node_rank, node.nnodes, attempt + 1,
                  shell_line(node.env(), cmd))  # fmt: skip
         t0 = time.monotonic()
-        rc = subprocess.run(cmd, env=env).returncode
+        rc, tail = run_teed(cmd, env)
         if rc == 0:
             log.info("launch: node %d finished in %.0fs", node.node_rank, time.monotonic() - t0)
             return 0
+        if "RendezvousTimeoutError" in tail or "RendezvousConnectionError" in tail:
+            log.error(
+                "launch: not every node joined: the rendezvous at %s (run id %s) still missed "
+                "nodes after %ds; this is node %d of %d. Start every node with the same --master, "
+                "--run-id and --nnodes, and check that each can reach %s.",
+                node.master, node.run_id, node.join_timeout_s, node.node_rank, node.nnodes,
+                node.master,
+            )  # fmt: skip
         log.error("launch: node %d failed with exit %d after %.0fs%s", node.node_rank, rc,
                   time.monotonic() - t0,
                   "; relaunching from the latest checkpoint" if attempt < max_restarts else "")  # fmt: skip

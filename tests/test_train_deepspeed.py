@@ -401,3 +401,15 @@ def test_launch_max_restarts_relaunches_and_resumes(
     assert "relaunching from the latest checkpoint" in log and "resumed from step-00000004" in log
     got, ref = _history(tmp_path, "relaunch"), _history(*baseline)
     assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-4, atol=1e-6)
+
+
+def test_launch_node_that_never_joins_fails_fast_and_says_so(latents: Path, tmp_path: Path) -> None:
+    train = _cmd(1, latents, tmp_path, "alone", 2)[3:]
+    cmd = [sys.executable, "-m", "infra.cli", "launch", "--nnodes", "2", "--node-rank", "0",
+           "--master", f"127.0.0.1:{free_port()}", "--join-timeout", "10", "--", *train]  # fmt: skip
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and time.monotonic() - t0 < 60
+    assert "not every node joined" in p.stderr and "this is node 0 of 2" in p.stderr, p.stderr[
+        -2000:
+    ]
