@@ -116,8 +116,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
-    if args.latents:
-        cfg.train.data.latents = args.latents
+    for name in ("latents", "clips", "vae", "captions"):
+        if getattr(args, name):
+            setattr(cfg.train.data, name, getattr(args, name))
     if args.dry_run:
         import json
         import os
@@ -253,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("train", "train the spacetime DiT with DeepSpeed ZeRO", cmd_train)
     p.add_argument("--latents", default=None, help="latent shards (output of `spacetime encode`)")
+    p.add_argument("--clips", default=None, help="or clip shards, encoded on the fly (needs --vae)")
+    p.add_argument("--vae", default=None, help="with --clips: the VAE directory")
+    p.add_argument("--captions", default=None, help="with --clips: a caption set")
     p.add_argument(
         "--resume",
         default=None,

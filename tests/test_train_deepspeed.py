@@ -259,6 +259,15 @@ def test_trains_on_real_video_shards(real_shards: dict, tmp_path: Path) -> None:
         )
     )
     assert len(_history(tmp_path, "real")) == 3
+    # The same clips encoded on the fly (no encode pass): the same batches and latents, so the
+    # same losses as from the cache.
+    raw = _cmd(1, lat, tmp_path, "raw", 2, "--set", "train.steps=3", "--set",
+               "train.data.token_budget=512", "--set", "train.data.max_frames=9")  # fmt: skip
+    i = raw.index("--latents")
+    raw[i : i + 2] = ["--clips", str(real_shards["out"]), "--vae", str(vae)]
+    _run(raw)
+    got, ref = _history(tmp_path, "raw"), _history(tmp_path, "real")
+    assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-5, atol=1e-7), (got, ref)
 
 
 def test_checkpoints_on_s3_resume_on_a_fresh_machine(

@@ -17,6 +17,18 @@ from trainer.model.config import DiTConfig
 class TrainDataConfig:
     latents: str = ""
     """Latent shards (output of `spacetime encode`), local folder or s3:// prefix."""
+    clips: str = ""
+    """Instead of `latents`: clip shards (output of `spacetime shard`), encoded on the fly with
+    `vae` and the text encoder (trainer/data/raw.py)."""
+    captions: str = ""
+    """With `clips`: a caption set (`spacetime recaption` output); clips without one use their own."""
+    vae: str = ""
+    """With `clips`: the VAE directory (config.json + model.safetensors)."""
+    text_encoder: str | None = None
+    """With `clips`: a local text encoder directory (default: MiniLM, as `encode`)."""
+    text_max_length: int = 128
+    max_frames: int = 257
+    """With `clips`: longer clips are cut to this many frames (as `encode`)."""
     token_budget: int = 4096
     """Most video tokens in one micro-batch (samples longer than this travel alone)."""
     microbatches_per_step: int = 2
@@ -37,6 +49,12 @@ class TrainDataConfig:
     """How micro-batches are spread across ranks: by compute cost (tokens and sum of L^2) or tokens."""
 
     def validate(self) -> None:
+        if self.latents and self.clips:
+            raise ValueError(
+                "train.data: set latents (cached) or clips (encoded on the fly), not both"
+            )
+        if self.clips and not self.vae:
+            raise ValueError("train.data.clips needs train.data.vae (the VAE to encode them with)")
         if self.token_budget < 1 or self.microbatches_per_step < 1 or self.shuffle_shards < 1:
             raise ValueError("token_budget, microbatches_per_step and shuffle_shards must be >= 1")
         if not 0 <= self.caption_dropout < 1 or not 0 <= self.token_drop < 1:

@@ -113,10 +113,10 @@ def dry_run(cfg: TrainConfig, seed: int, storage: Storage, world_size: int) -> d
         ),
         "precision": "bf16" if use_bf16(cfg) else "fp32",
     }
-    if cfg.data.latents:
-        index = load_index(cfg.data.latents, storage)
+    if cfg.data.latents or cfg.data.clips:
+        index = training_index(cfg, storage)
         lengths = [tokens_of(e.shape, cfg.model.patch) for e in index.entries]
-        loader = _loader(cfg, index, storage, 0, world_size, seed)
+        loader = _loader(cfg, index, storage, 0, world_size, seed, encode=False)
         plan = loader.plan(0)
         slots = len(plan.steps) * cfg.data.microbatches_per_step * cfg.data.token_budget
         used = sum(plan.step_tokens(s, lengths) for s in range(len(plan.steps)))
@@ -131,15 +131,34 @@ def dry_run(cfg: TrainConfig, seed: int, storage: Storage, world_size: int) -> d
     return out
 
 
+def training_index(cfg: TrainConfig, storage: Storage) -> Any:
+    """The plan's index: cached latent shards, or clip shards to encode on the fly."""
+    if cfg.data.clips:
+        from trainer.data.raw import clip_index
+        from trainer.vae import CausalVAE
+
+        vae_cfg = CausalVAE.config_of(cfg.data.vae)
+        return clip_index(cfg.data.clips, storage, vae_cfg, cfg.data.max_frames)
+    return load_index(cfg.data.latents, storage)
+
+
 def _loader(
-    cfg: TrainConfig, index: Any, storage: Storage, rank: int, world: int, seed: int
-) -> LatentLoader:
+    cfg: TrainConfig, index: Any, storage: Storage, rank: int, world: int, seed: int,
+    encode: bool = True,
+) -> LatentLoader:  # fmt: skip
     d = cfg.data
+    encoder = None
+    if d.clips and encode:
+        from trainer.data.raw import ClipEncoder
+
+        encoder = ClipEncoder(
+            d.vae, d.text_encoder, d.text_max_length, d.max_frames, d.captions, storage
+        )
     return LatentLoader(
         index, storage, rank=rank, world_size=world, seed=seed, patch=cfg.model.patch,
         token_budget=d.token_budget, microbatches_per_step=d.microbatches_per_step,
         shuffle_shards=d.shuffle_shards, workers=d.workers, hidden=cfg.model.dims[1],
-        balance=d.balance,
+        balance=d.balance, encoder=encoder,
     )  # fmt: skip
 
 
@@ -157,7 +176,7 @@ class Trainer:
             storage,
             dinfo.rank,
         )
-        self.index = load_index(cfg.data.latents, storage)
+        self.index = training_index(cfg, storage)
         _check_model_matches(cfg, self.index.entries[0].shape[0])
         self.loader = _loader(cfg, self.index, storage, dinfo.rank, dinfo.world_size, self.seed)
         self.lengths = self.loader.lengths
@@ -431,10 +450,12 @@ def lost_peer_message(e: BaseException, rank: int, step: int) -> str | None:
 def train(cfg: Any, resume: str | None = None) -> dict[str, Any]:
     """The entry function for every launcher. `cfg` is a SpacetimeConfig."""
     tcfg: TrainConfig = cfg.train
-    if not tcfg.data.latents:
+    if not tcfg.data.latents and not tcfg.data.clips:
         raise ValueError(
-            "train.data.latents is empty: point it at the output of `spacetime encode`"
+            "train.data.latents is empty: point it at the output of `spacetime encode` (or set "
+            "train.data.clips and train.data.vae to encode clip shards on the fly)"
         )
+    tcfg.data.validate()
     dinfo = init_distributed(tcfg.dist_timeout_s)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     trainer = Trainer(tcfg, cfg.run, Storage(cfg.storage), dinfo)

@@ -61,8 +61,25 @@ class StepData:
 class _ShardReader(IterableDataset):
     """Yields (shard position, [Sample]) for the wanted keys of each shard, worker-split."""
 
-    def __init__(self, shards: list[str], wanted: list[set[str]], storage: Storage):
-        self.shards, self.wanted, self.storage = shards, wanted, storage
+    def __init__(
+        self,
+        shards: list[str],
+        wanted: list[dict[str, tuple[int, ...]]],
+        storage: Storage,
+        encoder: Any = None,
+    ):
+        """`wanted`: per shard, key -> planned latent shape. `encoder`: a trainer.data.raw
+        ClipEncoder when the shards are clip shards, None for latent shards."""
+        self.shards, self.wanted, self.storage, self.encoder = shards, wanted, storage, encoder
+
+    def _sample(self, shard: str, s: dict[str, Any], shape: tuple[int, ...]) -> Sample:
+        if self.encoder is not None:
+            return Sample(s["__key__"], *self.encoder(shard, s, shape))
+        return Sample(
+            s["__key__"],
+            load(s["latent.safetensors"])["latent"],
+            load(s["text.safetensors"])["tokens"],
+        )
 
     def __iter__(self) -> Iterator[tuple[int, list[Sample]]]:
         info = get_worker_info()
@@ -72,17 +89,12 @@ class _ShardReader(IterableDataset):
         for j, (shard, keys) in enumerate(zip(self.shards, self.wanted, strict=True)):
             if j % nw != wid:
                 continue
-            out = []
-            for s in iter_samples(shard, self.storage):
-                if s["__key__"] in keys:
-                    out.append(
-                        Sample(
-                            s["__key__"],
-                            load(s["latent.safetensors"])["latent"],
-                            load(s["text.safetensors"])["tokens"],
-                        )
-                    )
-            missing = keys - {s.key for s in out}
+            out = [
+                self._sample(shard, s, keys[s["__key__"]])
+                for s in iter_samples(shard, self.storage)
+                if s["__key__"] in keys
+            ]
+            missing = set(keys) - {s.key for s in out}
             if missing:
                 raise FileNotFoundError(
                     f"{shard}: {len(missing)} samples of the index are missing from the shard "
@@ -109,6 +121,7 @@ class LatentLoader:
         workers: int,
         hidden: int,
         balance: str = "cost",
+        encoder: Any = None,
     ):
         self.index, self.storage = index, storage
         self.rank, self.world_size, self.seed = rank, world_size, seed
@@ -119,6 +132,7 @@ class LatentLoader:
             hidden,
             balance,
         )
+        self.encoder = encoder
         self.lengths = [tokens_of(e.shape, patch) for e in index.entries]
         if self.g % world_size:
             raise ValueError(
@@ -161,19 +175,20 @@ class LatentLoader:
     def _epoch(self, plan: EpochPlan, start: int) -> Iterator[StepData]:
         mine = [(s, self.rank_microbatches(plan.steps[s])) for s in range(start, len(plan.steps))]
         shard_order: list[int] = []
-        wanted: dict[int, set[str]] = {}
+        wanted: dict[int, dict[str, tuple[int, ...]]] = {}
         for s, mbs in mine:
             for m in mbs:
                 for i in plan.steps[s][m]:
                     e = self.index.entries[i]
                     if e.shard not in wanted:
                         shard_order.append(e.shard)
-                        wanted[e.shard] = set()
-                    wanted[e.shard].add(e.key)
+                        wanted[e.shard] = {}
+                    wanted[e.shard][e.key] = e.shape
         reader = _ShardReader(
             [self.index.shards[j] for j in shard_order],
             [wanted[j] for j in shard_order],
             self.storage,
+            self.encoder,
         )
         stream: Any = (
             DataLoader(

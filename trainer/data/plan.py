@@ -71,6 +71,9 @@ def load_index(latents: str, storage: Storage) -> Index:
                 }
                 for s in iter_samples(shard, storage)
             ]
+        # Key order within a shard, as trainer.data.raw lists clip shards: the same clips planned
+        # from cached latents or encoded on the fly form the same batches.
+        rows = sorted(rows, key=lambda r: r["key"])
         entries += [Entry(i, r["key"], tuple(r["shape"]), int(r["text_len"])) for r in rows]  # type: ignore[arg-type]
     if not entries:
         raise FileNotFoundError(f"{latents}: latent shards hold no samples")

@@ -325,11 +325,9 @@ class CausalVAE(nn.Module):
             {k: v.contiguous() for k, v in self.state_dict().items()}, str(p / "model.safetensors")
         )
 
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> CausalVAE:
-        """Loads any VAE saved with this interface (config.json + model.safetensors)."""
-        from safetensors.torch import load_file
-
+    @staticmethod
+    def config_of(path: str | Path) -> VAEConfig:
+        """The config of a saved VAE (no weights read)."""
         p = Path(path)
         if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
             raise FileNotFoundError(
@@ -338,7 +336,15 @@ class CausalVAE(nn.Module):
         raw = json.loads((p / "config.json").read_text())
         raw["channel_mults"] = tuple(raw["channel_mults"])
         raw["temporal_down"] = tuple(raw["temporal_down"])
-        vae = cls(VAEConfig(**raw))
+        return VAEConfig(**raw)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> CausalVAE:
+        """Loads any VAE saved with this interface (config.json + model.safetensors)."""
+        from safetensors.torch import load_file
+
+        p = Path(path)
+        vae = cls(cls.config_of(p))
         missing, unexpected = vae.load_state_dict(
             load_file(str(p / "model.safetensors")), strict=False
         )

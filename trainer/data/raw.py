@@ -1,0 +1,107 @@
+"""Training straight from clip shards (`spacetime shard` output): latents and caption states are
+computed on the fly by a frozen VAE and text encoder, instead of read from `spacetime encode`'s
+cache.
+
+The plan needs every sample's latent shape before anything is decoded; it comes from the shard
+job's manifest.parquet (frames, height, width of each clip) and the VAE's strides, exactly as
+`encode` would produce it (frames cut to `max_frames`, then to 1 + 4k). Captions come from a
+caption set (`spacetime recaption` output) when given, else the clip's own `txt`. Encoding runs
+where the shard reader runs (the training process, or its reader workers), one clip at a time in
+exact temporal chunks. Use cached latents for long runs: encoding every clip every epoch costs a
+VAE forward per sample; this path is for trying a dataset or a VAE without an encode pass.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import torch
+
+from infra.storage import Storage, join
+from trainer.data.clips import decode_frames, list_shards
+from trainer.data.plan import Entry, Index
+
+log = logging.getLogger(__name__)
+
+
+def latent_frames(frames: int, max_frames: int, time_stride: int) -> int:
+    """Frames `encode` keeps of a clip (1 + stride*k, at most max_frames)."""
+    t = min(frames, max_frames)
+    return 1 + time_stride * ((t - 1) // time_stride)
+
+
+def clip_index(clips: str, storage: Storage, vae_cfg: Any, max_frames: int) -> Index:
+    """The plan's index for raw clip shards, from manifest.parquet (no video is read)."""
+    import pandas as pd
+
+    uri = join(clips, "manifest.parquet")
+    if not storage.exists(uri):
+        raise FileNotFoundError(
+            f"{uri}: not found; train.data.clips must be `spacetime shard` output"
+        )
+    rows = pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
+    shards = list_shards(clips, storage)
+    pos = {s.rsplit("/", 1)[-1]: i for i, s in enumerate(shards)}
+    ts, ss, c = vae_cfg.time_stride, vae_cfg.space_stride, vae_cfg.latent_channels
+    entries = []
+    for r in rows.sort_values(["shard", "key"]).itertuples():
+        if r.shard not in pos:
+            raise FileNotFoundError(f"{clips}: the manifest names {r.shard}, which is missing")
+        if r.height % ss or r.width % ss:
+            raise ValueError(
+                f"{clips}/{r.shard}: clip {r.key} is {r.width}x{r.height}, not a multiple of the "
+                f"VAE's {ss}x spatial stride"
+            )
+        t = 1 + (latent_frames(int(r.frames), max_frames, ts) - 1) // ts
+        entries.append(Entry(pos[r.shard], r.key, (c, t, r.height // ss, r.width // ss), 0))
+    if not entries:
+        raise FileNotFoundError(f"{clips}: the manifest lists no clips")
+    return Index(shards, entries)
+
+
+class ClipEncoder:
+    """Turns one clip-shard sample into a training sample: (normalised latent, caption states)."""
+
+    def __init__(
+        self,
+        vae_dir: str,
+        text_path: str | None,
+        text_max_length: int,
+        max_frames: int,
+        captions: str,
+        storage: Storage,
+    ):
+        from trainer.text import TextEncoder, TextEncoderConfig
+        from trainer.vae import CausalVAE
+
+        self.vae = CausalVAE.from_pretrained(vae_dir).eval()
+        self.text = TextEncoder(TextEncoderConfig(path=text_path, max_length=text_max_length))
+        self.max_frames = max_frames
+        self.captions: dict[str, str] = {}
+        if captions:
+            from recaption.job import read_captions
+
+            for shard in list_shards(captions, storage, prefix="captions-"):
+                self.captions |= {
+                    k: r["text"] for k, r in read_captions(shard, storage).items() if r["text"]
+                }
+            log.info("on-the-fly encoding: %d captions from %s", len(self.captions), captions)
+
+    def __call__(
+        self, shard: str, s: dict[str, Any], shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ts = self.vae.cfg.time_stride
+        want = 1 + ts * (shape[1] - 1)
+        frames = decode_frames(s["mp4"], max_frames=want)
+        if frames.shape[0] < want:
+            raise ValueError(
+                f"{shard}: clip {s['__key__']} decoded to {frames.shape[0]} frames, the manifest "
+                f"promised at least {want}"
+            )
+        x = torch.from_numpy(frames).permute(3, 0, 1, 2).float()[None] / 127.5 - 1
+        with torch.no_grad():
+            z = self.vae.normalize(self.vae.encode_chunked(x))[0].contiguous()
+        caption = self.captions.get(s["__key__"]) or s.get("txt", b"").decode("utf-8")
+        return z, self.text.encode([caption])[0].contiguous()
