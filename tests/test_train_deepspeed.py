@@ -256,9 +256,20 @@ def test_trains_on_real_video_shards(real_shards: dict, tmp_path: Path) -> None:
             "train.steps=3",
             "--set",
             "train.data.token_budget=512",
+            "--set",
+            "train.preview.every=2",
+            "--set",
+            f"train.preview.vae={vae}",
+            "--set",
+            "train.preview.sample.steps=4",
         )
     )
     assert len(_history(tmp_path, "real")) == 3
+    # A sample preview of the step-2 checkpoint (previews follow checkpoints: every 2 steps).
+    previews = tmp_path / "real" / "previews"
+    assert sorted(p.name for p in previews.iterdir()) == ["step-00000002"]
+    assert len(list((previews / "step-00000002").glob("*.mp4"))) == 2
+    assert (previews / "step-00000002" / "contact_sheet.png").stat().st_size > 0
     # The same clips encoded on the fly (no encode pass): the same batches and latents, so the
     # same losses as from the cache.
     raw = _cmd(1, lat, tmp_path, "raw", 2, "--set", "train.steps=3", "--set",

@@ -114,8 +114,16 @@ class TrainConfig:
     """Timeout of the process group's collectives and rendezvous (a dead peer is caught by it)."""
     peak_tflops: float = 0.0
     """Peak of one device for MFU (0: measured with a matmul on CPU; 989 for H100 bf16 dense)."""
+    preview: PreviewConfig = field(default_factory=lambda: PreviewConfig())
 
     def validate(self) -> None:
+        if self.preview.every and self.preview.every % self.checkpoint_every:
+            raise ValueError(
+                f"train.preview.every ({self.preview.every}) must be a multiple of "
+                f"train.checkpoint_every ({self.checkpoint_every}): previews sample a saved checkpoint"
+            )
+        if self.preview.every and not (self.preview.vae or self.data.vae):
+            raise ValueError("train.preview.every needs train.preview.vae (or train.data.vae)")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
@@ -158,3 +166,21 @@ class SampleConfig:
             raise ValueError(f"frames must be 1 + 4k, got {self.frames}")
         if not 0 < self.strength <= 1:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+
+
+@dataclass
+class PreviewConfig:
+    """Sample previews during training: rank 0 samples the fixed prompts from the checkpoint just
+    saved (EMA weights when there are some) into {run}/previews/step-N/ (mp4s, png contact sheet)
+    and TensorBoard. A failed preview is logged and training goes on."""
+
+    every: int = 0
+    """Steps between previews, a multiple of checkpoint_every (0: off)."""
+    prompts: list[str] = field(
+        default_factory=lambda: ["a red circle moving left", "a blue square moving up"]
+    )
+    vae: str = ""
+    """VAE directory to decode with (default: train.data.vae)."""
+    text_encoder: str | None = None
+    """Text encoder directory (default: train.data.text_encoder, else MiniLM)."""
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(steps=20))

@@ -336,6 +336,37 @@ class Trainer:
         if self.d.rank == 0:
             log.info("checkpoint %s published", tag)
 
+    def preview(self, writer: Any) -> None:
+        """Rank 0 samples the preview prompts from the checkpoint it just published; the other
+        ranks wait at the barrier (previews must take less than train.dist_timeout_s)."""
+        p = self.cfg.preview
+        if self.d.rank == 0:
+            from trainer.sample import run_sample
+
+            tag = tag_for(self.step)
+            out = self.local / "previews" / tag
+            t0 = time.monotonic()
+            try:
+                run_sample(
+                    str(self.ckpt.local / tag), p.vae or self.cfg.data.vae, p.prompts, str(out),
+                    p.sample, text_encoder=p.text_encoder or self.cfg.data.text_encoder,
+                )  # fmt: skip
+            except Exception as e:  # previews are a view on training, never a reason to stop it
+                log.warning("preview at step %d failed: %s", self.step, e)
+            else:
+                if writer is not None:
+                    import numpy as np
+                    from PIL import Image
+
+                    sheet = np.asarray(Image.open(out / "contact_sheet.png").convert("RGB"))
+                    writer.add_image("preview", sheet, self.step, dataformats="HWC")
+                if self.remote:
+                    for f in sorted(out.iterdir()):
+                        self.storage.upload(f, join(self.remote, "previews", tag, f.name))
+                log.info("preview: %d prompts in %.1fs -> %s", len(p.prompts),
+                         time.monotonic() - t0, out)  # fmt: skip
+        dist.barrier()
+
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -402,6 +433,9 @@ class Trainer:
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
                     dog.beat(f"checkpoint at step {self.step}")
+                    if cfg.preview.every and self.step % cfg.preview.every == 0:
+                        self.preview(writer)
+                        dog.beat(f"preview at step {self.step}")
                 if self.step >= cfg.steps:
                     break
             dog.stop()
