@@ -1,0 +1,133 @@
+"""Runs every benchmark of the project in one go and regenerates BENCHMARKS.md's measured blocks.
+
+    python bench/run_all.py [--only vae,train] [--skip demo] [--output BENCHMARKS.md]
+
+Each benchmark owns one block of BENCHMARKS.md between `<!-- bench:NAME -->` and
+`<!-- /bench:NAME -->`: the command, the machine, the date and the tables the script printed in
+this run (ratios are always measured within one run of one script). Everything outside the blocks
+(the reading of the numbers) is left as it is, so review it against the new numbers. A benchmark
+that fails keeps its old block and is reported at the end; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+BENCHES: dict[str, list[str]] = {
+    "pipeline": [PY, "bench/pipeline.py"],
+    "kernels": [PY, "-m", "kernels.bench"],
+    "packing": [PY, "bench/packing.py"],
+    "train": [PY, "bench/train.py"],
+    "recaption": [PY, "bench/recaption.py"],
+    "vae": [PY, "bench/vae.py"],
+    "demo": [PY, "-m", "infra.cli", "demo", "--workdir", "{tmp}/demo"],
+}
+# Lines some libraries print to stdout that are not results.
+NOISE = re.compile(r"^(\[|\x1b|DeepSpeed |.*\b(INFO|WARNING|Warning)\b)")
+
+
+def machine() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.get_device_name()}, {os.cpu_count()} CPU cores"
+    except ImportError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()}-core {platform.machine()} CPU, {mem:.0f} GiB RAM, no GPU"
+
+
+def demo_tables(workdir: Path) -> str:
+    s = json.loads((workdir / "summary.json").read_text())
+    lines = ["| stage | result | seconds |", "|---|---|---|"]
+    for name, st in s["stages"].items():
+        info = ", ".join(f"{k} {v}" for k, v in st.items() if k != "seconds")
+        lines.append(f"| {name} | {info} | {st['seconds']} |")
+    lines.append(f"| **total** | | **{s['seconds']}** |")
+    ev = s["eval"]
+    lines += ["", "| attribute | accuracy | chance |", "|---|---|---|"]
+    for attr, chance in (("colour", "17%"), ("direction", "25%"), ("shape", "33%")):
+        lines.append(f"| {attr} | {100 * ev[attr]:.0f}% | {chance} |")
+    return "\n".join(lines)
+
+
+def run_one(name: str, tmp: Path, log_dir: Path) -> tuple[str | None, float]:
+    cmd = [a.replace("{tmp}", str(tmp)) for a in BENCHES[name]]
+    t0 = time.monotonic()
+    with open(log_dir / f"{name}.log", "w") as err:
+        p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+    took = time.monotonic() - t0
+    if p.returncode != 0:
+        return None, took
+    if name == "demo":
+        return demo_tables(tmp / "demo"), took
+    kept = [ln.rstrip() for ln in p.stdout.splitlines() if not NOISE.match(ln)]
+    return "\n".join(kept).strip(), took
+
+
+def block(name: str, body: str, took: float) -> str:
+    shown = " ".join(
+        a.replace(PY, ".venv/bin/python").replace("{tmp}", "$TMP") for a in BENCHES[name]
+    )
+    return (
+        f"<!-- bench:{name} -->\nCommand: `{shown}` ({took:.0f} s). Machine: {machine()}. "
+        f"Date: {time.strftime('%Y-%m-%d')}. Written by `bench/run_all.py`.\n\n```\n{body}\n```\n"
+        f"<!-- /bench:{name} -->"
+    )
+
+
+def replace_block(text: str, name: str, new: str) -> str:
+    pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _: new, text)
+    return text.rstrip("\n") + f"\n\n## {name}\n\n{new}\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", default="", help="comma-separated benchmark names")
+    ap.add_argument("--skip", default="", help="comma-separated benchmark names")
+    ap.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    args = ap.parse_args()
+    names = [n for n in (args.only.split(",") if args.only else BENCHES) if n]
+    unknown = (set(names) | set(filter(None, args.skip.split(",")))) - set(BENCHES)
+    if unknown:
+        ap.error(f"unknown benchmarks {sorted(unknown)}; known: {', '.join(BENCHES)}")
+    names = [n for n in names if n not in args.skip.split(",")]
+    out = Path(args.output)
+    text = out.read_text() if out.exists() else "# Benchmarks\n"
+    failed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        log_dir = Path(tmp) / "logs"
+        log_dir.mkdir()
+        for i, name in enumerate(names, 1):
+            print(f"[{i}/{len(names)}] {name} ...", flush=True)
+            body, took = run_one(name, Path(tmp), log_dir)
+            if body is None:
+                failed.append(name)
+                err = (log_dir / f"{name}.log").read_text()[-2000:]
+                print(f"  FAILED after {took:.0f} s; kept the old block\n{err}", flush=True)
+                continue
+            text = replace_block(text, name, block(name, body, took))
+            out.write_text(text)  # after each benchmark, so a later failure loses nothing
+            print(f"  done in {took:.0f} s", flush=True)
+    print(f"run_all: {len(names) - len(failed)}/{len(names)} benchmarks written to {out}"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))  # fmt: skip
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
