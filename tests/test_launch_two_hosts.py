@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,14 +40,15 @@ class Job:
     """Both nodes of one launch, each with its own log file."""
 
     def __init__(self, hosts: TwoHosts, logs: Path, name: str, train: list[str], *launch: str,
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+                 env: dict[str, str] | None = None,
+                 per_node: tuple[list[str], list[str]] = ([], [])) -> None:  # fmt: skip
         port = free_port()
         self.logs = [logs / f"{name}-node{r}.log" for r in range(2)]
         self.procs = []
         for r in range(2):
             with self.logs[r].open("w") as f:
                 self.procs.append(subprocess.Popen(
-                    _node(hosts, r, port, train, *launch), cwd=REPO, env=_env(env),
+                    _node(hosts, r, port, [*train, *per_node[r]], *launch), cwd=REPO, env=_env(env),
                     stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
                 ))  # fmt: skip
 
@@ -61,6 +63,14 @@ class Job:
         torchrun starts the ranks (which may have reader children of their own)."""
         tree = children_map()
         return [r for t in tree.get(self.procs[node].pid, []) for r in tree.get(t, [])]
+
+    def finish(self, timeout: float = 300) -> None:
+        """Waits for both nodes and asserts both succeeded."""
+        try:
+            rcs = [self.wait(n, timeout) for n in range(2)]
+        finally:
+            self.kill()
+        assert rcs == [0, 0], self.log(0)[-3000:] + self.log(1)[-3000:]
 
     def kill(self) -> None:
         for p in self.procs:
@@ -84,6 +94,22 @@ def _wait_latest(latest: Path, at_least: int, job: Job, timeout: float = 240) ->
     raise AssertionError(f"no checkpoint {at_least} in {timeout}s:\n{job.log(0)[-4000:]}")
 
 
+def _hurt_node_1(
+    job: Job, latest: Path, after_step: int, hurt: Callable[[], None]
+) -> tuple[int, float, str]:
+    """Once checkpoint `after_step` exists, hurts node 1 and waits for node 0 to exit: (its exit
+    status, seconds it took after the hurt, its log)."""
+    try:
+        _wait_latest(latest, after_step, job)
+        hurt()
+        t0 = time.monotonic()
+        rc = job.wait(0, 180)
+        took = time.monotonic() - t0
+    finally:
+        job.kill()
+    return rc, took, job.log(0)
+
+
 def test_two_hosts_train_fail_fast_freeze_and_resume(latents: Path, tmp_path: Path) -> None:  # noqa: F811
     reason = can_make_namespaces()
     if reason:
@@ -96,12 +122,7 @@ def test_two_hosts_train_fail_fast_freeze_and_resume(latents: Path, tmp_path: Pa
         # 1. Two hosts train the same losses.
         train = _cmd(1, latents, tmp_path, "two-hosts", 2)[3:]
         job = Job(hosts, logs, "match", train)
-        try:
-            assert [job.wait(n, 300) for n in range(2)] == [0, 0], (
-                job.log(0)[-3000:] + job.log(1)[-3000:]
-            )
-        finally:
-            job.kill()
+        job.finish()
         got, ref = _history(tmp_path, "two-hosts"), _history(tmp_path, "one-host")
         assert len(got) == len(ref) > 0
         assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-5, atol=1e-7), (
@@ -116,31 +137,19 @@ def test_two_hosts_train_fail_fast_freeze_and_resume(latents: Path, tmp_path: Pa
                     "--set", "train.watchdog_s=10", "--set", "train.dist_timeout_s=60")[3:]  # fmt: skip
         latest = tmp_path / run / "checkpoints" / "latest"
         job = Job(hosts, logs, "kill", long)
-        try:
-            _wait_latest(latest, 2, job)
-            kill_tree(job.procs[1].pid)
-            t0 = time.monotonic()
-            rc = job.wait(0, 120)
-            took = time.monotonic() - t0
-        finally:
-            job.kill()
-        out = job.log(0)
+        rc, took, out = _hurt_node_1(job, latest, 2, lambda: kill_tree(job.procs[1].pid))
         assert rc != 0 and took < 60, (rc, took, out[-3000:])
         assert hosts.addr[1] in out and "lost contact" in out, out[-3000:]
 
         # 3. The second host freezes (SIGSTOP: alive, silent): the first host's watchdog ends the job.
         job = Job(hosts, logs, "freeze", [*long, "--resume", "auto"])
-        try:
-            _wait_latest(latest, _step(latest) + 1, job)
+
+        def freeze() -> None:
             ranks = job.ranks(1)
             assert len(ranks) == 1, ranks
             os.kill(ranks[0], signal.SIGSTOP)
-            t0 = time.monotonic()
-            rc = job.wait(0, 180)
-            took = time.monotonic() - t0
-        finally:
-            job.kill()
-        out = job.log(0)
+
+        rc, took, out = _hurt_node_1(job, latest, _step(latest) + 1, freeze)
         assert rc != 0 and took < 90, (rc, took, out[-3000:])
         assert "resumed from step-" in out and "made no training progress" in out, out[-3000:]
 
@@ -152,10 +161,51 @@ def test_two_hosts_train_fail_fast_freeze_and_resume(latents: Path, tmp_path: Pa
                  *long[long.index("train.steps=100000") + 1 :], "--resume", "auto"]  # fmt: skip
         job = Job(hosts, logs, "restart", short, "--max-restarts", "1",
                   env={"SPACETIME_KILL_IN_SAVE": str(resume_at + 2)})  # fmt: skip
-        try:
-            rcs = [job.wait(n, 400) for n in range(2)]
-        finally:
-            job.kill()
-        assert rcs == [0, 0], job.log(0)[-4000:] + job.log(1)[-4000:]
+        job.finish(timeout=400)
         assert "relaunching from the latest checkpoint" in job.log(0)
         assert latest.read_text() == f"step-{target:08d}"
+
+        # 5. Checkpoints on S3 (moto's server on host 0), each node with its own empty local
+        # cache: both nodes write, then a relaunch on fresh caches resumes from S3's `latest`.
+        _s3_across_nodes(hosts, logs, latents, tmp_path)
+
+
+def _s3_across_nodes(hosts: TwoHosts, logs: Path, lat: Path, tmp_path: Path) -> None:
+    endpoint = f"http://{hosts.addr[0]}:{free_port()}"
+    server = subprocess.Popen(
+        hosts.cmd(0, [sys.executable, "-m", "moto.server", "-H", hosts.addr[0], "-p",
+                      endpoint.rsplit(":", 1)[1]]),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        make_bucket = (
+            "import time, boto3\n"
+            "for _ in range(100):\n"
+            "    try:\n"
+            f"        boto3.client('s3', endpoint_url='{endpoint}', region_name='us-east-1')"
+            ".create_bucket(Bucket='runs'); break\n"
+            "    except Exception: time.sleep(0.2)\n"
+            "else: raise SystemExit('moto did not start')\n"
+        )
+        subprocess.run(hosts.cmd(0, [sys.executable, "-c", make_bucket]), check=True, env=_env())
+        s3 = (
+            "--set",
+            "run.output_dir=s3://runs/two-hosts",
+            "--set",
+            f"storage.s3_endpoint_url={endpoint}",
+        )
+        train = _cmd(1, lat, tmp_path, "s3", 2, "--set", "train.steps=4")[3:]
+
+        def caches(i: int) -> tuple[list[str], list[str]]:  # a fresh, private cache per node
+            return tuple(["--set", f"run.cache_dir={tmp_path}/cache-{i}-{r}"] for r in range(2))  # type: ignore[return-value]
+
+        job = Job(hosts, logs, "s3", [*train, *s3], per_node=caches(0))
+        job.finish()
+        more = _cmd(1, lat, tmp_path, "s3", 2, "--set", "train.steps=6", "--resume", "auto")[3:]
+        job = Job(hosts, logs, "s3-resume", [*more, *s3], per_node=caches(1))
+        job.finish()
+        for n in range(2):
+            assert "resumed from step-00000004" in job.log(n), job.log(n)[-3000:]
+        assert "latest step-00000006" in job.log(0)
+    finally:
+        kill_tree(server.pid)

@@ -31,6 +31,11 @@ class DiTConfig:
     """MLP hidden width as a multiple of the model width."""
     rope_theta: float = 10000.0
     """RoPE base."""
+    frac_pos: bool = True
+    """NaViT's fractional positions: each token's (t, h, w) as a fraction of its sample's grid,
+    embedded and added to its patch embedding. RoPE alone gives only relative positions, so a
+    token on a plain background cannot tell the frame's edge from its centre; layout words
+    ("moving left": starts at the right edge) need absolute, resolution-free positions."""
     attn_backend: str = "auto"
     """kernels.varlen_attention backend: auto, flash3, flash2, xformers, flex, sdpa, reference."""
     fused_impl: str = "auto"

@@ -34,6 +34,20 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     )
 
 
+FRAC_FREQS = 6
+
+
+def fractional_features(batch: PackedBatch) -> torch.Tensor:
+    """(N, 6·FRAC_FREQS) sin/cos features of each token's (t, h, w) patch centre as a fraction of
+    its sample's grid in (0, 1): the same for a 32x32 and a 96x64 clip's left edge."""
+    coords = batch.coords
+    grids = torch.tensor(batch.grids, dtype=torch.float32, device=coords.device)  # (B, 3)
+    frac = (coords.float() + 0.5) / grids[batch.sample_idx.long()]  # (N, 3)
+    freqs = math.pi * 2.0 ** torch.arange(FRAC_FREQS, dtype=torch.float32, device=coords.device)
+    args = frac[:, :, None] * freqs  # (N, 3, F)
+    return torch.cat([args.sin(), args.cos()], dim=-1).flatten(1)
+
+
 def segment_mean(x: torch.Tensor, cu: torch.Tensor, n: int) -> torch.Tensor:
     """(M, D) rows grouped by cu_seqlens -> (n, D) means; an empty group gives zeros."""
     lengths = (cu[1:] - cu[:-1]).long()
@@ -127,6 +141,7 @@ class DiT(nn.Module):
         depth, hidden, heads = cfg.dims
         self.hidden = hidden
         self.x_embed = nn.Linear(cfg.patch_dim, hidden)
+        self.pos_embed = nn.Linear(6 * FRAC_FREQS, hidden) if cfg.frac_pos else None
         self.t_embed = nn.Sequential(nn.Linear(256, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.text_embed = nn.Sequential(
             nn.Linear(cfg.text_dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, hidden)
@@ -160,6 +175,8 @@ class DiT(nn.Module):
         """tokens: (N, patch_dim) noisy packed patches; t: (B,) timesteps in [0, 1000].
         Returns (N, patch_dim) predictions (epsilon, v or velocity: the diffusion object decides)."""
         x = self.x_embed(tokens)  # (N, D)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(fractional_features(batch).to(x.dtype))
         text = self.text_embed(batch.text.to(x.dtype))  # (M, D)
         pooled = segment_mean(
             text, batch.cu_seqlens_k, batch.num_samples
