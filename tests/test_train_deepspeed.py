@@ -212,7 +212,10 @@ def test_refuses_to_overwrite_and_dry_run(latents: Path, baseline: tuple[Path, s
     )
     assert dry.returncode == 0, dry.stderr
     report = json.loads(dry.stdout[dry.stdout.index("\n{") :])
-    assert report["deepspeed"]["zero_optimization"]["stage"] == 3
+    zero = report["deepspeed"]["zero_optimization"]
+    assert zero["stage"] == 3
+    # Buckets sized to the model (a quarter of its parameters, at least 1M), not DeepSpeed's 500M.
+    assert zero["reduce_bucket_size"] == zero["stage3_max_live_parameters"] == 1_000_000
     assert report["parameters"] > 0 and report["packing"]["samples"] == 40
 
 

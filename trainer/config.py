@@ -90,10 +90,11 @@ class TrainConfig:
     """DeepSpeed ZeRO stage 0-3."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 on GPU, fp32 on CPU."""
-    bucket_elements: int = 500_000_000
+    bucket_elements: int = 0
     """Elements per ZeRO communication bucket (gradient reduce, all-gather, ZeRO-3 prefetch and
-    live parameters): smaller saves memory, larger overlaps communication better (DeepSpeed's
-    default)."""
+    live parameters). 0: a quarter of the model's parameters, between 1M and DeepSpeed's 500M
+    default; smaller saves memory, larger overlaps communication better. DeepSpeed allocates a
+    flat buffer of this size per rank, so its fixed 500M default costs a small model 2 GB."""
     offload_optimizer: bool = False
     """ZeRO-Offload of optimizer states to CPU (stage >= 1)."""
     activation_checkpointing: bool = False

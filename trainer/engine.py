@@ -79,15 +79,23 @@ def use_bf16(cfg: TrainConfig) -> bool:
     return cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available())
 
 
+def bucket_elements(cfg: TrainConfig, num_params: int) -> int:
+    if cfg.bucket_elements:
+        return cfg.bucket_elements
+    return int(min(500_000_000, max(1_000_000, num_params // 4)))
+
+
 def deepspeed_config(
-    cfg: TrainConfig, world_size: int, load_universal: bool = False
+    cfg: TrainConfig, world_size: int, num_params: int, load_universal: bool = False
 ) -> dict[str, Any]:
     """The DeepSpeed dict, generated from the typed config."""
     gas = cfg.data.microbatches_per_step // world_size
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
-    b = cfg.bucket_elements
+    b = bucket_elements(cfg, num_params)
+    if cfg.zero_stage >= 1:
+        zero |= {"reduce_bucket_size": b}
     if cfg.zero_stage in (1, 2):
-        zero |= {"reduce_bucket_size": b, "allgather_bucket_size": b}
+        zero |= {"allgather_bucket_size": b}
     if cfg.zero_stage >= 2:
         zero |= {"overlap_comm": False, "contiguous_gradients": True}
     if cfg.zero_stage == 3:

@@ -101,7 +101,7 @@ def dry_run(cfg: TrainConfig, seed: int, storage: Storage, world_size: int) -> d
     with torch.device("meta"):
         model = DiT(cfg.model)
     out: dict[str, Any] = {
-        "deepspeed": deepspeed_config(cfg, world_size),
+        "deepspeed": deepspeed_config(cfg, world_size, model.num_params()),
         "parameters": model.num_params(),
         "model": f"DiT-{cfg.model.size} {cfg.model.dims} patch {cfg.model.patch}",
         "attention_backend": str(
@@ -205,7 +205,9 @@ class Trainer:
         self.flops_model = model
         optimizer = build_optimizer(self.cfg, model)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg))
-        ds_cfg = deepspeed_config(self.cfg, self.d.world_size, load_universal=universal)
+        ds_cfg = deepspeed_config(
+            self.cfg, self.d.world_size, model.num_params(), load_universal=universal
+        )
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
         )
