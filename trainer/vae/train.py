@@ -95,24 +95,32 @@ def evaluate(
     return float(np.mean(scores))
 
 
+def _step_seed(cfg: VAETrainConfig, step: int) -> int:
+    return cfg.seed * 1_000_003 + step
+
+
+def _rank_slice(cfg: VAETrainConfig, rank: int, world: int) -> slice:
+    per = cfg.batch_size // world
+    return slice(rank * per, (rank + 1) * per)
+
+
 def step_batch(
     train: list[np.ndarray], cfg: VAETrainConfig, step: int, rank: int, world: int
 ) -> torch.Tensor:
     """This rank's slice of step `step`'s global batch of crops (the same for any world size)."""
-    rng = random.Random(cfg.seed * 1_000_003 + step)
-    per = cfg.batch_size // world
+    rng = random.Random(_step_seed(cfg, step))
     windows = [(train[rng.randrange(len(train))], rng.random()) for _ in range(cfg.batch_size)]
     return torch.stack(
-        [crop(c, cfg, random.Random(r)) for c, r in windows[rank * per : (rank + 1) * per]]
+        [crop(c, cfg, random.Random(r)) for c, r in windows[_rank_slice(cfg, rank, world)]]
     )
 
 
 def step_noise(
     cfg: VAETrainConfig, latent: tuple[int, ...], step: int, rank: int, world: int
 ) -> torch.Tensor:
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    per = cfg.batch_size // world
-    return torch.randn((cfg.batch_size, *latent), generator=g)[rank * per : (rank + 1) * per]
+    """This rank's slice of step `step`'s posterior noise."""
+    g = torch.Generator().manual_seed(_step_seed(cfg, step))
+    return torch.randn((cfg.batch_size, *latent), generator=g)[_rank_slice(cfg, rank, world)]
 
 
 def vae_loss(
