@@ -28,8 +28,6 @@ from infra.procs import free_port
 
 log = logging.getLogger(__name__)
 
-PASS_ENV = ("OMP_NUM_THREADS", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TORCH_EXTENSIONS_DIR")
-
 
 @dataclass
 class NodeLaunch:

@@ -133,6 +133,18 @@ class CheckpointStore:
                 shutil.rmtree(stale)
         return tag + PARTIAL
 
+    def write_engine(self, engine: Any, tag: str, rank: int) -> Path:
+        """Every rank writes its part of DeepSpeed's state for `tag` under `tag.partial/` (with
+        the client state a later universal conversion needs); returns that directory. Collective;
+        `publish` makes it the latest."""
+        partial = self.begin(tag) if rank == 0 else tag + PARTIAL
+        dist.barrier()
+        engine.save_checkpoint(
+            str(self.local), tag=partial, save_latest=False,
+            client_state={"universal_checkpoint_info": {}},
+        )  # fmt: skip
+        return self.local / partial
+
     def publish(self, tag: str, keep: int, local_rank: int) -> None:
         """After every rank wrote `tag.partial`: make it `tag`, then point `latest` at it.
         Collective (every rank calls it)."""

@@ -27,6 +27,7 @@ from safetensors.torch import save
 from infra.ray_cluster import local_work_dir, ray_session
 from infra.storage import Storage, StorageConfig, join
 from trainer.data.clips import decode_frames, iter_samples, list_shards
+from trainer.data.raw import latent_frames
 from trainer.text import TextEncoder, TextEncoderConfig
 from trainer.vae import CausalVAE
 from trainer.vae.config import EncodeConfig
@@ -112,7 +113,7 @@ def encode_shard(
             except (av.error.FFmpegError, ValueError) as e:  # recorded and skipped, never fatal
                 errors.append({"key": s["__key__"], "shard": clip_shard, "reason": f"decode: {e}"})
                 continue
-            t = 1 + 4 * ((frames.shape[0] - 1) // 4)
+            t = latent_frames(frames.shape[0], ecfg.max_frames, vae.cfg.time_stride)
             x = torch.from_numpy(frames[:t]).permute(3, 0, 1, 2).float()[None] / 127.5 - 1
             with torch.no_grad():
                 z = vae.encode_chunked(x, ecfg.chunk_latent_frames, tile=ecfg.tile or None)

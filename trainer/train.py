@@ -301,13 +301,7 @@ class Trainer:
 
     def save(self) -> None:
         tag = tag_for(self.step)
-        partial = self.ckpt.begin(tag) if self.d.rank == 0 else tag + ".partial"
-        dist.barrier()
-        self.engine.save_checkpoint(
-            str(self.ckpt.local), tag=partial, save_latest=False,
-            client_state={"universal_checkpoint_info": {}},
-        )  # fmt: skip
-        path = self.ckpt.local / partial
+        path = self.ckpt.write_engine(self.engine, tag, self.d.rank)
         save_rank_files(path, self.d.rank)
         marker = self.ckpt.local / f".killed-in-save-{self.step}"
         if os.environ.get("SPACETIME_KILL_IN_SAVE") == str(self.step) and not marker.exists():

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from infra.errors import JobError
 from infra.storage import Storage
-from trainer.checkpoint import PARTIAL, CheckpointStore, code_version, tag_for, write_state
+from trainer.checkpoint import CheckpointStore, code_version, tag_for, write_state
 from trainer.data.clips import decode_frames, iter_samples, list_shards
 from trainer.engine import DistInfo, distributed
 from trainer.vae.config import VAETrainConfig
@@ -242,15 +242,10 @@ def _checkpoint(
     history: list[dict[str, float]],
 ) -> None:  # fmt: skip
     tag = tag_for(step)
-    partial = store.begin(tag) if d.rank == 0 else tag + PARTIAL
-    dist.barrier()
-    engine.save_checkpoint(
-        str(store.local), tag=partial, save_latest=False,
-        client_state={"universal_checkpoint_info": {}},
-    )  # fmt: skip
+    path = store.write_engine(engine, tag, d.rank)
     if d.rank == 0:
         write_state(
-            store.local / partial,
+            path,
             {"step": step, "world_size": d.world_size, "zero_stage": cfg.zero_stage,
              "code_version": code_version(), "config": asdict(cfg), "history": history},
         )  # fmt: skip
