@@ -117,6 +117,7 @@ def trained_vae(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
 def quality_rows(vae_dir: Path, clips: Path, device: torch.device, name: str) -> list[str]:
     from infra.storage import Storage
     from trainer.data.clips import decode_frames, iter_samples, list_shards
+    from trainer.data.raw import latent_frames
     from trainer.vae.train import psnr
 
     vae = CausalVAE.from_pretrained(vae_dir).to(device).eval()
@@ -125,7 +126,7 @@ def quality_rows(vae_dir: Path, clips: Path, device: torch.device, name: str) ->
     for shard in list_shards(str(clips), Storage()):
         for s in iter_samples(shard, Storage()):
             f = decode_frames(s["mp4"], 33)
-            n = 1 + 4 * ((len(f) - 1) // 4)
+            n = latent_frames(len(f), len(f), vae.cfg.time_stride)
             x = torch.from_numpy(f[:n]).permute(3, 0, 1, 2)[None].float().to(device) / 127.5 - 1
             tile = 8 * ss  # smaller than every clip side, so tiling really happens
             with torch.no_grad():

@@ -8,8 +8,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 
 def can_make_namespaces() -> str | None:
@@ -62,3 +67,71 @@ def two_hosts() -> Iterator[TwoHosts]:
         yield hosts
     finally:
         hosts.down()
+
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def ray_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # a real cluster: not loopback-only
+    return env | (extra or {})
+
+
+@contextlib.contextmanager
+def ray_cluster(
+    hosts: TwoHosts,
+    log_dir: Path,
+    cpus: int = 1,
+    node_env: tuple[dict[str, str], dict[str, str]] = ({}, {}),
+) -> Iterator[str]:
+    """A real 2-node Ray cluster: the head on host 0, a worker on host 1, `cpus` CPU slots each,
+    `node_env[i]` in node i's environment (its workers inherit it). Yields the head's address once
+    both nodes are up; stops both afterwards."""
+    procs: list[subprocess.Popen] = []
+    temps = [tempfile.mkdtemp(prefix="st-rn-", dir="/tmp") for _ in range(2)]
+    head = f"{hosts.addr[0]}:6379"
+    common = [f"--num-cpus={cpus}", "--block", "--disable-usage-stats"]
+    starts = (
+        ["--head", "--port=6379", "--include-dashboard=false"],
+        [f"--address={head}"],
+    )
+    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        for i in range(2):
+            argv = [RAY, "start", *starts[i], f"--node-ip-address={hosts.addr[i]}",
+                    f"--temp-dir={temps[i]}", *common]  # fmt: skip
+            with open(log_dir / f"ray-node{i}.log", "w") as f:
+                procs.append(subprocess.Popen(
+                    hosts.cmd(i, argv), env=ray_env(node_env[i]), start_new_session=True,
+                    stdout=f, stderr=subprocess.STDOUT,
+                ))  # fmt: skip
+            if i == 0:
+                time.sleep(6)  # the worker's first connection attempt fails if the GCS is not up
+        deadline = time.monotonic() + 120
+        while True:
+            status = subprocess.run(
+                hosts.cmd(0, [RAY, "status", f"--address={head}"]),
+                env=ray_env(),
+                capture_output=True,
+                text=True,
+            )
+            if status.stdout.count("node_") >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        logs = "".join(p.read_text()[-2000:] for p in sorted(log_dir.glob("ray-node*.log")))
+        assert status.stdout.count("node_") >= 2, status.stdout + status.stderr + logs
+        yield head
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)

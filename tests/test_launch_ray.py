@@ -1,15 +1,17 @@
 """`spacetime launch --ray-address`: the training entry under Ray Train (TorchTrainer, gloo, one
-worker per CPU slot on a real local Ray cluster) trains the same losses as torchrun, and its
-checkpoint is continued by a torchrun launch."""
+worker per CPU slot) trains the same losses as torchrun, on a real local Ray cluster and on a real
+2-node cluster (two network namespaces); its checkpoint is continued by a torchrun launch."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.netns import can_make_namespaces, ray_cluster, ray_env, two_hosts
 from tests.test_train_deepspeed import _cmd, _history, _run, baseline, latents  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
@@ -33,3 +35,33 @@ def test_ray_train_matches_torchrun_and_resumes_under_torchrun(
     resumed = _run(_cmd(2, latents, tmp_path, "ray", 2, "--resume", str(step6)))
     assert "resumed from step-00000006" in resumed
     assert _history(tmp_path, "ray") == got
+
+
+@pytest.mark.root
+def test_ray_train_across_two_nodes_matches_torchrun(
+    latents: Path,  # noqa: F811
+    baseline: tuple[Path, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    reason = can_make_namespaces()
+    if reason:
+        pytest.fail(f"this test must run (CI runs as root): {reason}")
+    train = _cmd(1, latents, tmp_path, "ray2", 2)[3:]
+    with two_hosts() as hosts:
+        # One CPU slot per node, so the two workers land on different hosts; each node tells gloo
+        # its own interface, as a cluster's per-node environment would.
+        node_env = tuple({"GLOO_SOCKET_IFNAME": v, "OMP_NUM_THREADS": "1"} for v in hosts.veth)
+        with ray_cluster(hosts, tmp_path / "logs", node_env=node_env) as head:  # type: ignore[arg-type]
+            launch = [sys.executable, "-m", "infra.cli", "launch", "--ray-address", head,
+                      "--ray-storage", str(tmp_path / "ray"), "--nnodes", "2",
+                      "--nproc-per-node", "1", "--", *train]  # fmt: skip
+            env = ray_env()
+            for k in ("GLOO_SOCKET_IFNAME", "OMP_NUM_THREADS"):
+                env.pop(k, None)  # the driver's would override each node's own
+            r = subprocess.run(hosts.cmd(0, launch), env=env, capture_output=True, text=True,
+                               timeout=400)  # fmt: skip
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-4000:]
+    assert "Ray Train run finished" in log and "world 2" in log
+    got, ref = _history(tmp_path, "ray2"), _history(*baseline)
+    assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-4, atol=1e-6), (got, ref)
