@@ -33,9 +33,18 @@ def test_demo_tables_from_a_summary(tmp_path: Path) -> None:
     summary = {
         "stages": {"shard": {"clips": 3, "seconds": 1.5}, "train": {"steps": 9, "seconds": 20}},
         "seconds": 30.2,
-        "eval": {"colour": 0.5, "direction": 0.25, "shape": 1 / 3, "n": 4},
+        "eval": {
+            "colour": 0.5,
+            "direction": 0.75,
+            "shape": 1 / 3,
+            "n": 4,
+            "direction_chance": 0.25,
+            "held_out": {"n": 2, "colour": 1.0, "direction": 0.5, "shape": 0.0},
+        },
     }
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     out = demo_tables(tmp_path)
     assert "| shard | clips 3 | 1.5 |" in out and "| **total** | | **30.2** |" in out
-    assert "| colour | 50% | 17% |" in out and "| direction | 25% | 25% |" in out
+    assert "| colour | 50% | 100% | 17% | >= 90% (not met) |" in out
+    assert "| direction | 75% | 50% | 25% | >= 75% (met) |" in out
+    assert "| shape | 33% | 0% | 33% | none |" in out and "all 4 prompts | 2 held-out" in out
