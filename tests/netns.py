@@ -79,6 +79,10 @@ def ray_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # a real cluster: not loopback-only
+    # Ray 2.60 turns token auth on for a head that finds ~/.ray/auth_token (left by any earlier
+    # local ray.init) but not for a joining worker, which is then refused; the namespaces are
+    # private to the test, so one explicit mode for every process.
+    env["RAY_AUTH_MODE"] = "disabled"
     return env | (extra or {})
 
 
