@@ -197,6 +197,17 @@ def test_resume_on_fewer_ranks(latents: Path, baseline: tuple[Path, str], tmp_pa
     assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-4, atol=1e-6), (got, ref)
 
 
+def test_a_stale_extension_build_lock_does_not_hang_training(latents: Path, tmp_path: Path) -> None:
+    """torch's JIT-build lock is a bare file that a killed process leaves behind; a rank must not
+    wait on it (it did, forever, for DeepSpeed's shm allreduce op)."""
+    ext = tmp_path / "ext"
+    (ext / "deepspeed_shm_comm").mkdir(parents=True)
+    (ext / "deepspeed_shm_comm" / "lock").touch()
+    cmd = [*_cmd(1, latents, tmp_path, "lock", 2), "--set", "train.steps=2"]
+    _run(cmd, env={"TORCH_EXTENSIONS_DIR": str(ext)}, timeout=240)
+    assert len(_history(tmp_path, "lock")) == 2
+
+
 def test_refuses_to_overwrite_and_dry_run(latents: Path, baseline: tuple[Path, str]) -> None:
     out, name = baseline
     p = subprocess.run(

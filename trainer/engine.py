@@ -45,6 +45,12 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
+        # DeepSpeed JIT-builds its shared-memory allreduce op here, before joining the group, for
+        # tensor-parallel inference_all_reduce only: training never calls it. torch guards the
+        # build with a bare lock file, so a rank killed inside it (a fail-fast peer, kill -9 at
+        # start-up) left every later process on the machine waiting forever; it also cost a
+        # 23-56 s build on a fresh machine. Mark the op unavailable and DeepSpeed skips it.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(
             dist_backend="nccl" if cuda else "gloo",
             timeout=datetime.timedelta(seconds=timeout_s),
