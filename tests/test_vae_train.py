@@ -173,9 +173,10 @@ def test_demo_vae_reconstructs_the_moving_object(shards: Path, tmp_path: Path) -
             words = s["txt"].decode().split()
             expected.append({"colour": words[1], "shape": words[2], "direction": words[-1]})
     result = score(measured, expected)
-    # Measured: direction 96%, colour 54% after 300 steps (the 8x/L1 VAE: 0% and 0%, flat grey;
-    # the demo's 600 steps on 192 clips: colour 89%, direction 100%). Chance: 17% and 25%.
-    assert result["direction"] >= 0.9 and result["colour"] >= 0.4, result
+    # Measured after 300 steps: direction 96% and colour 54% on one machine, 83% and 88% on another
+    # (float results differ between CPUs, and training amplifies it); the 8x/L1 VAE: 0% and 0%,
+    # flat grey; the demo's 600 steps on 192 clips: colour 89%, direction 100%. Chance: 17%, 25%.
+    assert result["direction"] >= 0.75 and result["colour"] >= 0.4, result
 
 
 def test_train_vae_two_ranks_match_one_and_resume_on_one(shards: Path, tmp_path: Path) -> None:
