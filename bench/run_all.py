@@ -55,8 +55,8 @@ def cpu_model() -> str:
 
 @functools.cache
 def matmul_gflops() -> float:
-    """fp32 2048^2 matmul speed on every core: machines of the same name differ up to 3x here
-    (AVX-512 or not), which moves every time-budgeted result, so each block records it."""
+    """fp32 2048^2 matmul speed on every core: 2-core VMs given to this project have differed 3x
+    (333 vs 110 GFLOP/s), which moves every time-budgeted result, so each block records it."""
     import torch
 
     a = torch.randn(2048, 2048)
