@@ -42,7 +42,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
+@pytest.mark.skipif(sys.platform != "linux", reason="reads process states from /proc (Linux)")
 def test_child_dies_with_a_killed_worker() -> None:
     """A SIGKILLed owner (Ray stopping its workers) leaves no decoding child behind."""
     owner = subprocess.Popen(
