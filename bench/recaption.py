@@ -24,13 +24,17 @@ sys.path.insert(0, str(ROOT))
 def clip_frames(n: int, frames: int) -> list[dict]:  # type: ignore[type-arg]
     from data_pipeline.config import ShardConfig
     from data_pipeline.job import run_shard
+    from infra.shards import iter_samples, list_shards
     from infra.storage import Storage, StorageConfig
     from recaption.frames import sample_frames
-    from trainer.data.clips import iter_samples, list_shards
 
     out = Path(tempfile.mkdtemp()) / "clips"
-    run_shard(str(ROOT.parent / "shared" / "data" / "videos"), str(out),
-              ShardConfig(max_pixels=224 * 128), StorageConfig())  # fmt: skip
+    run_shard(
+        str(ROOT.parent / "shared" / "data" / "videos"),
+        str(out),
+        ShardConfig(max_pixels=224 * 128),
+        StorageConfig(),
+    )
     items = []
     for shard in list_shards(str(out), Storage()):
         for s in iter_samples(shard, Storage()):
@@ -67,8 +71,15 @@ def main() -> None:
         build_llava(Path(model))
     rows = []
     for b in [int(x) for x in args.batches.split(",")]:
-        cap = HFCaptioner(RecaptionConfig(backend="hf", model=model, max_new_tokens=args.max_new_tokens,
-                                          dtype=args.dtype, batch_size=b))  # fmt: skip
+        cap = HFCaptioner(
+            RecaptionConfig(
+                backend="hf",
+                model=model,
+                max_new_tokens=args.max_new_tokens,
+                dtype=args.dtype,
+                batch_size=b,
+            )
+        )
         cap.caption(items[:b])  # warm-up
         t0 = time.perf_counter()
         for i in range(0, len(items), b):
@@ -76,8 +87,10 @@ def main() -> None:
         dt = time.perf_counter() - t0
         rows.append((b, len(items) / dt, len(items) * args.max_new_tokens / dt))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU, 2 threads"
-    print(f"\nhf captioner, {Path(model).name}, {args.frames} frames/clip, {args.clips} clips, "
-          f"{args.max_new_tokens} new tokens, {device}\n")  # fmt: skip
+    print(
+        f"\nhf captioner, {Path(model).name}, {args.frames} frames/clip, {args.clips} clips, "
+        f"{args.max_new_tokens} new tokens, {device}\n"
+    )
     print("| batch | clips/s | generated tokens/s | vs batch 1 |\n|---|---|---|---|")
     for b, cps, tps in rows:
         print(f"| {b} | {cps:.2f} | {tps:.0f} | {cps / rows[0][1]:.2f}x |")

@@ -146,9 +146,11 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="comma-separated benchmark names")
     ap.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument(
-        "--workdir", default="", help="keep every benchmark's files and logs here (default: a "
-        "temporary directory, removed at the end)"
-    )  # fmt: skip
+        "--workdir",
+        default="",
+        help="keep every benchmark's files and logs here (default: a "
+        "temporary directory, removed at the end)",
+    )
     args = ap.parse_args()
     names = [n for n in (args.only.split(",") if args.only else BENCHES) if n]
     unknown = (set(names) | set(filter(None, args.skip.split(",")))) - set(BENCHES)
@@ -176,8 +178,10 @@ def main() -> int:
             text = replace_block(text, name, block(name, body, took))
             out.write_text(text)  # after each benchmark, so a later failure loses nothing
             print(f"  done in {took:.0f} s", flush=True)
-    print(f"run_all: {len(names) - len(failed)}/{len(names)} benchmarks written to {out}"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))  # fmt: skip
+    print(
+        f"run_all: {len(names) - len(failed)}/{len(names)} benchmarks written to {out}"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

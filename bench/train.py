@@ -53,13 +53,20 @@ def _config(latents: Path, out: Path, size: str, stage: int, steps: int) -> obje
         get_preset("tiny"),
         None,
         [
-            f"train.data.latents={latents}", f"run.output_dir={out}", "run.name=bench",
-            f"train.model.size={SIZES[size]}", f"train.zero_stage={stage}", f"train.steps={steps}",
-            "train.data.token_budget=1024", "train.data.microbatches_per_step=2",
-            f"train.checkpoint_every={10**6}", f"train.log_every={10**6}", "train.ema_decay=0.0",
+            f"train.data.latents={latents}",
+            f"run.output_dir={out}",
+            "run.name=bench",
+            f"train.model.size={SIZES[size]}",
+            f"train.zero_stage={stage}",
+            f"train.steps={steps}",
+            "train.data.token_budget=1024",
+            "train.data.microbatches_per_step=2",
+            f"train.checkpoint_every={10**6}",
+            f"train.log_every={10**6}",
+            "train.ema_decay=0.0",
             f"train.data.workers={os.environ.get('BENCH_WORKERS', '0')}",
         ],
-    )  # fmt: skip
+    )
 
 
 def loader_and_mfu(steps: int, size: str) -> dict[str, float]:
@@ -143,11 +150,25 @@ def memory(size: str) -> dict[int, tuple[float, float]]:
         make_latents(Path(tmp) / "lat", 64)
         for stage in (0, 1, 2, 3):
             cmd = [
-                sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-addr", "127.0.0.1", "--master-port", str(29600 + stage),
-                __file__, "--memory-worker", str(stage), "--size", size, "--latents",
-                str(Path(tmp) / "lat"), "--out", tmp,
-            ]  # fmt: skip
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc-per-node",
+                "2",
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                str(29600 + stage),
+                __file__,
+                "--memory-worker",
+                str(stage),
+                "--size",
+                size,
+                "--latents",
+                str(Path(tmp) / "lat"),
+                "--out",
+                tmp,
+            ]
             env = dict(os.environ, OMP_NUM_THREADS="1")
             env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
             p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)

@@ -115,8 +115,9 @@ def trained_vae(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
 
 
 def quality_rows(vae_dir: Path, clips: Path, device: torch.device, name: str) -> list[str]:
+    from infra.shards import iter_samples, list_shards
     from infra.storage import Storage
-    from trainer.data.clips import decode_frames, iter_samples, list_shards
+    from trainer.data.clips import decode_frames
     from trainer.data.raw import latent_frames
     from trainer.vae.train import psnr
 

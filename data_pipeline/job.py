@@ -9,7 +9,6 @@ killed job resumes: staged sources are not processed again and published shards 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -22,53 +21,80 @@ from typing import Any
 from tqdm import tqdm
 
 from data_pipeline.config import ShardConfig
-from data_pipeline.process import load_record, process_source
-from data_pipeline.shards import Shard, ShardPlanner, write_shard
+from data_pipeline.process import load_record, process_source, staged_paths
+from data_pipeline.shards import PlanLog, Shard, ShardPlanner, next_index, write_shard
 from data_pipeline.sources import Source, list_sources
 from infra.errors import JobError
+from infra.provenance import check_or_record
 from infra.ray_cluster import local_work_dir, ray_session
-from infra.storage import Storage, StorageConfig, join
+from infra.shards import CLIPS, is_shard_name
+from infra.storage import Storage, StorageConfig, StorageError, join, normalize, relative_to
 
 log = logging.getLogger(__name__)
 
 OUTPUT_FILES = ("manifest.parquet", "errors.jsonl", "summary.json")
 # Settings that change what is written; the others (parallelism, timeouts) may differ on a rerun.
-_NOT_IN_FINGERPRINT = {"num_workers", "file_timeout_s"}
+_NOT_RECORDED = {"num_workers", "file_timeout_s"}
 
 
-def _fingerprint(input_uri: str, cfg: ShardConfig) -> str:
-    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
-    return hashlib.sha256(
-        json.dumps({"input": input_uri, "config": d}, sort_keys=True).encode()
-    ).hexdigest()[:16]
+def _settings(input_uri: str, cfg: ShardConfig) -> dict[str, Any]:
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_RECORDED}
+    return {"input": input_uri, "shard": d}
 
 
 def _process_row(
     row: dict[str, Any], cfg: dict[str, Any], storage: dict[str, Any], staging: str
 ) -> dict[str, Any]:
     """Ray Data UDF: one source row in, one record row out (as JSON, to keep the schema flat)."""
-    source = Source(uri=row["uri"], rel=row["rel"], caption=row.get("caption"))
+    source = Source(row["uri"], row["rel"], row.get("caption"), version=row["version"])
     record = process_source(source, ShardConfig(**cfg), Storage(StorageConfig(**storage)), staging)
     import ray
 
-    return {
-        "source_id": source.source_id,
-        "record": json.dumps(record),
-        "node": ray.util.get_node_ip_address(),
-    }
+    return {"pos": row["pos"], "record": json.dumps(record), "node": ray.util.get_node_ip_address()}
 
 
 def clean_output(storage: Storage, output: str) -> None:
     """Removes what a previous run wrote (and only that)."""
     for uri in storage.list(output):
-        name = uri[len(output.rstrip("/")) + 1 :]
-        if (
-            name in OUTPUT_FILES
-            or name.startswith("_work/")
-            or re.fullmatch(r"clips-\d{6}\.tar", name)
-        ):
+        name = relative_to(output, uri)
+        if name in OUTPUT_FILES or is_shard_name(name, CLIPS):
             storage.delete(uri)
     storage.delete_prefix(join(output, "_work"))
+
+
+def _staged_state(
+    storage: Storage, staging: str, sources: list[Source], placed: set[str], retry_failed: bool
+) -> tuple[dict[int, dict[str, Any]], list[int]]:
+    """Records a rerun can reuse (by source position) and the positions still to process. Stops
+    on an input that changed or vanished after its clips were made: its old clips are in shards
+    that are never rewritten."""
+    reuse: dict[int, dict[str, Any]] = {}
+    changed: list[str] = []
+    for i, src in enumerate(sources):
+        rec = load_record(storage, staging, src.source_id)
+        if rec is None or (rec["error"] and retry_failed):
+            continue
+        if rec["clips"] and rec.get("version", "") != src.version:
+            changed.append(f"{src.rel} (changed)")
+        # Clips that are neither published nor staged any more cannot be placed: redo the source.
+        if all(c["key"] in placed for c in rec["clips"]) or storage.exists(
+            staged_paths(staging, src.source_id)[0]
+        ):
+            reuse[i] = rec
+    current = {s.source_id for s in sources}
+    for uri in storage.list(staging, suffix=".json"):
+        sid = relative_to(staging, uri)[: -len(".json")]
+        if sid not in current:
+            rec = load_record(storage, staging, sid)
+            if rec and rec["clips"] and any(c["key"] in placed for c in rec["clips"]):
+                changed.append(f"{rec['rel']} (gone)")
+    if changed:
+        raise JobError(
+            f"{len(changed)} input(s) changed since their clips were sharded: "
+            f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}; "
+            "rerun with --overwrite to start over"
+        )
+    return reuse, [i for i in range(len(sources)) if i not in reuse]
 
 
 def run_shard(
@@ -78,129 +104,149 @@ def run_shard(
     storage_cfg: StorageConfig,
     ray_address: str | None = None,
     overwrite: bool = False,
+    retry_failed: bool = True,
 ) -> dict[str, Any]:
+    """Shards `input_uri` into `output`. A rerun resumes: finished sources and published shards
+    are kept, failed sources are tried again (unless `retry_failed` is off), new inputs are added.
+    Raises JobError when no source gave a clip (after writing errors.jsonl and summary.json)."""
     t0 = time.monotonic()
+    input_uri, output = normalize(input_uri), normalize(output)
     storage = Storage(storage_cfg)
     work = join(output, "_work")
     staging = join(work, "staging")
     if overwrite:
         clean_output(storage, output)
-    sources = list_sources(input_uri, storage, cfg.extensions)
+    listing = list_sources(input_uri, storage, cfg.extensions)
+    sources = listing.sources
+    if listing.ignored:
+        log.info(
+            "shard: ignored %d files by extension (%s)",
+            sum(listing.ignored.values()),
+            ", ".join(f"{n} {e}" for e, n in sorted(listing.ignored.items())),
+        )
     if not sources:
         raise JobError(
             f"{input_uri}: no input videos found (extensions: {', '.join(cfg.extensions) or 'any'})"
         )
-    fp = _fingerprint(input_uri, cfg)
-    job_uri = join(work, "job.json")
     try:
-        if storage.exists(job_uri):
-            prev = json.loads(storage.read_text(job_uri))
-            if prev.get("fingerprint") != fp:
-                raise JobError(
-                    f"{output} holds output of a different input or config ({prev.get('input')}); "
-                    "rerun with --overwrite to start over"
-                )
-        else:
-            storage.write_text(
-                job_uri,
-                json.dumps(
-                    {"input": input_uri, "fingerprint": fp, "config": dataclasses.asdict(cfg)},
-                    indent=2,
-                ),
-            )
-    except (OSError, RuntimeError) as e:
-        if isinstance(e, JobError):
-            raise
+        check_or_record(
+            storage, join(work, "job.json"), _settings(input_uri, cfg), output, "--overwrite"
+        )
+    except (OSError, StorageError) as e:
         raise JobError(f"{output}: output is not writable: {e}") from None
-
-    resumed = sum(1 for s in sources if load_record(storage, staging, s.source_id) is not None)
+    plan_log = PlanLog(storage, output, work)
+    published = plan_log.load()
+    shard_of = {key: name for name, entries in published.items() for _, key in entries}
+    waiting, todo = _staged_state(storage, staging, sources, set(shard_of), retry_failed)
     log.info(
-        "shard: %d sources from %s (%d already staged) -> %s",
+        "shard: %d sources from %s (%d already staged, %d to process), %d shards published -> %s",
         len(sources),
         input_uri,
-        resumed,
+        len(waiting),
+        len(todo),
+        len(published),
         output,
     )
 
     records: list[dict[str, Any]] = []
-    planner = ShardPlanner(cfg.shard_max_bytes, cfg.shard_max_clips)
-    shards: list[str] = []
-    shard_of: dict[str, str] = {}
+    planner = ShardPlanner(cfg.shard_max_bytes, cfg.shard_max_clips, next_index(published))
     counts: Counter[str] = Counter()
     nodes: set[str] = set()
 
     def publish(shard_list: list[Shard]) -> None:
         for shard in shard_list:
-            uri = join(output, shard.name)
-            if not storage.exists(uri):  # published shards are whole; a rerun leaves them be
-                try:
-                    write_shard(shard, storage, staging, output)
-                except FileNotFoundError as e:
-                    raise JobError(
-                        f"{uri} is missing and its staged clips are gone ({e}); rerun with --overwrite"
-                    ) from None
-            shards.append(uri)
+            plan_log.write(shard)  # the intent first: a tar on disk is always in the log
+            try:
+                write_shard(shard, storage, staging, output)
+            except FileNotFoundError as e:
+                raise JobError(
+                    f"{join(output, shard.name)} cannot be written: its staged clips are gone "
+                    f"({e}); rerun with --overwrite"
+                ) from None
             shard_of.update((key, shard.name) for _, key in shard.entries)
 
-    with ray_session(ray_address, local_work_dir(output)) as resources:
-        import ray
+    def drain() -> None:
+        # Shards follow source order, whatever order the workers finish in.
+        while len(records) in waiting:
+            rec = waiting.pop(len(records))
+            records.append(rec)
+            publish(planner.add(rec, shard_of.keys()))
 
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        # Biggest inputs first (longest-processing-time-first) so no worker is left with a long
-        # file at the end; results are put back in source order below.
-        by_size = sorted(sources, key=lambda s: -s.size)
-        items = [{"uri": s.uri, "rel": s.rel, "caption": s.caption} for s in by_size]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        workers = cfg.num_workers or max(1, int(resources.get("CPU", 1)))
-        ds = ds.map(
-            _process_row,
-            fn_kwargs={
-                "cfg": dataclasses.asdict(cfg),
-                "storage": dataclasses.asdict(storage_cfg),
-                "staging": staging,
-            },
-            num_cpus=1,
-            compute=ray.data.TaskPoolStrategy(size=workers),
-        )
-        # On a terminal the bar redraws in place; in a log file, a line every 10 s is enough.
-        bar = tqdm(
-            total=len(sources),
-            desc="shard",
-            unit="video",
-            mininterval=0.5 if sys.stderr.isatty() else 10,
-        )
-        position = {s.rel: i for i, s in enumerate(sources)}
-        waiting: dict[int, dict[str, Any]] = {}
-        for row in ds.iter_rows():
-            rec = json.loads(row["record"])
-            nodes.add(row["node"])
-            counts["clips"] += len(rec["clips"])
-            counts["errors"] += rec["error"] is not None
-            waiting[position[rec["rel"]]] = rec
-            # Shards follow source order, whatever order the workers finish in.
-            while len(records) in waiting:
-                rec = waiting.pop(len(records))
-                records.append(rec)
-                publish(planner.add(rec))
-            bar.update(1)
-            bar.set_postfix(clips=counts["clips"], errors=counts["errors"], shards=len(shards))
-        bar.close()
+    drain()
+    if todo:
+        with ray_session(ray_address, local_work_dir(output)) as resources:
+            import ray
+
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            # Biggest inputs first (longest-processing-time-first) so no worker is left with a
+            # long file at the end; results are put back in source order by drain().
+            items = [
+                {"pos": i, "uri": s.uri, "rel": s.rel, "caption": s.caption, "version": s.version}
+                for i, s in sorted(((i, sources[i]) for i in todo), key=lambda p: -p[1].size)
+            ]
+            ds = ray.data.from_items(items, override_num_blocks=len(items))
+            workers = cfg.num_workers or max(1, int(resources.get("CPU", 1)))
+            ds = ds.map(
+                _process_row,
+                fn_kwargs={
+                    "cfg": dataclasses.asdict(cfg),
+                    "storage": dataclasses.asdict(storage_cfg),
+                    "staging": staging,
+                },
+                num_cpus=1,
+                compute=ray.data.TaskPoolStrategy(size=workers),
+            )
+            # On a terminal the bar redraws in place; in a log file, a line every 10 s is enough.
+            bar = tqdm(
+                total=len(todo),
+                desc="shard",
+                unit="video",
+                mininterval=0.5 if sys.stderr.isatty() else 10,
+            )
+            for row in ds.iter_rows():
+                rec = json.loads(row["record"])
+                nodes.add(row["node"])
+                counts["clips"] += len(rec["clips"])
+                counts["errors"] += rec["error"] is not None
+                waiting[row["pos"]] = rec
+                drain()
+                bar.update(1)
+                bar.set_postfix(
+                    clips=counts["clips"],
+                    errors=counts["errors"],
+                    shards=len(set(shard_of.values())),
+                )
+            bar.close()
     last = planner.finish()
     publish([last] if last else [])
+    unplaced = [c["key"] for r in records for c in r["clips"] if c["key"] not in shard_of]
+    if len(records) != len(sources) or unplaced:
+        raise JobError(
+            f"{output}: {len(sources) - len(records)} sources without a result and "
+            f"{len(unplaced)} clips without a shard; nothing was lost on disk (_work/), but the "
+            "manifest cannot be written. This is a bug: please report it."
+        )
     # The shards now hold the clips; keep only the small per-source records (a rerun reads them).
     for uri in storage.list(staging, suffix=".tar"):
         storage.delete(uri)
 
-    summary = _write_tables(storage, output, records, shards, shard_of)
+    summary = write_tables(storage, output, records, shard_of)
     summary.update(
         input=input_uri,
         output=output,
-        resumed_sources=resumed,
+        resumed_sources=len(sources) - len(todo),
+        processed_sources=len(todo),
+        ignored_files=sum(listing.ignored.values()),
+        ignored_by_extension=listing.ignored,
         nodes=sorted(nodes),
         wall_s=round(time.monotonic() - t0, 2),
     )
     storage.write_text(join(output, "summary.json"), json.dumps(summary, indent=2, sort_keys=True))
+    if summary["sources_with_clips"] == 0:
+        raise JobError(
+            f"shard: none of the {summary['sources']} inputs gave a clip "
+            f"({summary['errors_by_reason']}); see {join(output, 'errors.jsonl')}"
+        )
     return summary
 
 
@@ -209,13 +255,10 @@ def _reason_class(err: dict[str, str]) -> str:
     return f"{err['stage']}: {re.sub(r'[0-9]+', 'N', head)}"
 
 
-def _write_tables(
-    storage: Storage,
-    output: str,
-    records: list[dict[str, Any]],
-    shards: list[str],
-    shard_of: dict[str, str],
+def write_tables(
+    storage: Storage, output: str, records: list[dict[str, Any]], shard_of: dict[str, str]
 ) -> dict[str, Any]:
+    """manifest.parquet and errors.jsonl from the records; returns the summary's counts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -224,8 +267,23 @@ def _write_tables(
         for rec in records
         for c in rec["clips"]
     ]
-    columns = ["key", "shard", "frames", "fps", "height", "width", "seconds", "source", "sha256",
-               "source_id", "scene", "clip", "start_s", "end_s", "bytes"]  # fmt: skip
+    columns = [
+        "key",
+        "shard",
+        "frames",
+        "fps",
+        "height",
+        "width",
+        "seconds",
+        "source",
+        "sha256",
+        "source_id",
+        "scene",
+        "clip",
+        "start_s",
+        "end_s",
+        "bytes",
+    ]
     table = pa.table(
         {col: [shard_of[r["key"]] if col == "shard" else r[col] for r in rows] for col in columns}
     )
@@ -270,6 +328,6 @@ def _write_tables(
         "clips_dropped": dict(dropped),
         "seconds_in": round(sum(r["seconds_in"] for r in records), 3),
         "seconds_out": round(sum(c["seconds"] for c in rows), 3),
-        "shards": len(shards),
+        "shards": len(set(shard_of.values())),
         "bytes_out": sum(c["bytes"] for c in rows),
     }

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import tempfile
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-import webdataset as wds
 
 from data_pipeline.clips import encode_clips
 from data_pipeline.config import ShardConfig
@@ -28,6 +26,7 @@ from data_pipeline.isolate import Overrun, run_isolated
 from data_pipeline.probe import InputError, Probe, output_size, probe
 from data_pipeline.scenes import analyse, find_scenes, plan_clips
 from data_pipeline.sources import Source
+from infra.shards import iter_samples, write_samples
 from infra.storage import Storage, is_s3, join
 
 log = logging.getLogger(__name__)
@@ -41,23 +40,28 @@ def staged_paths(staging: str, source_id: str) -> tuple[str, str]:
 
 
 def load_record(storage: Storage, staging: str, source_id: str) -> dict[str, Any] | None:
+    """The staged record of one source, or None if it has none (or only an unreadable one)."""
     _, rec = staged_paths(staging, source_id)
-    if not storage.exists(rec):
+    try:
+        record = json.loads(storage.read_text(rec))
+    except FileNotFoundError:
         return None
-    return json.loads(storage.read_text(rec))
+    except json.JSONDecodeError:
+        log.warning("%s: unreadable staged record; the source is processed again", rec)
+        return None
+    if record.get("error"):
+        record["clips"] = []  # an error row has no clips (records of older versions might)
+    return record
 
 
 def process_source(
     source: Source, cfg: ShardConfig, storage: Storage, staging: str, isolate: bool = True
 ) -> dict[str, Any]:
-    """Processes one source (or returns its staged record if a previous run finished it).
+    """Processes one source and stages its result (the caller decides whether it needs it).
 
     With `isolate`, the work runs in a child process under a hard time limit, so a file that hangs
     or crashes FFmpeg costs only its own record.
     """
-    done = load_record(storage, staging, source.source_id)
-    if done is not None:
-        return done
     if not isolate:
         return stage_source(source, cfg, storage, staging)
     t0 = time.monotonic()
@@ -80,6 +84,7 @@ def _new_record(source: Source) -> dict[str, Any]:
         "source": source.uri,
         "rel": source.rel,
         "source_id": source.source_id,
+        "version": source.version,
         "caption": source.caption,
         "error": None,
         "probe": None,
@@ -107,17 +112,17 @@ def stage_source(
         log.exception("%s: unexpected failure", source.uri)
         record["error"] = {"stage": "internal", "reason": f"{type(e).__name__}: {e}"}
         samples = []
+    if record["error"] is not None:
+        # Never half a source: clips encoded before a failure (a timeout at the second clip) are
+        # not staged, so the record must not list them either.
+        record["clips"] = []
     if not samples and record["error"] is None:
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(record["dropped"].items())) or "no scenes"
         record["error"] = {"stage": "filter", "reason": f"no clips kept ({reasons})"}
     record["elapsed_s"] = round(time.monotonic() - t0, 3)
     tar_uri, rec_uri = staged_paths(staging, source.source_id)
     if samples:
-        with storage.atomic_writer(tar_uri) as tmp, open(tmp, "wb") as f:
-            writer = wds.TarWriter(f, mtime=0, user="", group="")
-            for s in samples:
-                writer.write(s)
-            writer.close()
+        write_samples(tar_uri, samples, storage)
     storage.write_text(rec_uri, json.dumps(record, sort_keys=True))  # written last: the done-marker
     return record
 
@@ -237,14 +242,5 @@ def read_staged_samples(
     storage: Storage, staging: str, source_id: str
 ) -> dict[str, dict[str, bytes]]:
     """The staged samples of one source, by key: {key: {ext: bytes}}."""
-    import tarfile
-
     tar_uri, _ = staged_paths(staging, source_id)
-    out: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(tar_uri))) as tf:
-        for m in tf.getmembers():
-            key, ext = m.name.split(".", 1)
-            f = tf.extractfile(m)
-            assert f is not None
-            out.setdefault(key, {})[ext] = f.read()
-    return out
+    return {s.pop("__key__"): s for s in iter_samples(tar_uri, storage)}

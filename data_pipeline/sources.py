@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import posixpath
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.storage import Storage, is_s3, join
+from infra.storage import Storage, is_s3, join, normalize, relative_to
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
 
@@ -25,6 +27,8 @@ class Source:
     """Caption from the manifest, if any."""
     size: int = 0
     """Bytes, where the listing knows it (big inputs are scheduled first)."""
+    version: str = ""
+    """What changes with the content (mtime or ETag), where the listing knows it."""
 
     @property
     def source_id(self) -> str:
@@ -39,25 +43,50 @@ def source_id(rel: str) -> str:
     return f"{stem}-{digest}"
 
 
-def list_sources(input_uri: str, storage: Storage, extensions: list[str]) -> list[Source]:
-    """All inputs, sorted by relative path so every run sees them in the same order."""
+@dataclass
+class Listing:
+    sources: list[Source]
+    """The inputs, sorted by relative path."""
+    ignored: dict[str, int]
+    """Files of a folder or prefix left out for their extension: count per extension."""
+
+
+def list_sources(input_uri: str, storage: Storage, extensions: list[str]) -> Listing:
+    """All inputs, sorted by relative path so every run sees them in the same order. Each is named
+    by its path relative to the input root (never its bare file name: camera folders all hold a
+    0001.mp4), however the root is spelled."""
     if input_uri.lower().endswith(MANIFEST_SUFFIXES):
-        return _from_manifest(input_uri, storage)
-    listing = storage.list_with_sizes(input_uri)
+        return Listing(_from_manifest(input_uri, storage), {})
+    listing = storage.list_entries(input_uri)
     if not listing and not storage.exists(input_uri):
         raise FileNotFoundError(f"{input_uri}: input folder or prefix not found or empty")
     exts = tuple(e.lower() for e in extensions)
-    root = input_uri.rstrip("/")
     out = []
-    for uri, size in listing:
-        rel = uri[len(root) :].lstrip("/") if uri.startswith(root) else uri.rsplit("/", 1)[-1]
-        rel = rel or uri.rsplit("/", 1)[-1]
+    ignored: Counter[str] = Counter()
+    for entry in listing:
+        try:
+            rel = relative_to(input_uri, entry.uri)
+        except ValueError:  # the input is the file itself
+            rel = entry.uri.rsplit("/", 1)[-1]
         if any(part.startswith(".") for part in rel.split("/")):
             continue  # hidden files and our own temporaries
         if exts and not rel.lower().endswith(exts):
+            ext = rel.rsplit("/", 1)[-1].rpartition(".")[2].lower()
+            ignored["." + ext if ext != rel.rsplit("/", 1)[-1].lower() else "(none)"] += 1
             continue
-        out.append(Source(uri=uri, rel=rel, size=size))
-    return sorted(out, key=lambda s: s.rel)
+        out.append(Source(uri=entry.uri, rel=rel, size=entry.size, version=entry.version))
+    return Listing(_checked(sorted(out, key=lambda s: s.rel), input_uri), dict(ignored))
+
+
+def _checked(sources: list[Source], where: str) -> list[Source]:
+    """Refuses inputs that would share a name or a key: each one must be placed exactly once."""
+    seen: dict[str, str] = {}
+    for s in sources:
+        for name in (s.rel, s.source_id):
+            if name in seen:
+                raise ValueError(f"{where}: two inputs map to {name!r}: {seen[name]} and {s.uri}")
+            seen[name] = s.uri
+    return sources
 
 
 def _from_manifest(uri: str, storage: Storage) -> list[Source]:
@@ -92,12 +121,12 @@ def _from_manifest(uri: str, storage: Storage) -> list[Source]:
         if not p:
             raise ValueError(f"{uri}: row {i} has an empty path")
         p = str(p)
-        full = p if (is_s3(p) or p.startswith("/")) else join(base, p)
-        size = Path(full).stat().st_size if not is_s3(full) and Path(full).is_file() else 0
-        out.append(Source(uri=full, rel=p, caption=None if cap is None else str(cap), size=size))
-    seen = set()
-    for s in out:
-        if s.rel in seen:
-            raise ValueError(f"{uri}: path listed twice: {s.rel}")
-        seen.add(s.rel)
-    return sorted(out, key=lambda s: s.rel)
+        full = p if (is_s3(p) or p.startswith("/")) else normalize(join(base, p))
+        # Rows name the same file however they spell it (`a/x.mp4`, `./a/x.mp4`).
+        rel = p if is_s3(p) else posixpath.normpath(p)
+        size, version = 0, ""
+        if not is_s3(full) and Path(full).is_file():
+            st = Path(full).stat()
+            size, version = st.st_size, str(st.st_mtime_ns)
+        out.append(Source(full, rel, None if cap is None else str(cap), size=size, version=version))
+    return _checked(sorted(out, key=lambda s: s.rel), uri)

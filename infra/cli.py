@@ -65,12 +65,28 @@ def cmd_shard(args: argparse.Namespace) -> int:
     from data_pipeline.job import run_shard
 
     cfg = resolve_config(args)
-    s = run_shard(args.input, args.output, cfg.shard, cfg.storage, args.ray_address, args.overwrite)
+    s = run_shard(
+        args.input,
+        args.output,
+        cfg.shard,
+        cfg.storage,
+        args.ray_address,
+        args.overwrite,
+        retry_failed=not args.skip_failed,
+    )
     log.info(
-        "shard: %d videos -> %d clips (%.1fs of %.1fs source video) in %d shards; %d errors %s; %.1fs",
-        s["sources"], s["clips"], s["seconds_out"], s["seconds_in"], s["shards"], s["errors"],
-        s["errors_by_reason"] or "", s["wall_s"],
-    )  # fmt: skip
+        "shard: %d videos -> %d clips (%.1fs of %.1fs source video) in %d shards; %d errors %s; "
+        "%d files ignored by extension; %.1fs",
+        s["sources"],
+        s["clips"],
+        s["seconds_out"],
+        s["seconds_in"],
+        s["shards"],
+        s["errors"],
+        s["errors_by_reason"] or "",
+        s["ignored_files"],
+        s["wall_s"],
+    )
     return 0
 
 
@@ -82,7 +98,15 @@ def cmd_recaption(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             setattr(cfg.recaption, name, getattr(args, name))
     cfg.recaption.validate()
-    run_recaption(args.shards, args.output, cfg.recaption, cfg.storage, args.ray_address)
+    run_recaption(
+        args.shards,
+        args.output,
+        cfg.recaption,
+        cfg.storage,
+        args.ray_address,
+        retry_failed=not args.skip_failed,
+        overwrite=args.overwrite,
+    )
     return 0
 
 
@@ -110,6 +134,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         cfg.storage,
         args.ray_address,
         captions=args.captions,
+        overwrite=args.overwrite,
     )
     return 0
 
@@ -159,9 +184,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
             setattr(cfg.sample, name, getattr(args, name))
     cfg.sample.validate()
     run_sample(
-        args.checkpoint, args.vae, args.prompt, args.output, cfg.sample,
-        text_encoder=args.text_encoder, inputs=args.input, upsample=args.upsample,
-    )  # fmt: skip
+        args.checkpoint,
+        args.vae,
+        args.prompt,
+        args.output,
+        cfg.sample,
+        text_encoder=args.text_encoder,
+        inputs=args.input,
+        upsample=args.upsample,
+    )
     return 0
 
 
@@ -204,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray-address", default=None, help="existing Ray cluster (default: start a local one)"
     )
     p.add_argument("--overwrite", action="store_true", help="delete existing output and start over")
+    p.add_argument(
+        "--skip-failed",
+        action="store_true",
+        help="on a rerun, keep inputs that failed before as errors instead of trying them again",
+    )
     _add_config_args(p)
 
     p = add("recaption", "write detailed captions for every clip with a VLM", cmd_recaption)
@@ -217,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="local model directory (hf, vllm)")
     p.add_argument("--prompt", default=None, help="prompt template name (detailed, short)")
     p.add_argument("--ray-address", default=None)
+    p.add_argument("--overwrite", action="store_true", help="delete the caption set, start over")
+    p.add_argument(
+        "--skip-failed",
+        action="store_true",
+        help="on a rerun, keep failed captions instead of captioning those clips again",
+    )
     _add_config_args(p)
 
     p = add("train-vae", "train the causal 3D spacetime VAE on clip shards", cmd_train_vae)
@@ -250,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="caption set (output of `spacetime recaption`) to train on; default: source captions",
     )
     p.add_argument("--ray-address", default=None)
+    p.add_argument("--overwrite", action="store_true", help="delete the latents, start over")
     _add_config_args(p)
 
     p = add("train", "train the spacetime DiT with DeepSpeed ZeRO", cmd_train)

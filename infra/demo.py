@@ -96,8 +96,10 @@ def train_with_interruption(
     )
     log.info(
         "demo: training killed with SIGKILL after %s (%.2f s/step); resuming to step %d",
-        killed_at, step_s, steps,
-    )  # fmt: skip
+        killed_at,
+        step_s,
+        steps,
+    )
     with log_file.open("a") as lf:
         cmd = [*_train_cmd(cfg_file, latents, steps, 2), "--resume", "auto"]
         rc = subprocess.run(cmd, env=_env(), stdout=lf, stderr=subprocess.STDOUT).returncode
@@ -105,10 +107,14 @@ def train_with_interruption(
         raise JobError(f"resumed training failed ({rc}); see {log_file}")
     state = _state(ckpt)
     return {
-        "killed_after": killed_at, "final": _latest(ckpt), "steps": state["step"],
-        "seconds_per_step": round(step_s, 3), "final_loss": state["history"][-1]["loss"],
-        "history": state["history"], "tokens_seen": state["tokens_seen"],
-    }  # fmt: skip
+        "killed_after": killed_at,
+        "final": _latest(ckpt),
+        "steps": state["step"],
+        "seconds_per_step": round(step_s, 3),
+        "final_loss": state["history"][-1]["loss"],
+        "history": state["history"],
+        "tokens_seen": state["tokens_seen"],
+    }
 
 
 def plot_loss(history: list[dict[str, Any]], resumed_at: int, path: Path) -> None:
@@ -180,12 +186,24 @@ def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int
 
     t = time.monotonic()
     vae = train_vae(str(root / "clips"), str(root / "vae"), cfg.vae_train, store)
-    stage("train-vae", t, steps=vae["steps"], psnr_before=round(vae["psnr_before"], 2),
-          psnr_after=round(vae["psnr_after"], 2))  # fmt: skip
+    stage(
+        "train-vae",
+        t,
+        steps=vae["steps"],
+        psnr_before=round(vae["psnr_before"], 2),
+        psnr_after=round(vae["psnr_after"], 2),
+    )
 
     t = time.monotonic()
-    enc = run_encode(str(root / "clips"), str(root / "latents"), str(root / "vae" / "vae"), None,
-                     cfg.encode, cfg.storage, captions=str(root / "captions"))  # fmt: skip
+    enc = run_encode(
+        str(root / "clips"),
+        str(root / "latents"),
+        str(root / "vae" / "vae"),
+        None,
+        cfg.encode,
+        cfg.storage,
+        captions=str(root / "captions"),
+    )
     stage("encode", t, clips=enc["clips"], shards=enc["shards"])
 
     t = time.monotonic()
@@ -197,8 +215,14 @@ def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int
     stage("train", t, **tr)
 
     t = time.monotonic()
-    ev = evaluate(str(ckpt.parent), str(root / "vae" / "vae"), str(root / "samples"),
-                  k=cfg.demo.eval_prompts, captions=str(root / "captions"), sample_cfg=cfg.sample)  # fmt: skip
+    ev = evaluate(
+        str(ckpt.parent),
+        str(root / "vae" / "vae"),
+        str(root / "samples"),
+        k=cfg.demo.eval_prompts,
+        captions=str(root / "captions"),
+        sample_cfg=cfg.sample,
+    )
     stage("sample+eval", t, colour=ev["colour"], direction=ev["direction"], shape=ev["shape"])
 
     summary = {
@@ -220,8 +244,15 @@ def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int
         "demo: %d videos -> %d clips -> %d training steps (killed after %s, resumed) -> %d samples "
         "in %.0fs; colour %.0f%%, direction %.0f%%, shape %.0f%% (chance 17/25/33%%); "
         "contact sheet %s",
-        num_videos, sh["clips"], tr["steps"], tr["killed_after"], ev["n"], summary["seconds"],
-        100 * ev["colour"], 100 * ev["direction"], 100 * ev["shape"],
+        num_videos,
+        sh["clips"],
+        tr["steps"],
+        tr["killed_after"],
+        ev["n"],
+        summary["seconds"],
+        100 * ev["colour"],
+        100 * ev["direction"],
+        100 * ev["shape"],
         summary["artefacts"]["contact_sheet"],
-    )  # fmt: skip
+    )
     return 0

@@ -43,8 +43,10 @@ class NodeLaunch:
 
     def env(self) -> dict[str, str]:
         """Variables this node's processes need besides the caller's environment."""
-        env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")
-               or str(max(1, (os.cpu_count() or 1) // self.nproc_per_node))}  # fmt: skip
+        env = {
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")
+            or str(max(1, (os.cpu_count() or 1) // self.nproc_per_node))
+        }
         if self.iface:
             env |= {"GLOO_SOCKET_IFNAME": self.iface, "NCCL_SOCKET_IFNAME": self.iface}
         return env
@@ -52,13 +54,18 @@ class NodeLaunch:
     def command(self, train_argv: list[str]) -> list[str]:
         is_host = 1 if self.node_rank == 0 else 0
         cmd = [
-            sys.executable, "-m", "torch.distributed.run",
-            f"--nnodes={self.nnodes}", f"--nproc-per-node={self.nproc_per_node}",
-            f"--node-rank={self.node_rank}", "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={self.master}", f"--rdzv-id={self.run_id}",
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nnodes={self.nnodes}",
+            f"--nproc-per-node={self.nproc_per_node}",
+            f"--node-rank={self.node_rank}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={self.master}",
+            f"--rdzv-id={self.run_id}",
             f"--rdzv-conf=join_timeout={self.join_timeout_s},is_host={is_host}",
             "--max-restarts=0",
-        ]  # fmt: skip
+        ]
         if self.local_addr:
             cmd.append(f"--local-addr={self.local_addr}")
         return [*cmd, "-m", "infra.cli", *train_argv]
@@ -119,8 +126,13 @@ def run_node(
     argv = train_argv
     for attempt in range(max_restarts + 1):
         cmd = node.command(argv)
-        log.info("launch: node %d/%d attempt %d: %s", node.node_rank, node.nnodes, attempt + 1,
-                 shell_line(node.env(), cmd))  # fmt: skip
+        log.info(
+            "launch: node %d/%d attempt %d: %s",
+            node.node_rank,
+            node.nnodes,
+            attempt + 1,
+            shell_line(node.env(), cmd),
+        )
         t0 = time.monotonic()
         rc, tail = run_teed(cmd, env)
         if rc == 0:
@@ -131,12 +143,20 @@ def run_node(
                 "launch: not every node joined: the rendezvous at %s (run id %s) still missed "
                 "nodes after %ds; this is node %d of %d. Start every node with the same --master, "
                 "--run-id and --nnodes, and check that each can reach %s.",
-                node.master, node.run_id, node.join_timeout_s, node.node_rank, node.nnodes,
                 node.master,
-            )  # fmt: skip
-        log.error("launch: node %d failed with exit %d after %.0fs%s", node.node_rank, rc,
-                  time.monotonic() - t0,
-                  "; relaunching from the latest checkpoint" if attempt < max_restarts else "")  # fmt: skip
+                node.run_id,
+                node.join_timeout_s,
+                node.node_rank,
+                node.nnodes,
+                node.master,
+            )
+        log.error(
+            "launch: node %d failed with exit %d after %.0fs%s",
+            node.node_rank,
+            rc,
+            time.monotonic() - t0,
+            "; relaunching from the latest checkpoint" if attempt < max_restarts else "",
+        )
         argv = with_resume(train_argv)
         if attempt < max_restarts and node.nnodes > 1:
             time.sleep(restart_delay_s)
@@ -154,12 +174,21 @@ def slurm_script(
 ) -> str:
     """An sbatch script: one torchrun per node, rendezvous on the allocation's first node."""
     torchrun = [
-        "python", "-m", "torch.distributed.run", "--nnodes=$SLURM_NNODES",
-        f"--nproc-per-node={nproc}", "--node-rank=$SLURM_NODEID", "--rdzv-backend=c10d",
-        f'--rdzv-endpoint="$MASTER_ADDR:{port}"', f"--rdzv-id={run_id}",
-        f"--rdzv-conf=join_timeout={join_timeout_s}", "--max-restarts=0",
-        "-m", "infra.cli", *map(shlex.quote, train_argv),
-    ]  # fmt: skip
+        "python",
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=$SLURM_NNODES",
+        f"--nproc-per-node={nproc}",
+        "--node-rank=$SLURM_NODEID",
+        "--rdzv-backend=c10d",
+        f'--rdzv-endpoint="$MASTER_ADDR:{port}"',
+        f"--rdzv-id={run_id}",
+        f"--rdzv-conf=join_timeout={join_timeout_s}",
+        "--max-restarts=0",
+        "-m",
+        "infra.cli",
+        *map(shlex.quote, train_argv),
+    ]
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name={run_id}",
@@ -213,8 +242,16 @@ def main(args: argparse.Namespace) -> int:
         master = args.master or f"{hosts[0][0]}:29500"
         lines = []
         for rank, (host, slots) in enumerate(hosts):
-            node = NodeLaunch(len(hosts), rank, slots or args.nproc_per_node, master, run_id,
-                              args.join_timeout, None, args.iface)  # fmt: skip
+            node = NodeLaunch(
+                len(hosts),
+                rank,
+                slots or args.nproc_per_node,
+                master,
+                run_id,
+                args.join_timeout,
+                None,
+                args.iface,
+            )
             remote = f"cd {shlex.quote(str(Path.cwd()))} && {shell_line(node.env(), node.command(train_argv))}"
             lines.append(["ssh", host, remote])
         if args.dry_run or args.print_only:
@@ -227,9 +264,16 @@ def main(args: argparse.Namespace) -> int:
     nnodes = args.nnodes or 1
     if nnodes > 1 and not args.master:
         raise ValueError("--nnodes > 1 needs --master HOST:PORT (node 0's address)")
-    node = NodeLaunch(nnodes, args.node_rank, args.nproc_per_node,
-                      args.master or f"127.0.0.1:{free_port()}", run_id, args.join_timeout,
-                      args.local_addr, args.iface)  # fmt: skip
+    node = NodeLaunch(
+        nnodes,
+        args.node_rank,
+        args.nproc_per_node,
+        args.master or f"127.0.0.1:{free_port()}",
+        run_id,
+        args.join_timeout,
+        args.local_addr,
+        args.iface,
+    )
     if args.dry_run:
         print(shell_line(node.env(), node.command(train_argv)))
         return 0
@@ -242,9 +286,21 @@ def _ray(args: argparse.Namespace, train_argv: list[str], run_id: str) -> int:
     nnodes = args.nnodes or 1
     workers = nnodes * args.nproc_per_node
     if args.rayjob:
-        entry = ["spacetime", "launch", "--ray-address", "auto", "--nnodes", str(nnodes),
-                 "--nproc-per-node", str(args.nproc_per_node), "--max-restarts",
-                 str(args.max_restarts), *(["--gpus"] if args.gpus else []), "--", *train_argv]  # fmt: skip
+        entry = [
+            "spacetime",
+            "launch",
+            "--ray-address",
+            "auto",
+            "--nnodes",
+            str(nnodes),
+            "--nproc-per-node",
+            str(args.nproc_per_node),
+            "--max-restarts",
+            str(args.max_restarts),
+            *(["--gpus"] if args.gpus else []),
+            "--",
+            *train_argv,
+        ]
         manifest = rayjob_manifest(
             run_id, shlex.join(entry), nnodes, args.nproc_per_node, args.image, args.gpus
         )
@@ -258,13 +314,23 @@ def _ray(args: argparse.Namespace, train_argv: list[str], run_id: str) -> int:
             log.info("launch: wrote %s (kubectl apply -f %s)", args.rayjob, args.rayjob)
         return 0
     if args.dry_run:
-        print(f"# Ray Train at {args.ray_address}: {workers} workers "
-              f"({'1 GPU' if args.gpus else '1 CPU'} each, {'nccl' if args.gpus else 'gloo'}), "
-              f"each running:")  # fmt: skip
+        print(
+            f"# Ray Train at {args.ray_address}: {workers} workers "
+            f"({'1 GPU' if args.gpus else '1 CPU'} each, {'nccl' if args.gpus else 'gloo'}), "
+            f"each running:"
+        )
         print(shlex.join([sys.executable, "-m", "infra.cli", *train_argv]))
         return 0
-    return ray_train(train_argv, args.ray_address, workers, args.gpus, args.max_restarts,
-                     args.ray_storage, run_id, args.join_timeout * 5)  # fmt: skip
+    return ray_train(
+        train_argv,
+        args.ray_address,
+        workers,
+        args.gpus,
+        args.max_restarts,
+        args.ray_storage,
+        run_id,
+        args.join_timeout * 5,
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -294,16 +360,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-restarts", type=int, default=0, help="relaunch with --resume auto after a failure"
     )
     p.add_argument(
-        "--ray-address", default=None,
+        "--ray-address",
+        default=None,
         help="run under Ray Train on this cluster ('auto': the current one; 'local': start one)",
-    )  # fmt: skip
+    )
     p.add_argument("--ray-storage", default="ray_results", help="Ray Train's run state directory")
     p.add_argument("--rayjob", default=None, help="write a KubeRay RayJob manifest to this file")
     p.add_argument("--image", default="spacetime:latest", help="rayjob: container image")
     p.add_argument(
-        "--restart-delay", type=float, default=15.0,
+        "--restart-delay",
+        type=float,
+        default=15.0,
         help="multi-node: seconds to wait before a relaunch (the other nodes fail first)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--dry-run", action="store_true", help="print exactly what would run; run nothing"
     )

@@ -68,8 +68,12 @@ def ray_train(
             )
         argv = train_argv
         for attempt in range(max_restarts + 1):
-            log.info("launch: Ray Train, %d workers, attempt %d: spacetime %s", workers,
-                     attempt + 1, shlex.join(argv))  # fmt: skip
+            log.info(
+                "launch: Ray Train, %d workers, attempt %d: spacetime %s",
+                workers,
+                attempt + 1,
+                shlex.join(argv),
+            )
             trainer = TorchTrainer(
                 _worker,
                 train_loop_config={"argv": argv},
@@ -93,9 +97,12 @@ def ray_train(
                 log.info("launch: Ray Train run finished")
                 return 0
             except Exception as e:  # Ray wraps worker errors in its own types
-                log.error("launch: Ray Train attempt %d failed: %s%s", attempt + 1,
-                          str(e).splitlines()[0][:500] if str(e) else type(e).__name__,
-                          "; relaunching from the latest checkpoint" if attempt < max_restarts else "")  # fmt: skip
+                log.error(
+                    "launch: Ray Train attempt %d failed: %s%s",
+                    attempt + 1,
+                    str(e).splitlines()[0][:500] if str(e) else type(e).__name__,
+                    "; relaunching from the latest checkpoint" if attempt < max_restarts else "",
+                )
                 argv = with_resume(train_argv)
     return 1
 

@@ -85,9 +85,15 @@ def evaluate(
     log.info(
         "shapes eval (%d prompts, %d held out): colour %.0f%% (chance %.0f%%), direction %.0f%% "
         "(chance %.0f%%), shape %.0f%% (chance %.0f%%); held-out colour %.0f%%, direction %.0f%%",
-        len(rows), len(held), 100 * result["colour"], 100 * result["colour_chance"],
-        100 * result["direction"], 100 * result["direction_chance"], 100 * result["shape"],
-        100 * result["shape_chance"], 100 * result["held_out"]["colour"],
+        len(rows),
+        len(held),
+        100 * result["colour"],
+        100 * result["colour_chance"],
+        100 * result["direction"],
+        100 * result["direction_chance"],
+        100 * result["shape"],
+        100 * result["shape_chance"],
+        100 * result["held_out"]["colour"],
         100 * result["held_out"]["direction"],
-    )  # fmt: skip
+    )
     return result

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, NamedTuple, TypeVar
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -57,6 +57,20 @@ class StorageConfig:
             )
 
 
+class Listed(NamedTuple):
+    """One listed file or object."""
+
+    uri: str
+    size: int
+    version: str
+    """What changes when the content does: mtime in ns locally, the ETag on S3."""
+
+
+def _listed(p: Path) -> Listed:
+    st = p.stat()
+    return Listed(str(p), st.st_size, str(st.st_mtime_ns))
+
+
 class StorageError(RuntimeError):
     """A storage operation failed for a reason other than a missing object."""
 
@@ -88,6 +102,40 @@ def join(base: str, *parts: str) -> str:
 
 def _local(uri: str) -> Path:
     return Path(uri[len("file://") :] if uri.startswith("file://") else uri)
+
+
+def normalize(uri: str) -> str:
+    """One spelling per location: local paths (relative, `./x`, `file://`) become absolute, so a
+    job's records and its Ray workers agree whatever the caller's working directory; S3 URIs lose
+    a trailing slash."""
+    if is_s3(uri):
+        return uri.rstrip("/") if uri.rstrip("/") != "s3:/" else uri
+    return os.path.abspath(_local(uri))
+
+
+def relative_to(root: str, uri: str) -> str:
+    """`uri`'s path below `root` with `/` separators (`a/x.mp4`), whichever way either is spelled
+    (relative, absolute, `file://`, S3). ValueError when `uri` is not below `root`."""
+    if is_s3(root) != is_s3(uri):
+        raise ValueError(f"{uri} is not under {root}")
+    if is_s3(root):
+        base = root.rstrip("/") + "/"
+        if not uri.startswith(base):
+            raise ValueError(f"{uri} is not under {root}")
+        return uri[len(base) :]
+    rel = os.path.relpath(os.path.abspath(_local(uri)), os.path.abspath(_local(root)))
+    if rel == "." or rel == ".." or rel.startswith("../") or os.path.isabs(rel):
+        raise ValueError(f"{uri} is not under {root}")
+    return rel.replace(os.sep, "/")
+
+
+def safe_relpath(rel: str, where: str) -> str:
+    """`rel` if it is a plain relative path; an object key with `..`, an absolute path or an empty
+    part would write outside the folder it is downloaded into. `where` names it in the error."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise StorageError(f"{where}: refusing the key {rel!r} (not a plain relative path)")
+    return rel
 
 
 class Storage:
@@ -208,18 +256,18 @@ class Storage:
 
         Temporary files of in-progress atomic writes are never listed.
         """
-        return [uri for uri, _ in self.list_with_sizes(prefix, suffix)]
+        return [e.uri for e in self.list_entries(prefix, suffix)]
 
-    def list_with_sizes(self, prefix: str, suffix: str = "") -> list[tuple[str, int]]:
-        """Like `list`, with each file's size in bytes."""
+    def list_entries(self, prefix: str, suffix: str = "") -> list[Listed]:
+        """Like `list`, with each file's size and version (mtime or ETag)."""
         if not is_s3(prefix):
             root = _local(prefix)
             if root.is_file():
-                return [(str(root), root.stat().st_size)]
+                return [_listed(root)]
             if not root.exists():
                 return []
             out = [
-                (str(p), p.stat().st_size)
+                _listed(p)
                 for p in root.rglob("*")
                 if p.is_file() and not _is_tmp(p.name) and p.name.endswith(suffix)
             ]
@@ -233,7 +281,7 @@ class Storage:
             return list(paginator.paginate(Bucket=bucket, Prefix=key))
 
         found = [
-            (f"s3://{bucket}/{obj['Key']}", int(obj["Size"]))
+            Listed(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), str(obj.get("ETag", "")))
             for page in self._call(prefix, pages)
             for obj in page.get("Contents", [])
             if obj["Key"].endswith(suffix)

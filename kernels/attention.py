@@ -203,18 +203,30 @@ def _flash2(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untype
 
     # By keyword: FA2 and FA3 differ after the 7th positional argument.
     return flash_attn_varlen_func(
-        q=q, k=k, v=v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-        max_seqlen_q=max_q, max_seqlen_k=max_k, softmax_scale=scale,
-    )  # fmt: skip
+        q=q,
+        k=k,
+        v=v,
+        cu_seqlens_q=cu_q,
+        cu_seqlens_k=cu_k,
+        max_seqlen_q=max_q,
+        max_seqlen_k=max_k,
+        softmax_scale=scale,
+    )
 
 
 def _flash3(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
     from flash_attn_interface import flash_attn_varlen_func
 
     out = flash_attn_varlen_func(
-        q=q, k=k, v=v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-        max_seqlen_q=max_q, max_seqlen_k=max_k, softmax_scale=scale,
-    )  # fmt: skip
+        q=q,
+        k=k,
+        v=v,
+        cu_seqlens_q=cu_q,
+        cu_seqlens_k=cu_k,
+        max_seqlen_q=max_q,
+        max_seqlen_k=max_k,
+        softmax_scale=scale,
+    )
     # Some FA3 releases return (out, softmax_lse), others out alone.
     return out[0] if isinstance(out, tuple) else out
 

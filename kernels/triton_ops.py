@@ -9,10 +9,16 @@ import triton.language as tl
 
 @triton.jit
 def _adaln_kernel(
-    x_ptr, shift_ptr, scale_ptr, idx_ptr, out_ptr,
-    n_cols, eps,
-    IS_RMS: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    shift_ptr,
+    scale_ptr,
+    idx_ptr,
+    out_ptr,
+    n_cols,
+    eps,
+    IS_RMS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -58,10 +64,16 @@ def adaln_forward(
 
 @triton.jit
 def _rope_kernel(
-    x_ptr, coords_ptr, axis_ptr, inv_ptr, out_ptr,
-    n_heads, head_dim, sign,
+    x_ptr,
+    coords_ptr,
+    axis_ptr,
+    inv_ptr,
+    out_ptr,
+    n_heads,
+    head_dim,
+    sign,
     BLOCK: tl.constexpr,
-):  # fmt: skip
+):
     token = tl.program_id(0)
     head = tl.program_id(1)
     j = tl.arange(0, BLOCK)

@@ -24,9 +24,18 @@ log = logging.getLogger(__name__)
 
 # Architectures that take several images in one prompt.
 MULTI_FRAME = {
-    "llava", "llava_next", "llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl",
-    "idefics3", "smolvlm", "idefics2", "gemma3", "mllama",
-}  # fmt: skip
+    "llava",
+    "llava_next",
+    "llava_onevision",
+    "llava_next_video",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "idefics3",
+    "smolvlm",
+    "idefics2",
+    "gemma3",
+    "mllama",
+}
 # Encoder-decoder or prefix captioners whose output is the caption alone (no prompt).
 UNPROMPTED = {"blip", "git", "vision-encoder-decoder"}
 
@@ -85,9 +94,12 @@ class HFCaptioner:
         self.limit = context_limit(config)
         self.model_id = str(cfg.model)
         log.info(
-            "hf captioner: %s (%s, %s, %s)", cfg.model, self.model_type,
-            "multi-frame" if self.multi_frame else "frame mosaic", self.dtype,
-        )  # fmt: skip
+            "hf captioner: %s (%s, %s, %s)",
+            cfg.model,
+            self.model_type,
+            "multi-frame" if self.multi_frame else "frame mosaic",
+            self.dtype,
+        )
 
     def _load(self, config: Any) -> Any:
         from transformers import AutoModelForImageTextToText

@@ -11,18 +11,29 @@ then falls back to the source caption. Video shards are never rewritten.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
-import webdataset as wds
-
+from infra.errors import JobError
+from infra.provenance import check_or_record
 from infra.ray_cluster import local_work_dir, ray_session
-from infra.storage import Storage, StorageConfig, join
+from infra.shards import (
+    CAPTIONS,
+    CLIPS,
+    is_shard_name,
+    iter_samples,
+    list_shards,
+    read_captions,
+    sidecar,
+    write_samples,
+)
+from infra.storage import Storage, StorageConfig, join, normalize, relative_to
 from recaption.config import RecaptionConfig
 from recaption.prompts import get_prompt
-from trainer.data.clips import iter_samples, list_shards
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +55,32 @@ def make_captioner(cfg: RecaptionConfig) -> Any:
 
 
 def caption_shard_name(clip_shard: str) -> str:
-    return clip_shard.rsplit("/", 1)[-1].replace("clips-", "captions-")
+    return sidecar(clip_shard, CAPTIONS)
+
+
+_OUTPUT_FILES = ("index.parquet", "summary.json", "job.json")
+
+
+def settings(shards: str, cfg: RecaptionConfig) -> dict[str, Any]:
+    """What a caption set is made from; batch size, workers and retries change none of it."""
+    model = ""
+    if cfg.model:
+        conf = Path(cfg.model) / "config.json"
+        digest = hashlib.sha256(conf.read_bytes()).hexdigest()[:12] if conf.is_file() else ""
+        model = f"{normalize(cfg.model)} (config {digest})"
+    prompt = get_prompt(cfg.prompt)
+    return {
+        "shards": normalize(shards),
+        "backend": cfg.backend,
+        "model": model,
+        "prompt": prompt.name,
+        "prompt_version": prompt.version,
+        "frames": cfg.frames,
+        "max_side": cfg.max_side,
+        "max_new_tokens": cfg.max_new_tokens,
+        "temperature": cfg.temperature,
+        "dtype": cfg.dtype,
+    }
 
 
 class CaptionWorker:
@@ -72,11 +108,20 @@ class CaptionWorker:
             return [{"text": None, "error": f"{type(last).__name__}: {last}"}]
         return [r for it in items for r in self._caption_batch([it])]
 
-    def run_shard(self, clip_shard: str, out_uri: str, scenes: dict[str, int]) -> dict[str, Any]:
+    def run_shard(
+        self, clip_shard: str, out_uri: str, scenes: dict[str, int], retry: bool = False
+    ) -> dict[str, Any]:
+        """Captions one clip shard into its caption shard. With `retry`, only the clips whose
+        caption failed in the published caption shard are captioned again; the others are kept."""
         from recaption.frames import sample_frames
         from recaption.validate import problem
 
-        records: list[dict[str, Any]] = []
+        kept = (
+            {k: r for k, r in read_captions(out_uri, self.storage).items() if r["text"]}
+            if retry
+            else {}
+        )
+        records: list[dict[str, Any]] = list(kept.values())
         pending: list[dict[str, Any]] = []
 
         def flush() -> None:
@@ -101,13 +146,18 @@ class CaptionWorker:
         keys: list[str] = []
         for s in iter_samples(clip_shard, self.storage):
             keys.append(s["__key__"])
+            if s["__key__"] in kept:
+                continue
             meta = json.loads(s.get("json", b"{}"))
             source_caption = s.get("txt", b"").decode("utf-8")
             record = {
-                "key": s["__key__"], "backend": self.captioner.backend,
-                "model": self.captioner.model_id, "prompt": self.prompt.name,
-                "prompt_version": self.prompt.version, "source_caption": source_caption,
-            }  # fmt: skip
+                "key": s["__key__"],
+                "backend": self.captioner.backend,
+                "model": self.captioner.model_id,
+                "prompt": self.prompt.name,
+                "prompt_version": self.prompt.version,
+                "source_caption": source_caption,
+            }
             try:
                 frames, times, info = sample_frames(s["mp4"], self.cfg.frames, self.cfg.max_side)
             except Exception as e:  # a broken clip is recorded, never fatal to the shard
@@ -117,44 +167,45 @@ class CaptionWorker:
             record["frames"] = times
             pending.append(
                 {
-                    "record": record, "frames": frames, "times": times, "info": info,
+                    "record": record,
+                    "frames": frames,
+                    "times": times,
+                    "info": info,
                     "source_caption": source_caption,
                     "scene": int(meta.get("scene", 0)),
                     "source_has_cuts": scenes.get(meta.get("source", ""), 1) > 1,
                 }
-            )  # fmt: skip
+            )
             if len(pending) >= self.cfg.batch_size:
                 flush()
         flush()
         order = {k: i for i, k in enumerate(keys)}
         records.sort(key=lambda r: order[r["key"]])  # the clip shard's order (failures come early)
-        with self.storage.atomic_writer(out_uri) as tmp, open(tmp, "wb") as f:
-            writer = wds.TarWriter(f, mtime=0, user="", group="")
-            for rec in records:
-                writer.write(
-                    {
-                        "__key__": rec["key"],
-                        "caption.json": json.dumps(rec, sort_keys=True).encode(),
-                    }
-                )
-            writer.close()
+        write_samples(
+            out_uri,
+            (
+                {"__key__": r["key"], "caption.json": json.dumps(r, sort_keys=True).encode()}
+                for r in records
+            ),
+            self.storage,
+        )
         return {"shard": out_uri.rsplit("/", 1)[-1], "records": _index_rows(records, out_uri)}
 
 
 def _index_rows(records: list[dict[str, Any]], shard: str) -> list[dict[str, Any]]:
     return [
         {
-            "key": r["key"], "shard": shard.rsplit("/", 1)[-1], "backend": r["backend"],
-            "model": r["model"], "prompt": r["prompt"], "prompt_version": r["prompt_version"],
-            "chars": len(r["text"] or ""), "error": r["error"],
+            "key": r["key"],
+            "shard": shard.rsplit("/", 1)[-1],
+            "backend": r["backend"],
+            "model": r["model"],
+            "prompt": r["prompt"],
+            "prompt_version": r["prompt_version"],
+            "chars": len(r["text"] or ""),
+            "error": r["error"],
         }
         for r in records
-    ]  # fmt: skip
-
-
-def read_captions(shard: str, storage: Storage) -> dict[str, dict[str, Any]]:
-    """{key: caption record} of one caption shard."""
-    return {s["__key__"]: json.loads(s["caption.json"]) for s in iter_samples(shard, storage)}
+    ]
 
 
 def source_scene_counts(shards: str, storage: Storage) -> dict[str, int]:
@@ -181,7 +232,12 @@ def run_recaption(
     cfg: RecaptionConfig,
     storage_cfg: StorageConfig,
     ray_address: str | None = None,
+    retry_failed: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
+    """Captions every clip shard of `shards` into the caption set `output`. A rerun resumes:
+    published caption shards are kept, and those with failed captions are captioned again (only
+    their failed clips) unless `retry_failed` is off. Raises JobError when no clip got a caption."""
     import io
 
     import pyarrow as pa
@@ -189,9 +245,10 @@ def run_recaption(
     from tqdm import tqdm
 
     t0 = time.monotonic()
+    shards, output = normalize(shards), normalize(output)
     storage = Storage(storage_cfg)
     prompt = get_prompt(cfg.prompt)
-    clip_shards = list_shards(shards, storage)
+    clip_shards = list_shards(shards, storage, CLIPS)
     if cfg.backend == "hf":
         from recaption.hf import check_model_dir
 
@@ -200,52 +257,91 @@ def run_recaption(
         from recaption.vllm_backend import check_vllm
 
         check_vllm()
+    if overwrite:  # what this job writes, and only that
+        for uri in storage.list(output):
+            name = relative_to(output, uri)
+            if is_shard_name(name, CAPTIONS) or name in _OUTPUT_FILES:
+                storage.delete(uri)
+    check_or_record(storage, join(output, "job.json"), settings(shards, cfg), output, "--overwrite")
     scenes = source_scene_counts(shards, storage)
-    todo = [s for s in clip_shards if not storage.exists(join(output, caption_shard_name(s)))]
-    rows: list[dict[str, Any]] = []
-    with ray_session(ray_address, local_work_dir(output)):
-        import ray
-        from ray.util import ActorPool
-
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        n = cfg.workers or (gpus if gpus and cfg.backend != "stats" else cpus)
-        n = max(1, min(n, len(todo) or 1))
-        res = {"num_gpus": 1} if gpus and cfg.backend != "stats" else {"num_cpus": 1}
-        actor = ray.remote(**res)(CaptionWorker)  # type: ignore[call-overload]
-        pool = ActorPool(
-            [
-                actor.remote(dataclasses.asdict(cfg), dataclasses.asdict(storage_cfg))
-                for _ in range(n)
-            ]
-        )
-        jobs = [(s, join(output, caption_shard_name(s))) for s in todo]
-        results = pool.map_unordered(lambda a, j: a.run_shard.remote(j[0], j[1], scenes), jobs)
-        for r in tqdm(results, total=len(jobs), desc=f"recaption ({cfg.backend})", unit="shard"):
-            rows += r["records"]
-    done = {r["shard"] for r in rows}
-    for s in clip_shards:  # shards captioned by an earlier run: their rows come from their tars
+    done: dict[str, list[dict[str, Any]]] = {}  # caption shard name -> index rows
+    todo: list[tuple[str, bool]] = []  # (clip shard, retry)
+    for s in clip_shards:
         name = caption_shard_name(s)
-        if name not in done:
-            rows += _index_rows(list(read_captions(join(output, name), storage).values()), name)
+        if not storage.exists(join(output, name)):
+            todo.append((s, False))
+            continue
+        rows = _index_rows(list(read_captions(join(output, name), storage).values()), name)
+        if retry_failed and any(r["error"] for r in rows):
+            todo.append((s, True))
+        else:
+            done[name] = rows
+    retried = sum(r for _, r in todo)
+    rows: list[dict[str, Any]] = [r for shard_rows in done.values() for r in shard_rows]
+    if todo:
+        with ray_session(ray_address, local_work_dir(output)):
+            import ray
+            from ray.util import ActorPool
+
+            gpus = int(ray.cluster_resources().get("GPU", 0))
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            n = cfg.workers or (gpus if gpus and cfg.backend != "stats" else cpus)
+            n = max(1, min(n, len(todo)))
+            res = {"num_gpus": 1} if gpus and cfg.backend != "stats" else {"num_cpus": 1}
+            actor = ray.remote(**res)(CaptionWorker)  # type: ignore[call-overload]
+            pool = ActorPool(
+                [
+                    actor.remote(dataclasses.asdict(cfg), dataclasses.asdict(storage_cfg))
+                    for _ in range(n)
+                ]
+            )
+            results = pool.map_unordered(
+                lambda a, j: a.run_shard.remote(
+                    j[0], join(output, caption_shard_name(j[0])), scenes, j[1]
+                ),
+                todo,
+            )
+            for r in tqdm(
+                results, total=len(todo), desc=f"recaption ({cfg.backend})", unit="shard"
+            ):
+                rows += r["records"]
     rows.sort(key=lambda r: (r["shard"], r["key"]))
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), buf)
     storage.write_bytes(join(output, "index.parquet"), buf.getvalue())
     failed = [r for r in rows if r["error"]]
     summary = {
-        "clips": len(rows), "captioned": len(rows) - len(failed), "failed": len(failed),
-        "shards": len(clip_shards), "captioned_shards": len(todo),
-        "skipped_shards": len(clip_shards) - len(todo), "backend": cfg.backend,
-        "model": cfg.model or cfg.backend, "prompt": f"{prompt.name}-v{prompt.version}",
+        "clips": len(rows),
+        "captioned": len(rows) - len(failed),
+        "failed": len(failed),
+        "shards": len(clip_shards),
+        "captioned_shards": len(todo) - retried,
+        "retried_shards": retried,
+        "skipped_shards": len(done),
+        "backend": cfg.backend,
+        "model": cfg.model or cfg.backend,
+        "prompt": f"{prompt.name}-v{prompt.version}",
         "errors": sorted({(r["error"] or "").split(":")[0] for r in failed}),
         "wall_s": round(time.monotonic() - t0, 2),
-    }  # fmt: skip
+    }
     storage.write_text(join(output, "summary.json"), json.dumps(summary, indent=2))
     log.info(
-        "recaption: %d clips in %d shards (%d captioned now, %d already done), %d failed, "
-        "backend %s, prompt %s, %.1fs",
-        summary["clips"], summary["shards"], summary["captioned_shards"], summary["skipped_shards"],
-        summary["failed"], cfg.backend, summary["prompt"], summary["wall_s"],
-    )  # fmt: skip
+        "recaption: %d clips in %d shards (%d captioned now, %d retried, %d already done), "
+        "%d captioned, %d failed, backend %s, prompt %s, %.1fs",
+        summary["clips"],
+        summary["shards"],
+        summary["captioned_shards"],
+        retried,
+        summary["skipped_shards"],
+        summary["captioned"],
+        summary["failed"],
+        cfg.backend,
+        summary["prompt"],
+        summary["wall_s"],
+    )
+    if rows and not summary["captioned"]:
+        raise JobError(
+            f"recaption: every one of {len(rows)} clips failed ({', '.join(summary['errors'])}); "
+            f"see {join(output, 'index.parquet')}"
+        )
     return summary

@@ -15,9 +15,16 @@ import numpy as np
 
 # Hue ranges in degrees -> colour names (red wraps around 0).
 HUES = [
-    (15, "red"), (40, "orange"), (70, "yellow"), (160, "green"), (195, "cyan"),
-    (260, "blue"), (290, "purple"), (340, "magenta"), (360, "red"),
-]  # fmt: skip
+    (15, "red"),
+    (40, "orange"),
+    (70, "yellow"),
+    (160, "green"),
+    (195, "cyan"),
+    (260, "blue"),
+    (290, "purple"),
+    (340, "magenta"),
+    (360, "red"),
+]
 
 
 def hsv(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,9 +128,14 @@ def describe(facts: dict[str, Any], source_caption: str = "") -> str:
     m = facts["motion"]
     change = m["change_per_s"]
     amount = (
-        "almost static" if change < 0.01 else "calm, with little motion" if change < 0.05
-        else "moving steadily" if change < 0.15 else "full of fast motion"
-    )  # fmt: skip
+        "almost static"
+        if change < 0.01
+        else "calm, with little motion"
+        if change < 0.05
+        else "moving steadily"
+        if change < 0.15
+        else "full of fast motion"
+    )
     parts.append(f"The picture is {amount}.")
     if m["shift"] is not None:
         parts.append(f"The view's content moves {m['shift']['direction']} across the frame.")

@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from typing import Any
 
+from infra.shards import CAPTIONS, list_shards, read_captions
 from recaption.stats import HUES, describe
 
 COLOUR_WORDS = {name for _, name in HUES}
@@ -36,13 +37,11 @@ def _mode(values: list[Any], default: Any) -> Any:
 class Upsampler:
     @classmethod
     def from_caption_set(cls, captions: str, storage: Any, model: str | None = None) -> Upsampler:
-        from recaption.job import read_captions
-        from trainer.data.clips import list_shards
-
         records = [
-            r for shard in list_shards(captions, storage, prefix="captions-")
+            r
+            for shard in list_shards(captions, storage, CAPTIONS)
             for r in read_captions(shard, storage).values()
-        ]  # fmt: skip
+        ]
         return cls(records, model)
 
     def __init__(self, records: list[dict[str, Any]], model: str | None = None):
@@ -77,9 +76,15 @@ class Upsampler:
             "shift": shift,
         }
         facts = {
-            "width": width, "height": height, "seconds": seconds, "fps": fps,
-            "colour": colour, "motion": motion, "source_has_cuts": False, "scene": 0,
-        }  # fmt: skip
+            "width": width,
+            "height": height,
+            "seconds": seconds,
+            "fps": fps,
+            "colour": colour,
+            "motion": motion,
+            "source_has_cuts": False,
+            "scene": 0,
+        }
         return describe(facts, prompt)  # the prompt's own words lead: they name the subject
 
     def _generate(self, prompt: str) -> str:

@@ -107,13 +107,24 @@ def ray_cluster(
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
         for i in range(2):
-            argv = [RAY, "start", *starts[i], f"--node-ip-address={hosts.addr[i]}",
-                    f"--temp-dir={temps[i]}", *common]  # fmt: skip
+            argv = [
+                RAY,
+                "start",
+                *starts[i],
+                f"--node-ip-address={hosts.addr[i]}",
+                f"--temp-dir={temps[i]}",
+                *common,
+            ]
             with open(log_dir / f"ray-node{i}.log", "w") as f:
-                procs.append(subprocess.Popen(
-                    hosts.cmd(i, argv), env=ray_env(node_env[i]), start_new_session=True,
-                    stdout=f, stderr=subprocess.STDOUT,
-                ))  # fmt: skip
+                procs.append(
+                    subprocess.Popen(
+                        hosts.cmd(i, argv),
+                        env=ray_env(node_env[i]),
+                        start_new_session=True,
+                        stdout=f,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
             if i == 0:
                 time.sleep(6)  # the worker's first connection attempt fails if the GCS is not up
         deadline = time.monotonic() + 120

@@ -65,21 +65,60 @@ def test_launch_needs_a_train_command_and_prints_exactly(
 ) -> None:
     assert main(["launch", "--dry-run"]) == 1
     assert main(["launch", "--nnodes", "2", "--dry-run", "--", "train"]) == 1  # no --master
-    argv = ["launch", "--nnodes", "2", "--node-rank", "1", "--master", "10.0.0.1:29500",
-            "--nproc-per-node", "4", "--iface", "eth1", "--run-id", "r1", "--dry-run",
-            "--", "train", "--config", "my config.yaml"]  # fmt: skip
+    argv = [
+        "launch",
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "1",
+        "--master",
+        "10.0.0.1:29500",
+        "--nproc-per-node",
+        "4",
+        "--iface",
+        "eth1",
+        "--run-id",
+        "r1",
+        "--dry-run",
+        "--",
+        "train",
+        "--config",
+        "my config.yaml",
+    ]
     assert main(argv) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("OMP_NUM_THREADS=") and "GLOO_SOCKET_IFNAME=eth1" in line
-    for part in ("--nnodes=2", "--nproc-per-node=4", "--node-rank=1", "--rdzv-endpoint=10.0.0.1:29500",
-                 "--rdzv-id=r1", "is_host=0", "-m infra.cli train --config 'my config.yaml'"):  # fmt: skip
+    for part in (
+        "--nnodes=2",
+        "--nproc-per-node=4",
+        "--node-rank=1",
+        "--rdzv-endpoint=10.0.0.1:29500",
+        "--rdzv-id=r1",
+        "is_host=0",
+        "-m infra.cli train --config 'my config.yaml'",
+    ):
         assert part in line, part
 
 
 def test_launch_slurm_and_hostfile_commands_match_per_node(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     script = tmp_path / "job.sbatch"
-    argv = ["launch", "--slurm", "--nnodes", "2", "--nproc-per-node", "8", "--gpus", "--run-id", "r2",
-            "--slurm-script", str(script), "--", "train", "--config", "c.yaml"]  # fmt: skip
+    argv = [
+        "launch",
+        "--slurm",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "8",
+        "--gpus",
+        "--run-id",
+        "r2",
+        "--slurm-script",
+        str(script),
+        "--",
+        "train",
+        "--config",
+        "c.yaml",
+    ]
     assert main(argv) == 0
     text = script.read_text()
     assert text.startswith("#!/bin/bash\n") and "#SBATCH --nodes=2" in text
@@ -113,8 +152,22 @@ def test_launch_rayjob_manifest_and_ray_dry_run(tmp_path, capsys) -> None:  # ty
 
     train = ["train", "--config", "my config.yaml", "--set", "train.steps=5"]
     out = tmp_path / "job.yaml"
-    argv = ["launch", "--rayjob", str(out), "--nnodes", "3", "--nproc-per-node", "8", "--gpus",
-            "--run-id", "rj", "--image", "reg/spacetime:1", "--", *train]  # fmt: skip
+    argv = [
+        "launch",
+        "--rayjob",
+        str(out),
+        "--nnodes",
+        "3",
+        "--nproc-per-node",
+        "8",
+        "--gpus",
+        "--run-id",
+        "rj",
+        "--image",
+        "reg/spacetime:1",
+        "--",
+        *train,
+    ]
     assert main(argv) == 0
     job = yaml.safe_load(out.read_text())
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"

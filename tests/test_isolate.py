@@ -46,12 +46,18 @@ def _alive(pid: int) -> bool:
 def test_child_dies_with_a_killed_worker() -> None:
     """A SIGKILLed owner (Ray stopping its workers) leaves no decoding child behind."""
     owner = subprocess.Popen(
-        [sys.executable, "-c", "import os, time\n"
-         "from data_pipeline.isolate import run_isolated\n"
-         "print(run_isolated(os.getpid, timeout=60), flush=True)\n"
-         "time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import os, time\n"
+            "from data_pipeline.isolate import run_isolated\n"
+            "print(run_isolated(os.getpid, timeout=60), flush=True)\n"
+            "time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     try:
         child = int(owner.stdout.readline())  # type: ignore[union-attr]
         assert child != owner.pid and _alive(child)

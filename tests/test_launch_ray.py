@@ -23,8 +23,18 @@ def test_ray_train_matches_torchrun_and_resumes_under_torchrun(
     tmp_path: Path,
 ) -> None:
     train = _cmd(1, latents, tmp_path, "ray", 2, "--set", "train.keep_checkpoints=10")[3:]
-    launch = [sys.executable, "-m", "infra.cli", "launch", "--ray-address", "local",
-              "--ray-storage", str(tmp_path / "ray"), "--nproc-per-node", "2"]  # fmt: skip
+    launch = [
+        sys.executable,
+        "-m",
+        "infra.cli",
+        "launch",
+        "--ray-address",
+        "local",
+        "--ray-storage",
+        str(tmp_path / "ray"),
+        "--nproc-per-node",
+        "2",
+    ]
     log = _run([*launch, "--", *train], timeout=400)
     assert "Ray Train run finished" in log and "world 2" in log
     got, ref = _history(tmp_path, "ray"), _history(*baseline)
@@ -52,14 +62,28 @@ def test_ray_train_across_two_nodes_matches_torchrun(
         # its own interface, as a cluster's per-node environment would.
         node_env = tuple({"GLOO_SOCKET_IFNAME": v, "OMP_NUM_THREADS": "1"} for v in hosts.veth)
         with ray_cluster(hosts, tmp_path / "logs", node_env=node_env) as head:  # type: ignore[arg-type]
-            launch = [sys.executable, "-m", "infra.cli", "launch", "--ray-address", head,
-                      "--ray-storage", str(tmp_path / "ray"), "--nnodes", "2",
-                      "--nproc-per-node", "1", "--", *train]  # fmt: skip
+            launch = [
+                sys.executable,
+                "-m",
+                "infra.cli",
+                "launch",
+                "--ray-address",
+                head,
+                "--ray-storage",
+                str(tmp_path / "ray"),
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--",
+                *train,
+            ]
             env = ray_env()
             for k in ("GLOO_SOCKET_IFNAME", "OMP_NUM_THREADS"):
                 env.pop(k, None)  # the driver's would override each node's own
-            r = subprocess.run(hosts.cmd(0, launch), env=env, capture_output=True, text=True,
-                               timeout=400)  # fmt: skip
+            r = subprocess.run(
+                hosts.cmd(0, launch), env=env, capture_output=True, text=True, timeout=400
+            )
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-4000:]
     assert "Ray Train run finished" in log and "world 2" in log

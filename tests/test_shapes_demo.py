@@ -52,8 +52,14 @@ def test_shortened_demo_produces_every_artefact(tmp_path: Path, local_ray: None)
     """Every stage with few steps: the real engines, a kill -9 mid-training and a resume."""
     root = tmp_path / "demo"
     argv = ["demo", "--workdir", str(root), "--minutes", "4.5"]
-    for kv in ("demo.videos=24", "demo.eval_prompts=8", "vae_train.steps=20",
-               "train.checkpoint_every=4", "train.log_every=4", "sample.steps=4"):  # fmt: skip
+    for kv in (
+        "demo.videos=24",
+        "demo.eval_prompts=8",
+        "vae_train.steps=20",
+        "train.checkpoint_every=4",
+        "train.log_every=4",
+        "sample.steps=4",
+    ):
         argv += ["--set", kv]
     assert main(argv) == 0
     summary = json.loads((root / "summary.json").read_text())

@@ -28,8 +28,18 @@ def test_two_node_cluster_matches_local_run(tmp_path: Path, local_ray: None) -> 
 
     out = tmp_path / "cluster"
     with two_hosts() as hosts, ray_cluster(hosts, tmp_path / "ray-logs") as head:
-        cmd = [sys.executable, "-m", "infra.cli", "shard", "--input", str(videos),
-               "--output", str(out), "--ray-address", head]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "infra.cli",
+            "shard",
+            "--input",
+            str(videos),
+            "--output",
+            str(out),
+            "--ray-address",
+            head,
+        ]
         cmd += [f"--set=shard.{k}={v}" for k, v in SETTINGS.items()]
         r = subprocess.run(
             hosts.cmd(0, cmd), env=ray_env(), capture_output=True, text=True, timeout=300

@@ -46,21 +46,55 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def _cmd(nproc: int, latents: Path, out: Path, name: str, stage: int, *more: str) -> list[str]:
     args = [
-        "train", "--preset", "tiny", "--latents", str(latents),
-        "--set", f"run.output_dir={out}", "--set", f"run.name={name}",
-        "--set", f"train.zero_stage={stage}", "--set", f"train.steps={STEPS}",
-        "--set", "train.data.token_budget=128", "--set", "train.data.microbatches_per_step=2",
-        "--set", "train.checkpoint_every=2", "--set", "train.log_every=5",
-        "--set", "train.optim.warmup_steps=3", "--set", "train.optim.lr=1e-3",
-        "--set", "train.optim.schedule=cosine", "--set", "train.data.workers=1",
-        "--set", "train.peak_tflops=1", *more,
-    ]  # fmt: skip
+        "train",
+        "--preset",
+        "tiny",
+        "--latents",
+        str(latents),
+        "--set",
+        f"run.output_dir={out}",
+        "--set",
+        f"run.name={name}",
+        "--set",
+        f"train.zero_stage={stage}",
+        "--set",
+        f"train.steps={STEPS}",
+        "--set",
+        "train.data.token_budget=128",
+        "--set",
+        "train.data.microbatches_per_step=2",
+        "--set",
+        "train.checkpoint_every=2",
+        "--set",
+        "train.log_every=5",
+        "--set",
+        "train.optim.warmup_steps=3",
+        "--set",
+        "train.optim.lr=1e-3",
+        "--set",
+        "train.optim.schedule=cosine",
+        "--set",
+        "train.data.workers=1",
+        "--set",
+        "train.peak_tflops=1",
+        *more,
+    ]
     if nproc == 1:
         return [sys.executable, "-m", "infra.cli", *args]
     return [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "infra.cli", *args,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "infra.cli",
+        *args,
+    ]
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> str:
@@ -148,9 +182,13 @@ def test_kill_9_then_resume_is_bit_exact(latents: Path, tmp_path: Path, stage: i
     # Same run, killed with SIGKILL (every process) at a random moment after step 4's checkpoint.
     cmd = _cmd(2, latents, tmp_path, "killed", stage)
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cmd,
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         text=True,
-    )  # fmt: skip
+    )
     latest = tmp_path / "killed" / "checkpoints" / "latest"
     _wait_latest(latest, "step-00000004", proc)
     time.sleep(random.Random(stage).uniform(0.0, 0.3))
@@ -168,8 +206,14 @@ def test_kill_9_then_resume_is_bit_exact(latents: Path, tmp_path: Path, stage: i
 def _crash_in_save(cmd: list[str], step: int) -> None:
     """Runs `cmd` with rank 0 SIGKILLing itself inside the save of `step`, after DeepSpeed wrote
     its files and before the checkpoint is published (trainer.train's fault-injection point)."""
-    p = subprocess.run(cmd, cwd=REPO, env=_env({"SPACETIME_KILL_IN_SAVE": str(step)}),
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    p = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env=_env({"SPACETIME_KILL_IN_SAVE": str(step)}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode != 0
 
 
@@ -240,19 +284,40 @@ def test_trains_on_real_video_shards(real_shards: dict, tmp_path: Path) -> None:
     vae = tmp_path / "vae"
     CausalVAE(VAEConfig.named("tiny")).save_pretrained(vae)
     lat = tmp_path / "latents"
-    _run([
-        sys.executable, "-m", "infra.cli", "encode", "--shards", str(real_shards["out"]),
-        "--vae", str(vae), "--output", str(lat), "--set", "encode.max_frames=9",
-    ])  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "infra.cli",
+            "encode",
+            "--shards",
+            str(real_shards["out"]),
+            "--vae",
+            str(vae),
+            "--output",
+            str(lat),
+            "--set",
+            "encode.max_frames=9",
+        ]
+    )
     index = load_index(str(lat), Storage())
     keys = set(real_shards["samples"])
     assert {e.key for e in index.entries} == keys
     seen: list[str] = []
     for rank in range(2):
         loader = LatentLoader(
-            index, Storage(), rank=rank, world_size=2, seed=0, patch=(1, 2, 2), token_budget=512,
-            microbatches_per_step=2, shuffle_shards=4, workers=1, hidden=64,
-        )  # fmt: skip
+            index,
+            Storage(),
+            rank=rank,
+            world_size=2,
+            seed=0,
+            patch=(1, 2, 2),
+            token_budget=512,
+            microbatches_per_step=2,
+            shuffle_shards=4,
+            workers=1,
+            hidden=64,
+        )
         for data in loader.iterate(0, 0):
             if data.epoch:
                 break
@@ -286,8 +351,19 @@ def test_trains_on_real_video_shards(real_shards: dict, tmp_path: Path) -> None:
     assert (previews / "step-00000002" / "contact_sheet.png").stat().st_size > 0
     # The same clips encoded on the fly (no encode pass): the same batches and latents, so the
     # same losses as from the cache.
-    raw = _cmd(1, lat, tmp_path, "raw", 2, "--set", "train.steps=3", "--set",
-               "train.data.token_budget=512", "--set", "train.data.max_frames=9")  # fmt: skip
+    raw = _cmd(
+        1,
+        lat,
+        tmp_path,
+        "raw",
+        2,
+        "--set",
+        "train.steps=3",
+        "--set",
+        "train.data.token_budget=512",
+        "--set",
+        "train.data.max_frames=9",
+    )
     i = raw.index("--latents")
     raw[i : i + 2] = ["--clips", str(real_shards["out"]), "--vae", str(vae)]
     _run(raw)
@@ -361,11 +437,30 @@ def test_sample_and_export_from_a_zero_checkpoint(
     )
     vae = tmp_path / "vae"
     CausalVAE(VAEConfig.named("tiny")).save_pretrained(vae)
-    _run([
-        sys.executable, "-m", "infra.cli", "sample", "--checkpoint", str(run), "--vae", str(vae),
-        "--prompt", "a red circle moving right", "--output", str(tmp_path / "s"), "--frames", "5",
-        "--height", "32", "--width", "32", "--steps", "2",
-    ])  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "infra.cli",
+            "sample",
+            "--checkpoint",
+            str(run),
+            "--vae",
+            str(vae),
+            "--prompt",
+            "a red circle moving right",
+            "--output",
+            str(tmp_path / "s"),
+            "--frames",
+            "5",
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--steps",
+            "2",
+        ]
+    )
     assert (tmp_path / "s" / "contact_sheet.png").exists()
 
 
@@ -439,8 +534,22 @@ def test_launch_max_restarts_relaunches_and_resumes(
 
 def test_launch_node_that_never_joins_fails_fast_and_says_so(latents: Path, tmp_path: Path) -> None:
     train = _cmd(1, latents, tmp_path, "alone", 2)[3:]
-    cmd = [sys.executable, "-m", "infra.cli", "launch", "--nnodes", "2", "--node-rank", "0",
-           "--master", f"127.0.0.1:{free_port()}", "--join-timeout", "10", "--", *train]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "infra.cli",
+        "launch",
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "0",
+        "--master",
+        f"127.0.0.1:{free_port()}",
+        "--join-timeout",
+        "10",
+        "--",
+        *train,
+    ]
     t0 = time.monotonic()
     p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and time.monotonic() - t0 < 60
@@ -454,8 +563,17 @@ def test_deepspeed_launcher_runs_the_same_entry(
 ) -> None:
     """The `deepspeed` launcher (2 CPU ranks) runs `-m infra.cli train` and matches one rank."""
     train = _cmd(1, latents, tmp_path, "ds", 2)[3:]
-    cmd = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "2", "--master_port",
-           str(free_port()), "--no_local_rank", "--module", "infra.cli", *train]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).with_name("deepspeed")),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "--no_local_rank",
+        "--module",
+        "infra.cli",
+        *train,
+    ]
     log = _run(cmd)
     assert "world 2" in log
     got, ref = _history(tmp_path, "ds"), _history(*baseline)

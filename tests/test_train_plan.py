@@ -27,9 +27,18 @@ def _shapes(n: int, seed: int = 0) -> list[tuple[int, int, int, int]]:
 
 def _loader(index, storage, rank: int, world: int, g: int = 6, workers: int = 0) -> LatentLoader:  # type: ignore[no-untyped-def]
     return LatentLoader(
-        index, storage, rank=rank, world_size=world, seed=3, patch=PATCH, token_budget=160,
-        microbatches_per_step=g, shuffle_shards=2, workers=workers, hidden=64,
-    )  # fmt: skip
+        index,
+        storage,
+        rank=rank,
+        world_size=world,
+        seed=3,
+        patch=PATCH,
+        token_budget=160,
+        microbatches_per_step=g,
+        shuffle_shards=2,
+        workers=workers,
+        hidden=64,
+    )
 
 
 @pytest.fixture(scope="module")

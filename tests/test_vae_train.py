@@ -60,8 +60,9 @@ def _check_tiled_matches_untiled(vae: CausalVAE, shards: Path) -> None:
     300-step VAE: 41-44 dB, PSNR differences under 0.1 dB."""
     import torch
 
+    from infra.shards import iter_samples
     from infra.storage import Storage
-    from trainer.data.clips import decode_frames, iter_samples
+    from trainer.data.clips import decode_frames
     from trainer.vae.train import psnr
 
     vae.eval()
@@ -154,8 +155,9 @@ def test_demo_vae_reconstructs_the_moving_object(shards: Path, tmp_path: Path) -
     import torch
 
     from data_pipeline.shapes_score import measure, score
+    from infra.shards import iter_samples
     from infra.storage import Storage
-    from trainer.data.clips import decode_frames, iter_samples
+    from trainer.data.clips import decode_frames
     from trainer.vae.config import VAETrainConfig
     from trainer.vae.train import train_vae
 
@@ -188,17 +190,33 @@ def test_train_vae_two_ranks_match_one_and_resume_on_one(shards: Path, tmp_path:
 
     def run(nproc: int, out: Path, steps: int, *more: str) -> dict:
         args = [
-            "train-vae", "--shards", str(shards), "--output", str(out), "--preset", "tiny",
-            "--set", f"vae_train.steps={steps}", "--set", "vae_train.crop=32",
-            "--set", "vae_train.batch_size=4", "--set", "vae_train.checkpoint_every=3", *more,
-        ]  # fmt: skip
+            "train-vae",
+            "--shards",
+            str(shards),
+            "--output",
+            str(out),
+            "--preset",
+            "tiny",
+            "--set",
+            f"vae_train.steps={steps}",
+            "--set",
+            "vae_train.crop=32",
+            "--set",
+            "vae_train.batch_size=4",
+            "--set",
+            "vae_train.checkpoint_every=3",
+            *more,
+        ]
         launch = ["launch", "--nproc-per-node", str(nproc), "--"] if nproc > 1 else []
         env = {k: v for k, v in os.environ.items() if k != "RANK"}
         env |= {"OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}
         res = subprocess.run(
             [sys.executable, "-m", "infra.cli", *launch, *args],
-            env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         return json.loads((out / "summary.json").read_text())
 

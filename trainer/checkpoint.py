@@ -119,8 +119,10 @@ class CheckpointStore:
             if local_rank == 0:
                 log.info(
                     "world size %d -> %d: converting %s to a universal checkpoint",
-                    state["world_size"], world_size, tag,
-                )  # fmt: skip
+                    state["world_size"],
+                    world_size,
+                    tag,
+                )
                 to_universal(self.local, tag)
             dist.barrier()
             tag = tag + "-universal"
@@ -140,9 +142,11 @@ class CheckpointStore:
         partial = self.begin(tag) if rank == 0 else tag + PARTIAL
         dist.barrier()
         engine.save_checkpoint(
-            str(self.local), tag=partial, save_latest=False,
+            str(self.local),
+            tag=partial,
+            save_latest=False,
             client_state={"universal_checkpoint_info": {}},
-        )  # fmt: skip
+        )
         return self.local / partial
 
     def publish(self, tag: str, keep: int, local_rank: int) -> None:

@@ -21,12 +21,25 @@ from typing import Any
 
 import av
 import torch
-import webdataset as wds
 from safetensors.torch import save
 
+from infra.errors import JobError
+from infra.provenance import check_or_record
 from infra.ray_cluster import local_work_dir, ray_session
-from infra.storage import Storage, StorageConfig, join
-from trainer.data.clips import decode_frames, iter_samples, list_shards
+from infra.shards import (
+    CAPTIONS,
+    CLIPS,
+    LATENTS,
+    is_shard_name,
+    iter_samples,
+    list_shards,
+    read_captions,
+    sidecar,
+    sidecar_uri,
+    write_samples,
+)
+from infra.storage import Storage, StorageConfig, join, normalize, relative_to
+from trainer.data.clips import decode_frames
 from trainer.data.raw import latent_frames
 from trainer.text import TextEncoder, TextEncoderConfig
 from trainer.vae import CausalVAE
@@ -44,9 +57,48 @@ def _models(
 
 
 def vae_tag(vae_dir: str) -> str:
-    """A short id of the VAE weights, so latents of different VAEs never mix."""
-    h = hashlib.sha1((Path(vae_dir) / "model.safetensors").read_bytes()).hexdigest()[:10]
-    return f"vae-{h}"
+    """A short id of the VAE (weights and config), so latents of different VAEs never mix."""
+    h = hashlib.sha1((Path(vae_dir) / "model.safetensors").read_bytes())
+    if (Path(vae_dir) / "config.json").is_file():
+        h.update((Path(vae_dir) / "config.json").read_bytes())
+    return f"vae-{h.hexdigest()[:10]}"
+
+
+def _dir_id(path: str) -> str:
+    """A model directory by its place and its config (weights are too big to hash per run)."""
+    conf = Path(path) / "config.json"
+    digest = hashlib.sha256(conf.read_bytes()).hexdigest()[:12] if conf.is_file() else "no config"
+    return f"{normalize(path)} (config {digest})"
+
+
+def settings(
+    shards: str,
+    vae_dir: str,
+    text_path: str | None,
+    captions: str | None,
+    cfg: EncodeConfig,
+    storage: Storage,
+) -> dict[str, Any]:
+    """What a latent set is made from: the clips, the VAE, the text encoder, the caption set and
+    how it was made, and the encode settings."""
+    from trainer.text.encoder import default_model_path
+
+    made_with = ""
+    if captions:
+        try:
+            made_with = storage.read_text(join(captions, "job.json"))
+        except FileNotFoundError:
+            made_with = "(no job.json)"
+    return {
+        "shards": normalize(shards),
+        "vae": vae_tag(vae_dir),
+        "text_encoder": _dir_id(text_path or default_model_path()),
+        "captions": normalize(captions) if captions else "",
+        "captions_made_with": hashlib.sha256(made_with.encode()).hexdigest()[:12]
+        if captions
+        else "",
+        "encode": dataclasses.asdict(cfg),
+    }
 
 
 def latent_record(
@@ -75,6 +127,24 @@ def latent_record(
     }
 
 
+def _index_uri(out_uri: str) -> str:
+    return out_uri[: -len(".tar")] + ".index.json"
+
+
+def _captions_of(captions: str | None, clip_shard: str, storage: Storage) -> tuple[dict, str]:
+    """({key: caption text}, digest of the caption shard) for one clip shard; the digest tells a
+    rerun that a caption shard was rewritten (failed captions retried) since its latents were made."""
+    if not captions:
+        return {}, ""
+    uri = sidecar_uri(captions, clip_shard, CAPTIONS)
+    try:
+        blob = storage.read_bytes(uri)
+    except FileNotFoundError:
+        return {}, "missing"
+    chosen = {k: r["text"] for k, r in read_captions(uri, storage).items() if r["text"]}
+    return chosen, hashlib.sha256(blob).hexdigest()
+
+
 def encode_shard(
     clip_shard: str,
     output: str,
@@ -84,29 +154,28 @@ def encode_shard(
     storage_cfg: dict[str, Any],
     captions: str | None = None,
 ) -> dict[str, Any]:
-    """Ray task: one clip shard in, one latent shard out (skipped if already published)."""
+    """Ray task: one clip shard in, one latent shard out. Skipped when already published from
+    the same caption shard; its report (clips, errors, fallbacks) then comes from its index."""
     storage = Storage(StorageConfig(**storage_cfg))
     ecfg = EncodeConfig(**cfg)
-    name = clip_shard.rsplit("/", 1)[-1].replace("clips-", "latents-")
+    name = sidecar(clip_shard, LATENTS)
     out_uri = join(output, name)
-    index_uri = out_uri[: -len(".tar")] + ".index.json"
+    index_uri = _index_uri(out_uri)
+    chosen, digest = _captions_of(captions, clip_shard, storage)
     if storage.exists(out_uri) and storage.exists(index_uri):
-        return {"shard": name, "clips": -1, "skipped": True}
+        index = read_index_file(storage, index_uri)
+        if index.get("captions_sha256", "") == digest:
+            return {**index, "shard": name, "clips": len(index["rows"]), "skipped": True}
+        log.info("%s: its caption shard changed since it was encoded; encoding it again", name)
     torch.set_num_threads(1)
     vae, text = _models(vae_dir, text_path, ecfg.text_max_length)
     tag = vae_tag(vae_dir)
-    chosen: dict[str, str] = {}
-    if captions:
-        from recaption.job import caption_shard_name, read_captions
-
-        cap_uri = join(captions, caption_shard_name(clip_shard))
-        if storage.exists(cap_uri):
-            chosen = {k: r["text"] for k, r in read_captions(cap_uri, storage).items() if r["text"]}
     fallbacks = 0
     errors: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
-    with storage.atomic_writer(out_uri) as tmp, open(tmp, "wb") as f:
-        writer = wds.TarWriter(f, mtime=0, user="", group="")
+
+    def samples() -> Any:
+        nonlocal fallbacks
         for s in iter_samples(clip_shard, storage):
             try:
                 frames = decode_frames(s["mp4"], max_frames=ecfg.max_frames)
@@ -123,17 +192,22 @@ def encode_shard(
                 caption = s.get("txt", b"").decode("utf-8")
                 fallbacks += bool(captions)
             states = text.encode([caption])[0].contiguous()
-            writer.write(
-                latent_record(s["__key__"], z, states, caption, tag, vae.cfg, t, text.path)
-            )
             rows.append({"key": s["__key__"], "shape": list(z.shape), "text_len": len(states)})
-        writer.close()
+            yield latent_record(s["__key__"], z, states, caption, tag, vae.cfg, t, text.path)
+
+    write_samples(out_uri, samples(), storage)
     # The index lets the trainer plan packing without reading latents; written after the shard,
     # and a shard without one is redone (or scanned by the loader).
-    storage.write_text(index_uri, json.dumps(rows))
-    return {
-        "shard": name, "clips": len(rows), "skipped": False, "fallbacks": fallbacks, "errors": errors,
-    }  # fmt: skip
+    report = {"rows": rows, "errors": errors, "fallbacks": fallbacks, "captions_sha256": digest}
+    storage.write_text(index_uri, json.dumps(report))
+    return {**report, "shard": name, "clips": len(rows), "skipped": False}
+
+
+def read_index_file(storage: Storage, uri: str) -> dict[str, Any]:
+    """A latent shard's index: {"rows": [{key, shape, text_len}], "errors", "fallbacks",
+    "captions_sha256"} (older indexes are a bare list of rows)."""
+    data = json.loads(storage.read_text(uri))
+    return {"rows": data} if isinstance(data, list) else data
 
 
 def run_encode(
@@ -145,13 +219,34 @@ def run_encode(
     storage_cfg: StorageConfig,
     ray_address: str | None = None,
     captions: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """`captions`: a caption set (output of `spacetime recaption`) whose text replaces the source
-    caption by key; clips it has no caption for keep their source caption (counted)."""
+    caption by key; clips it has no caption for keep their source caption (counted). A rerun
+    resumes only with the same settings (else JobError, or start over with `overwrite`); raises
+    JobError when no clip could be encoded."""
     t0 = time.monotonic()
+    shards, output = normalize(shards), normalize(output)
+    captions = normalize(captions) if captions else None
     storage = Storage(storage_cfg)
-    clip_shards = list_shards(shards, storage)
+    clip_shards = list_shards(shards, storage, CLIPS)
     CausalVAE.from_pretrained(vae_dir)  # fail fast, before any worker starts
+    if overwrite:  # what this job writes, and only that
+        for uri in storage.list(output):
+            name = relative_to(output, uri)
+            if (
+                is_shard_name(name, LATENTS)
+                or name.endswith(".index.json")
+                or name in ("summary.json", "job.json")
+            ):
+                storage.delete(uri)
+    check_or_record(
+        storage,
+        join(output, "job.json"),
+        settings(shards, vae_dir, text_path, captions, cfg, storage),
+        output,
+        "--overwrite",
+    )
     results = []
     with ray_session(ray_address, local_work_dir(output)):
         import ray
@@ -177,7 +272,7 @@ def run_encode(
         "shards": len(results),
         "encoded_shards": sum(not r["skipped"] for r in results),
         "skipped_shards": sum(r["skipped"] for r in results),
-        "clips": sum(max(r["clips"], 0) for r in results),
+        "clips": sum(r["clips"] for r in results),
         "captions": captions or "source",
         "caption_fallbacks": sum(r.get("fallbacks", 0) for r in results),
         "errors": [e for r in results for e in r.get("errors", [])],
@@ -188,10 +283,21 @@ def run_encode(
     log.info(
         "encode: %d shards (%d encoded, %d already there), %d clips, %d undecodable clips skipped, "
         "captions: %s (%d fell back to the source caption), %s, %.1fs",
-        summary["shards"], summary["encoded_shards"], summary["skipped_shards"], summary["clips"],
-        len(summary["errors"]), summary["captions"], summary["caption_fallbacks"], summary["vae"],
+        summary["shards"],
+        summary["encoded_shards"],
+        summary["skipped_shards"],
+        summary["clips"],
+        len(summary["errors"]),
+        summary["captions"],
+        summary["caption_fallbacks"],
+        summary["vae"],
         summary["wall_s"],
-    )  # fmt: skip
+    )
+    if not summary["clips"]:
+        raise JobError(
+            f"encode: no clip could be encoded ({len(summary['errors'])} failed); see "
+            f"{join(output, 'summary.json')}"
+        )
     return summary
 
 

@@ -242,9 +242,15 @@ def generate(
         eta = 1.0 if cfg.sampler == "ddpm" else cfg.eta
         steps = None if cfg.sampler == "ddpm" else cfg.steps
         out = diffusion.sample(
-            denoise, noise, cond, steps=steps, eta=eta,
-            generator=torch.Generator().manual_seed(cfg.seed), known=known, start_x0=start_x0,
-        )  # fmt: skip
+            denoise,
+            noise,
+            cond,
+            steps=steps,
+            eta=eta,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            known=known,
+            start_x0=start_x0,
+        )
     latents = unpack(out, cond, model.cfg.patch)
     with torch.no_grad():
         videos = [vae.decode_chunked(vae.denormalize(z[None]))[0].clamp(-1, 1) for z in latents]
@@ -327,11 +333,19 @@ def run_sample(
             write_mp4(out / f"{stem}.mp4", f, fps=cfg.fps)
         Image.fromarray(f[0] if len(f) == 1 else contact_sheet([f])).save(out / f"{stem}.png")
         rec = {
-            "prompt": prompt, "conditioned_on": conditioned[i], "seed": cfg.seed + i, "mode": cfg.mode, "inputs": inputs or [],
-            "checkpoint": which, "sample": to_dict(cfg), "model": to_dict(train_cfg.model),
-            "objective": train_cfg.objective, "vae": str(vae_dir),
-            "text_encoder": encoder.path, "files": [f"{stem}.mp4", f"{stem}.png"],
-        }  # fmt: skip
+            "prompt": prompt,
+            "conditioned_on": conditioned[i],
+            "seed": cfg.seed + i,
+            "mode": cfg.mode,
+            "inputs": inputs or [],
+            "checkpoint": which,
+            "sample": to_dict(cfg),
+            "model": to_dict(train_cfg.model),
+            "objective": train_cfg.objective,
+            "vae": str(vae_dir),
+            "text_encoder": encoder.path,
+            "files": [f"{stem}.mp4", f"{stem}.png"],
+        }
         (out / f"{stem}.json").write_text(json.dumps(rec, indent=2))
         records.append(rec)
     Image.fromarray(contact_sheet(frames)).save(out / "contact_sheet.png")
@@ -342,7 +356,15 @@ def run_sample(
     }
     log.info(
         "sample: %d %s samples (%d frames, %dx%d, %d steps, guidance %.1f) from %s in %.1fs -> %s",
-        len(records), cfg.mode, cfg.frames, cfg.height, cfg.width, cfg.steps, cfg.guidance, which,
-        summary["wall_s"], out,
-    )  # fmt: skip
+        len(records),
+        cfg.mode,
+        cfg.frames,
+        cfg.height,
+        cfg.width,
+        cfg.steps,
+        cfg.guidance,
+        which,
+        summary["wall_s"],
+        out,
+    )
     return summary

@@ -143,9 +143,14 @@ def training_index(cfg: TrainConfig, storage: Storage) -> Any:
 
 
 def _loader(
-    cfg: TrainConfig, index: Any, storage: Storage, rank: int, world: int, seed: int,
+    cfg: TrainConfig,
+    index: Any,
+    storage: Storage,
+    rank: int,
+    world: int,
+    seed: int,
     encode: bool = True,
-) -> LatentLoader:  # fmt: skip
+) -> LatentLoader:
     d = cfg.data
     encoder = None
     if d.clips and encode:
@@ -155,11 +160,20 @@ def _loader(
             d.vae, d.text_encoder, d.text_max_length, d.max_frames, d.captions, storage
         )
     return LatentLoader(
-        index, storage, rank=rank, world_size=world, seed=seed, patch=cfg.model.patch,
-        token_budget=d.token_budget, microbatches_per_step=d.microbatches_per_step,
-        shuffle_shards=d.shuffle_shards, workers=d.workers, hidden=cfg.model.dims[1],
-        balance=d.balance, encoder=encoder,
-    )  # fmt: skip
+        index,
+        storage,
+        rank=rank,
+        world_size=world,
+        seed=seed,
+        patch=cfg.model.patch,
+        token_budget=d.token_budget,
+        microbatches_per_step=d.microbatches_per_step,
+        shuffle_shards=d.shuffle_shards,
+        workers=d.workers,
+        hidden=cfg.model.dims[1],
+        balance=d.balance,
+        encoder=encoder,
+    )
 
 
 class Trainer:
@@ -221,15 +235,18 @@ class Trainer:
             if load_path is None:
                 raise JobError(f"{self.ckpt.local / tag}: DeepSpeed could not load the checkpoint")
             self.step, self.epoch, self.step_in_epoch = (
-                state["step"], state["epoch"], state["step_in_epoch"]
-            )  # fmt: skip
+                state["step"],
+                state["epoch"],
+                state["step_in_epoch"],
+            )
             self.tokens_seen, self.samples_seen = state["tokens_seen"], state["samples_seen"]
             if state.get("index") != self.index.fingerprint():
                 log.warning(
                     "the latent shards differ from the checkpoint's (%s vs %s): the data order "
                     "after resume is not the one the run started with",
-                    self.index.fingerprint(), state.get("index"),
-                )  # fmt: skip
+                    self.index.fingerprint(),
+                    state.get("index"),
+                )
             if self.ema is not None and (path / "ema.safetensors").exists():
                 from safetensors.torch import load_file
 
@@ -320,14 +337,20 @@ class Trainer:
             write_state(
                 path,
                 {
-                    "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                    "tokens_seen": self.tokens_seen, "samples_seen": self.samples_seen,
-                    "world_size": self.d.world_size, "zero_stage": self.cfg.zero_stage,
-                    "index": self.index.fingerprint(), "code_version": code_version(),
-                    "config": to_dict(self.cfg), "run": to_dict(self.run_cfg),
+                    "step": self.step,
+                    "epoch": self.epoch,
+                    "step_in_epoch": self.step_in_epoch,
+                    "tokens_seen": self.tokens_seen,
+                    "samples_seen": self.samples_seen,
+                    "world_size": self.d.world_size,
+                    "zero_stage": self.cfg.zero_stage,
+                    "index": self.index.fingerprint(),
+                    "code_version": code_version(),
+                    "config": to_dict(self.cfg),
+                    "run": to_dict(self.run_cfg),
                     "history": self.history,
                 },
-            )  # fmt: skip
+            )
         self.ckpt.publish(tag, self.cfg.keep_checkpoints, self.d.local_rank)
         if self.d.rank == 0:
             log.info("checkpoint %s published", tag)
@@ -344,9 +367,13 @@ class Trainer:
             t0 = time.monotonic()
             try:
                 run_sample(
-                    str(self.ckpt.local / tag), p.vae or self.cfg.data.vae, p.prompts, str(out),
-                    p.sample, text_encoder=p.text_encoder or self.cfg.data.text_encoder,
-                )  # fmt: skip
+                    str(self.ckpt.local / tag),
+                    p.vae or self.cfg.data.vae,
+                    p.prompts,
+                    str(out),
+                    p.sample,
+                    text_encoder=p.text_encoder or self.cfg.data.text_encoder,
+                )
             except Exception as e:  # previews are a view on training, never a reason to stop it
                 log.warning("preview at step %d failed: %s", self.step, e)
             else:
@@ -359,8 +386,9 @@ class Trainer:
                 if self.remote:
                     for f in sorted(out.iterdir()):
                         self.storage.upload(f, join(self.remote, "previews", tag, f.name))
-                log.info("preview: %d prompts in %.1fs -> %s", len(p.prompts),
-                         time.monotonic() - t0, out)  # fmt: skip
+                log.info(
+                    "preview: %d prompts in %.1fs -> %s", len(p.prompts), time.monotonic() - t0, out
+                )
         dist.barrier()
 
     # -- the loop --------------------------------------------------------------------------------
@@ -375,10 +403,16 @@ class Trainer:
             log.info(
                 "train: DiT-%s %.2fM params, ZeRO-%d, %s, world %d, %d micro-batches of %d tokens "
                 "per step, steps %d -> %d",
-                cfg.model.size, self.flops_model.num_params() / 1e6, cfg.zero_stage,
-                "bf16" if self.bf16 else "fp32", self.d.world_size, cfg.data.microbatches_per_step,
-                cfg.data.token_budget, self.step, cfg.steps,
-            )  # fmt: skip
+                cfg.model.size,
+                self.flops_model.num_params() / 1e6,
+                cfg.zero_stage,
+                "bf16" if self.bf16 else "fp32",
+                self.d.world_size,
+                cfg.data.microbatches_per_step,
+                cfg.data.token_budget,
+                self.step,
+                cfg.steps,
+            )
         t_start = time.monotonic()
         t_window, tokens_window, samples_window, flops_window = time.monotonic(), 0.0, 0.0, 0.0
         start_step = self.step
@@ -404,10 +438,13 @@ class Trainer:
                     mfu = flops_window / dt / (self.peak * 1e12 * self.d.world_size)
                     if writer is not None:
                         for k, v in (
-                            ("loss", s["loss"]), ("grad_norm", s["grad_norm"]), ("lr", s["lr"]),
-                            ("tokens_per_s", tokens_window / dt), ("samples_per_s", samples_window / dt),
+                            ("loss", s["loss"]),
+                            ("grad_norm", s["grad_norm"]),
+                            ("lr", s["lr"]),
+                            ("tokens_per_s", tokens_window / dt),
+                            ("samples_per_s", samples_window / dt),
                             ("mfu", mfu),
-                        ):  # fmt: skip
+                        ):
                             writer.add_scalar(f"train/{k}", v, self.step)
                         eta = (
                             (time.monotonic() - t_start)
@@ -417,9 +454,17 @@ class Trainer:
                         log.info(
                             "step %d/%d loss %.4f grad %.3f lr %.2e | %.0f tok/s %.1f samples/s "
                             "MFU %.1f%% | epoch %d | eta %.0fs",
-                            self.step, cfg.steps, s["loss"], s["grad_norm"], s["lr"], tokens_window / dt,
-                            samples_window / dt, 100 * mfu, self.epoch, eta,
-                        )  # fmt: skip
+                            self.step,
+                            cfg.steps,
+                            s["loss"],
+                            s["grad_norm"],
+                            s["lr"],
+                            tokens_window / dt,
+                            samples_window / dt,
+                            100 * mfu,
+                            self.epoch,
+                            eta,
+                        )
                     t_window, tokens_window, samples_window, flops_window = (
                         time.monotonic(),
                         0,
@@ -439,12 +484,15 @@ class Trainer:
             writer.close()
         wall = time.monotonic() - t_start
         summary = {
-            "steps": self.step, "trained_steps": self.step - start_step,
+            "steps": self.step,
+            "trained_steps": self.step - start_step,
             "final_loss": self.history[-1]["loss"] if self.history else None,
-            "tokens_seen": self.tokens_seen, "samples_seen": self.samples_seen,
-            "world_size": self.d.world_size, "wall_s": round(wall, 2),
+            "tokens_seen": self.tokens_seen,
+            "samples_seen": self.samples_seen,
+            "world_size": self.d.world_size,
+            "wall_s": round(wall, 2),
             "checkpoint": self.ckpt.latest(),
-        }  # fmt: skip
+        }
         if self.d.rank == 0:
             (self.local / "train_summary.json").write_text(json.dumps(summary, indent=2))
             if self.remote:
@@ -453,9 +501,13 @@ class Trainer:
                 )
             log.info(
                 "train: %d steps (%d this run) in %.1fs, final loss %s, %d tokens seen; latest %s",
-                summary["steps"], summary["trained_steps"], wall, summary["final_loss"],
-                self.tokens_seen, summary["checkpoint"],
-            )  # fmt: skip
+                summary["steps"],
+                summary["trained_steps"],
+                wall,
+                summary["final_loss"],
+                self.tokens_seen,
+                summary["checkpoint"],
+            )
         return summary
 
 
@@ -463,8 +515,14 @@ def lost_peer_message(e: BaseException, rank: int, step: int) -> str | None:
     """A readable account of a collective that failed because a peer went away (gloo and NCCL
     report it as a connection error naming the peer's address), or None for other errors."""
     text = str(e)
-    markers = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
-               "Connection refused", "NCCL communicator was aborted", "remote process exited")  # fmt: skip
+    markers = (
+        "Connection closed by peer",
+        "Connection reset by peer",
+        "Broken pipe",
+        "Connection refused",
+        "NCCL communicator was aborted",
+        "remote process exited",
+    )
     if not any(m in text for m in markers):
         return None
     peers = sorted(set(re.findall(r"\[([0-9A-Fa-f.:]+)\]:\d+", text)))

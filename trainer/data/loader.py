@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from infra.shards import iter_samples
 from infra.storage import Storage
-from trainer.data.clips import iter_samples
 from trainer.data.plan import (
     EpochPlan,
     Index,

@@ -16,8 +16,8 @@ import logging
 import random
 from dataclasses import dataclass
 
+from infra.shards import LATENTS, iter_samples, list_shards
 from infra.storage import Storage
-from trainer.data.clips import iter_samples, list_shards
 from trainer.model.packing import pack_first_fit
 
 log = logging.getLogger(__name__)
@@ -55,12 +55,13 @@ def _read_safetensors_shape(blob: bytes, name: str) -> list[int]:
 def load_index(latents: str, storage: Storage) -> Index:
     """Reads each latent shard's index.json (written by `spacetime encode`); a shard without one is
     scanned (slower, same result)."""
-    shards = list_shards(latents, storage, prefix="latents-")
+    shards = list_shards(latents, storage, LATENTS)
     entries: list[Entry] = []
     for i, shard in enumerate(shards):
         index_uri = shard[: -len(".tar")] + ".index.json"
         if storage.exists(index_uri):
             rows = json.loads(storage.read_text(index_uri))
+            rows = rows["rows"] if isinstance(rows, dict) else rows  # older: a bare list
         else:
             log.warning("%s: no index.json, scanning the shard", shard)
             rows = [

@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
+from infra.shards import CLIPS, caption_texts, list_shards
 from infra.storage import Storage, join
-from trainer.data.clips import decode_frames, list_shards
+from trainer.data.clips import decode_frames
 from trainer.data.plan import Entry, Index
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def clip_index(clips: str, storage: Storage, vae_cfg: Any, max_frames: int) -> I
             f"{uri}: not found; train.data.clips must be `spacetime shard` output"
         )
     rows = pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
-    shards = list_shards(clips, storage)
+    shards = list_shards(clips, storage, CLIPS)
     pos = {s.rsplit("/", 1)[-1]: i for i, s in enumerate(shards)}
     ts, ss, c = vae_cfg.time_stride, vae_cfg.space_stride, vae_cfg.latent_channels
     entries = []
@@ -81,12 +82,7 @@ class ClipEncoder:
         self.max_frames = max_frames
         self.captions: dict[str, str] = {}
         if captions:
-            from recaption.job import read_captions
-
-            for shard in list_shards(captions, storage, prefix="captions-"):
-                self.captions |= {
-                    k: r["text"] for k, r in read_captions(shard, storage).items() if r["text"]
-                }
+            self.captions = caption_texts(captions, storage)
             log.info("on-the-fly encoding: %d captions from %s", len(self.captions), captions)
 
     def __call__(

@@ -42,9 +42,16 @@ class PackedBatch:
 
     def to(self, device: torch.device | str) -> PackedBatch:
         return PackedBatch(
-            self.coords.to(device), self.sample_idx.to(device), self.cu_seqlens.to(device), self.max_seqlen,
-            self.text.to(device), self.cu_seqlens_k.to(device), self.max_seqlen_k, self.grids, self.shapes,
-        )  # fmt: skip
+            self.coords.to(device),
+            self.sample_idx.to(device),
+            self.cu_seqlens.to(device),
+            self.max_seqlen,
+            self.text.to(device),
+            self.cu_seqlens_k.to(device),
+            self.max_seqlen_k,
+            self.grids,
+            self.shapes,
+        )
 
 
 def patchify(latent: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
@@ -140,9 +147,16 @@ def drop_tokens(
     kept = torch.cat(keep).to(tokens.device)
     lengths = [len(k) for k in keep]
     new = PackedBatch(
-        batch.coords[kept], batch.sample_idx[kept], _cu(lengths).to(tokens.device), max(lengths),
-        batch.text, batch.cu_seqlens_k, batch.max_seqlen_k, batch.grids, batch.shapes,
-    )  # fmt: skip
+        batch.coords[kept],
+        batch.sample_idx[kept],
+        _cu(lengths).to(tokens.device),
+        max(lengths),
+        batch.text,
+        batch.cu_seqlens_k,
+        batch.max_seqlen_k,
+        batch.grids,
+        batch.shapes,
+    )
     return tokens[kept], new, kept
 
 

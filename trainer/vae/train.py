@@ -32,9 +32,10 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from infra.errors import JobError
+from infra.shards import iter_samples, list_shards
 from infra.storage import Storage
 from trainer.checkpoint import CheckpointStore, code_version, tag_for, write_state
-from trainer.data.clips import decode_frames, iter_samples, list_shards
+from trainer.data.clips import decode_frames
 from trainer.engine import DistInfo, distributed
 from trainer.vae.config import VAETrainConfig
 from trainer.vae.model import CausalVAE
@@ -195,9 +196,12 @@ def train_vae(
         psnr_before = evaluate(engine.module, held, d.device, dtype) if d.rank == 0 else 0.0
         t0 = time.monotonic()
         bar = tqdm(
-            range(start, cfg.steps), desc="train-vae", initial=start, total=cfg.steps,
+            range(start, cfg.steps),
+            desc="train-vae",
+            initial=start,
+            total=cfg.steps,
             disable=d.rank != 0,
-        )  # fmt: skip
+        )
         for step in bar:
             x = step_batch(train, cfg, step, d.rank, d.world_size).to(d.device, dtype)
             noise = step_noise(cfg, latent, step, d.rank, d.world_size).to(d.device, dtype)
@@ -231,24 +235,38 @@ def train_vae(
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
             log.info(
                 "train-vae: %d steps on %d rank(s), held-out PSNR %.2f -> %.2f dB; model in %s",
-                cfg.steps, d.world_size, psnr_before, psnr_after, out / "vae",
-            )  # fmt: skip
+                cfg.steps,
+                d.world_size,
+                psnr_before,
+                psnr_after,
+                out / "vae",
+            )
         dist.barrier()
         return summary
 
 
 def _checkpoint(
-    engine: Any, store: CheckpointStore, step: int, cfg: VAETrainConfig, d: DistInfo,
+    engine: Any,
+    store: CheckpointStore,
+    step: int,
+    cfg: VAETrainConfig,
+    d: DistInfo,
     history: list[dict[str, float]],
-) -> None:  # fmt: skip
+) -> None:
     tag = tag_for(step)
     path = store.write_engine(engine, tag, d.rank)
     if d.rank == 0:
         write_state(
             path,
-            {"step": step, "world_size": d.world_size, "zero_stage": cfg.zero_stage,
-             "code_version": code_version(), "config": asdict(cfg), "history": history},
-        )  # fmt: skip
+            {
+                "step": step,
+                "world_size": d.world_size,
+                "zero_stage": cfg.zero_stage,
+                "code_version": code_version(),
+                "config": asdict(cfg),
+                "history": history,
+            },
+        )
     store.publish(tag, cfg.keep_checkpoints, d.local_rank)
 
 

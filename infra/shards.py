@@ -1,0 +1,118 @@
+"""The shard contract: how clip, caption and latent shards are named, listed, read and written.
+
+Every stage reads and writes webdataset tars through this module, so the format has one home:
+
+    clips-NNNNNN.tar      {key}.mp4 {key}.json [{key}.txt]           (`spacetime shard`)
+    captions-NNNNNN.tar   {key}.caption.json                         (`spacetime recaption`)
+    latents-NNNNNN.tar    {key}.latent.safetensors {key}.text.safetensors   (`spacetime encode`)
+
+A caption or latent shard is a sidecar of the clip shard with the same number. Shards are
+published atomically (written under a temporary name, then renamed or uploaded whole), so a shard
+that is listed is whole. Reading goes through webdataset's own tar iterator and key grouping; a
+truncated or malformed tar raises `ShardError` naming the shard.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from infra.storage import Storage, join, relative_to
+
+CLIPS, CAPTIONS, LATENTS = "clips", "captions", "latents"
+
+
+class ShardError(ValueError):
+    """A shard that cannot be read as webdataset (truncated, corrupt, badly named members)."""
+
+
+def shard_name(kind: str, index: int) -> str:
+    """`clips-000007.tar` for (CLIPS, 7)."""
+    return f"{kind}-{index:06d}.tar"
+
+
+def is_shard_name(name: str, kind: str) -> bool:
+    return re.fullmatch(rf"{re.escape(kind)}-\d{{6}}\.tar", name) is not None
+
+
+def sidecar(shard: str, kind: str) -> str:
+    """The name of `shard`'s sidecar of `kind`: clips-000007.tar -> captions-000007.tar."""
+    name = shard.rsplit("/", 1)[-1]
+    number = re.fullmatch(r"[a-z]+-(\d{6})\.tar", name)
+    if number is None:
+        raise ShardError(f"{shard}: not a shard name (expected KIND-NNNNNN.tar)")
+    return shard_name(kind, int(number.group(1)))
+
+
+def list_shards(root: str, storage: Storage, kind: str = CLIPS) -> list[str]:
+    """The `kind` shards directly under `root`, sorted; FileNotFoundError when there are none."""
+    shards = [
+        uri
+        for uri in storage.list(root, suffix=".tar")
+        if is_shard_name(relative_to(root, uri), kind)
+    ]
+    if not shards:
+        raise FileNotFoundError(f"{root}: no {kind}-*.tar shards found")
+    return shards
+
+
+def iter_samples(shard: str, storage: Storage) -> Iterator[dict[str, Any]]:
+    """Samples of one shard in order, `{"__key__": key, ext: bytes, ...}`, streamed (S3 too)."""
+
+    def members(f: Any) -> Iterator[dict[str, Any]]:
+        for m in tar_file_iterator(f):
+            if "." not in m["fname"].rsplit("/", 1)[-1]:
+                # webdataset would silently drop it; a member we cannot place is a broken shard
+                raise ShardError(
+                    f"{shard}: member {m['fname']!r} has no extension (members are KEY.EXT)"
+                )
+            yield m | {"__url__": shard}
+
+    try:
+        with storage.open_read(shard) as f:
+            for sample in group_by_keys(members(f)):
+                sample.pop("__url__", None)
+                yield sample
+    except (tarfile.TarError, EOFError) as e:
+        raise ShardError(f"{shard}: truncated or corrupt tar ({e})") from None
+    except ValueError as e:
+        if isinstance(e, ShardError):
+            raise
+        raise ShardError(f"{shard}: {e.args[0] if e.args else e}") from None
+
+
+def write_samples(uri: str, samples: Iterable[dict[str, Any]], storage: Storage) -> int:
+    """Writes samples (`{"__key__": key, ext: bytes}`) as one tar and publishes it atomically at
+    `uri`, with fixed member metadata so the same samples give the same bytes. Returns the count."""
+    n = 0
+    with storage.atomic_writer(uri) as tmp, open(tmp, "wb") as f:
+        writer = wds.TarWriter(f, mtime=0, user="", group="")
+        for s in samples:
+            writer.write(s)
+            n += 1
+        writer.close()
+    return n
+
+
+def read_captions(shard: str, storage: Storage) -> dict[str, dict[str, Any]]:
+    """{key: caption record} of one caption shard."""
+    return {s["__key__"]: json.loads(s["caption.json"]) for s in iter_samples(shard, storage)}
+
+
+def caption_texts(captions: str, storage: Storage) -> dict[str, str]:
+    """{key: text} of every captioned clip of a caption set (failed captions left out)."""
+    out: dict[str, str] = {}
+    for shard in list_shards(captions, storage, CAPTIONS):
+        out |= {k: r["text"] for k, r in read_captions(shard, storage).items() if r["text"]}
+    return out
+
+
+def sidecar_uri(root: str, shard: str, kind: str) -> str:
+    """Where `shard`'s sidecar of `kind` lives under `root`."""
+    return join(root, sidecar(shard, kind))
