@@ -90,3 +90,7 @@ class ShardConfig:
             raise ValueError("shard_max_bytes and shard_max_clips must be positive")
         if not 0 <= self.crf <= 51:
             raise ValueError(f"crf must be in [0, 51], got {self.crf}")
+        if self.max_input_bytes < 1 or self.max_input_pixels < 1 or self.num_workers < 0:
+            raise ValueError("max_input_bytes and max_input_pixels must be >= 1, num_workers >= 0")
+        if not self.file_timeout_s > 0 or self.min_side < 1 or self.analysis_width < 16:
+            raise ValueError("file_timeout_s must be > 0, min_side >= 1 and analysis_width >= 16")

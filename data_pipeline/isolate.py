@@ -11,11 +11,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
-import select
-import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from infra.procs import exit_when_gone
 
 R = TypeVar("R")
 
@@ -35,26 +34,7 @@ def _watch_owner(owner: int) -> None:
     its workers at shutdown, and the child would not notice: it waits on its call queue, whose
     write end it holds itself, and keeps the forkserver alive too (each forkserver child holds
     the server's liveness pipe), both orphaned with PyAV and OpenCV loaded (~230 MB each)."""
-
-    def watch() -> None:
-        try:
-            fd = os.pidfd_open(owner)
-        except (AttributeError, OSError):  # no pidfd (not Linux >= 5.3): poll instead
-            while _exists(owner):
-                time.sleep(1.0)
-        else:
-            select.select([fd], [], [])  # readable once the owner has exited
-        os._exit(1)
-
-    threading.Thread(target=watch, name="watch-owner", daemon=True).start()
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    exit_when_gone(owner, "the Ray worker that owns this decoding process")
 
 
 def _get_pool() -> cf.ProcessPoolExecutor:

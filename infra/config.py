@@ -202,6 +202,10 @@ def read_file(path: str | Path) -> dict[str, Any]:
         text = p.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a folder, not a config file") from None
+    except (PermissionError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read the config file ({e})") from None
     try:
         if p.suffix == ".toml":
             data = tomllib.loads(text)

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.procs import free_port
+from infra.procs import LAUNCHER_PID, free_port
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ def run_node(
     relaunched node never joins the old round's rendezvous store just before it closes."""
     env = dict(os.environ) | node.env()
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env[LAUNCHER_PID] = str(os.getpid())  # the workers exit when this process is gone
     argv = train_argv
     for attempt in range(max_restarts + 1):
         cmd = node.command(argv)

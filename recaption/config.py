@@ -33,3 +33,5 @@ class RecaptionConfig:
     def validate(self) -> None:
         if self.frames < 1 or self.batch_size < 1 or self.max_side < 16:
             raise ValueError("frames and batch_size must be >= 1 and max_side >= 16")
+        if min(self.workers, self.retries, self.max_new_tokens) < 0 or not self.temperature >= 0:
+            raise ValueError("workers, retries, max_new_tokens and temperature must be >= 0")

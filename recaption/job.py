@@ -217,9 +217,12 @@ def source_scene_counts(shards: str, storage: Storage) -> dict[str, int]:
 
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(
-        io.BytesIO(storage.read_bytes(uri)), columns=["source", "scene"]
-    ).to_pylist()
+    try:
+        rows = pq.read_table(
+            io.BytesIO(storage.read_bytes(uri)), columns=["source", "scene"]
+        ).to_pylist()
+    except (OSError, ValueError, KeyError) as e:  # pyarrow: damaged file or missing columns
+        raise ValueError(f"{uri}: cannot read source and scene from the manifest ({e})") from None
     scenes: dict[str, int] = {}
     for r in rows:
         scenes[r["source"]] = max(scenes.get(r["source"], 0), int(r["scene"]) + 1)

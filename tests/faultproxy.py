@@ -15,6 +15,8 @@ class FaultProxy:
       or a closed connection mid-request), and every open connection is cut now.
     - `outage(seconds)`: stop listening (connection refused), then listen again on the same port:
       a server that goes away and comes back.
+    - `delay_next(n, seconds, prefix)`: the next n requests whose first bytes are `prefix` (e.g.
+      b"PUT ") reach the server `seconds` late: a slow upload.
     """
 
     def __init__(self, target_host: str, target_port: int):
@@ -24,6 +26,8 @@ class FaultProxy:
         self._conns: list[socket.socket] = []
         self.dropped = 0
         self.accepted = 0
+        self.delayed = 0
+        self._delay: tuple[int, float, bytes] = (0, 0.0, b"")
         self._stop = threading.Event()
         self._listener = self._listen(0)
         self.port = self._listener.getsockname()[1]
@@ -47,6 +51,10 @@ class FaultProxy:
             self._drop += n
             conns, self._conns = self._conns, []
         _cut(conns)
+
+    def delay_next(self, n: int, seconds: float, prefix: bytes) -> None:
+        with self._lock:
+            self._delay = (n, seconds, prefix)
 
     def outage(self, seconds: float) -> None:
         """Refuses connections for `seconds` (runs in the background)."""
@@ -95,16 +103,24 @@ class FaultProxy:
                 continue
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, up), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                if upstream:
+                    with self._lock:
+                        n, seconds, prefix = self._delay
+                        hit = n > 0 and data.startswith(prefix)
+                        if hit:
+                            self._delay = (n - 1, seconds, prefix)
+                            self.delayed += 1
+                    if hit:
+                        time.sleep(seconds)
                 dst.sendall(data)
         except OSError:
             pass

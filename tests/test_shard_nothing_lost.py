@@ -117,7 +117,7 @@ def test_rerun_retries_failures_and_repairs_a_half_staged_source(
     camera_folders(tmp_path / "in")
     monkeypatch.chdir(tmp_path)
     argv = ["shard", "--input", "in", "--output", "o", *SMALL]
-    assert main([*argv, "--set", "shard.file_timeout_s=0"]) == 1  # every input times out
+    assert main([*argv, "--set", "shard.file_timeout_s=0.001"]) == 1  # every input times out
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["errors"] == 3 and summary["clips"] == 0
     # What the old code left after a part-way failure: an error record that lists a clip whose

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from infra.procs import children_map, kill_tree
+from infra.storage import Storage, StorageConfig
 from tests.conftest import REPO, free_port
 from tests.latents import write_latent_shards
 
@@ -404,6 +405,38 @@ def test_checkpoints_on_s3_resume_on_a_fresh_machine(
     assert tags == {"latest", "step-00000006", "step-00000008", "step-00000010"}  # keep-last-3
 
 
+def test_an_upload_slower_than_the_training_timeout_does_not_fail_the_job(
+    latents: Path, tmp_path: Path, s3_server: str, s3_bucket: str
+) -> None:
+    from tests.faultproxy import FaultProxy
+
+    proxy = FaultProxy("127.0.0.1", int(s3_server.rsplit(":", 1)[1]))
+    try:
+        cmd = _cmd(
+            2,
+            latents,
+            tmp_path,
+            "slow",
+            2,
+            "--set",
+            f"storage.s3_endpoint_url={proxy.url}",
+            "--set",
+            "train.dist_timeout_s=10",
+            "--set",
+            "train.steps=4",
+            "--set",
+            f"run.cache_dir={tmp_path / 'cache'}",
+        )
+        cmd[cmd.index(f"run.output_dir={tmp_path}")] = f"run.output_dir=s3://{s3_bucket}/runs"
+        proxy.delay_next(1, 16.0, b"PUT ")  # the first checkpoint file reaches S3 16 s late
+        _run(cmd)
+        assert proxy.delayed == 1
+    finally:
+        proxy.close()
+    storage = Storage(StorageConfig(s3_endpoint_url=s3_server))
+    assert storage.read_text(f"s3://{s3_bucket}/runs/slow/checkpoints/latest") == "step-00000004"
+
+
 def test_sample_and_export_from_a_zero_checkpoint(
     baseline: tuple[Path, str], tmp_path: Path
 ) -> None:
@@ -530,6 +563,46 @@ def test_launch_max_restarts_relaunches_and_resumes(
     assert "relaunching from the latest checkpoint" in log and "resumed from step-00000004" in log
     got, ref = _history(tmp_path, "relaunch"), _history(*baseline)
     assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-4, atol=1e-6)
+
+
+def _descendants(pid: int) -> set[int]:
+    children, todo, out = children_map(), [pid], set()
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def test_workers_exit_when_their_launcher_is_killed(latents: Path, tmp_path: Path) -> None:
+    train = _cmd(1, latents, tmp_path, "orphans", 2, "--set", "train.steps=100000")[3:]
+    cmd = [sys.executable, "-m", "infra.cli", "launch", "--nproc-per-node", "2", "--", *train]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
+    )
+    workers: set[int] = set()
+    try:
+        _wait_latest(tmp_path / "orphans" / "checkpoints" / "latest", "step-00000002", proc)
+        workers = _descendants(proc.pid)
+        assert len(workers) >= 3  # torchrun and its two ranks (and their reader processes)
+        os.kill(proc.pid, signal.SIGKILL)  # the launcher alone, as an OOM killer would
+        proc.wait()
+        deadline = time.monotonic() + 20
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = {p for p in alive if Path(f"/proc/{p}").exists() and _not_zombie(p)}
+        assert not alive, f"still running {time.monotonic() - deadline + 20:.0f}s after: {alive}"
+    finally:
+        for p in workers | {proc.pid}:  # whatever the test left, it does not leave running
+            kill_tree(p)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_launch_node_that_never_joins_fails_fast_and_says_so(latents: Path, tmp_path: Path) -> None:

@@ -36,7 +36,8 @@ import torch
 import torch.distributed as dist
 
 from infra.errors import JobError
-from infra.storage import Storage, join
+from infra.provenance import differences, flatten
+from infra.storage import Storage, join, relative_to, safe_relpath
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,30 @@ class CheckpointStore:
     """Where checkpoints live: `local_dir` always (DeepSpeed writes files), mirrored to `remote`
     (an s3:// prefix) when the run's output is on S3."""
 
-    def __init__(self, local_dir: Path, remote: str | None, storage: Storage, rank: int):
+    def __init__(
+        self,
+        local_dir: Path,
+        remote: str | None,
+        storage: Storage,
+        rank: int,
+        timeout_s: float = 3 * 3600,
+    ):
+        """`timeout_s`: how long ranks wait for each other around a save (an S3 upload can take
+        far longer than a training collective should be allowed to)."""
         self.local, self.remote, self.storage, self.rank = local_dir, remote, storage, rank
         self.local.mkdir(parents=True, exist_ok=True)
+        self.timeout_s = timeout_s
+        self._group: Any = None
+
+    def _barrier(self) -> None:
+        """A barrier on a gloo group of its own with `timeout_s`: while one rank per node uploads,
+        the others wait here, not in a collective bound by the training timeout. Created on first
+        use, which every rank reaches in the same order (saves and resumes are collective)."""
+        if self._group is None:
+            from datetime import timedelta
+
+            self._group = dist.new_group(backend="gloo", timeout=timedelta(seconds=self.timeout_s))
+        dist.barrier(group=self._group)
 
     def latest(self) -> str | None:
         if self.remote:
@@ -124,23 +146,24 @@ class CheckpointStore:
                     tag,
                 )
                 to_universal(self.local, tag)
-            dist.barrier()
+            self._barrier()
             tag = tag + "-universal"
         return path, state, tag, universal
 
     def begin(self, tag: str) -> str:
-        """Called by rank 0 before a collective save: clears leftovers of a crashed save."""
+        """Called by each node's first rank before a collective save: clears its cache's leftovers
+        of a crashed save."""
         for stale in (self.local / (tag + PARTIAL), self.local / tag):
             if stale.exists():
                 shutil.rmtree(stale)
         return tag + PARTIAL
 
-    def write_engine(self, engine: Any, tag: str, rank: int) -> Path:
+    def write_engine(self, engine: Any, tag: str, local_rank: int) -> Path:
         """Every rank writes its part of DeepSpeed's state for `tag` under `tag.partial/` (with
         the client state a later universal conversion needs); returns that directory. Collective;
         `publish` makes it the latest."""
-        partial = self.begin(tag) if rank == 0 else tag + PARTIAL
-        dist.barrier()
+        partial = self.begin(tag) if local_rank == 0 else tag + PARTIAL
+        self._barrier()
         engine.save_checkpoint(
             str(self.local),
             tag=partial,
@@ -152,83 +175,136 @@ class CheckpointStore:
     def publish(self, tag: str, keep: int, local_rank: int) -> None:
         """After every rank wrote `tag.partial`: make it `tag`, then point `latest` at it.
         Collective (every rank calls it)."""
-        dist.barrier()
+        self._barrier()
         if self.remote:
             if local_rank == 0:  # each node uploads what its ranks wrote
                 part = self.local / (tag + PARTIAL)
                 for f in sorted(part.rglob("*")):
                     if f.is_file():
                         self.storage.upload(f, join(self.remote, tag, str(f.relative_to(part))))
-            dist.barrier()
+            self._barrier()
             if self.rank == 0:
                 self.storage.write_text(join(self.remote, LATEST), tag)
-            if local_rank == 0:
+            if local_rank == 0:  # this node's part only; `fetch` completes it from S3 if needed
                 os.replace(self.local / (tag + PARTIAL), self.local / tag)
         elif self.rank == 0:
             os.replace(self.local / (tag + PARTIAL), self.local / tag)
             tmp = self.local / (LATEST + PARTIAL)
             tmp.write_text(tag)
             os.replace(tmp, self.local / LATEST)
-        dist.barrier()
-        if self.rank == 0 and keep > 0:
-            for old in self.all_tags()[:-keep]:
-                self._delete(old)
+        self._barrier()
+        if keep > 0:
+            if self.rank == 0 and self.remote:
+                for old in self.all_tags()[:-keep]:
+                    self.storage.delete_prefix(join(self.remote, old) + "/")
+                    log.info("checkpoint %s removed (keep-last-N)", old)
+            if local_rank == 0:  # every node's own cache, not only node 0's
+                for old in self._local_tags()[:-keep]:
+                    shutil.rmtree(self.local / old, ignore_errors=True)
+                    if not self.remote:
+                        log.info("checkpoint %s removed (keep-last-N)", old)
 
-    def _delete(self, tag: str) -> None:
-        if self.remote:
-            self.storage.delete_prefix(join(self.remote, tag) + "/")
-        if (self.local / tag).exists():
-            shutil.rmtree(self.local / tag, ignore_errors=True)
-        log.info("checkpoint %s removed (keep-last-N)", tag)
+    def _local_tags(self) -> list[str]:
+        names = {p.name.removesuffix("-universal") for p in self.local.iterdir() if p.is_dir()}
+        tags = sorted(n for n in names if n.startswith("step-") and PARTIAL not in n)
+        # A universal copy goes with the checkpoint it was converted from.
+        return [t for tag in tags for t in (tag, tag + "-universal") if (self.local / t).is_dir()]
 
     def fetch(self, tag: str, local_rank: int) -> Path:
-        """The local directory of checkpoint `tag` (downloaded from S3 by each node's first rank)."""
+        """The local directory of checkpoint `tag`, whole. For an S3 run each node's first rank
+        downloads what its cache lacks: a node's cache holds only the files its own ranks wrote,
+        which is not a checkpoint another world size can be converted from."""
         path = self.local / tag
-        if self.remote and local_rank == 0 and not (path / "trainer_state.json").exists():
+        if self.remote and local_rank == 0:
             prefix = join(self.remote, tag)
-            tmp = self.local / (tag + ".download")
-            shutil.rmtree(tmp, ignore_errors=True)
-            for uri in self.storage.list(prefix):
-                self.storage.download(uri, tmp / uri[len(prefix) :].lstrip("/"))
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(tmp, path)
-        dist.barrier()
-        if not (path / "trainer_state.json").exists():
-            raise FileNotFoundError(f"{path}: not a complete checkpoint (no trainer_state.json)")
+            for entry in self.storage.list_entries(prefix):
+                rel = safe_relpath(relative_to(prefix, entry.uri), prefix)
+                local = path / rel
+                if not local.is_file() or local.stat().st_size != entry.size:
+                    self.storage.download(entry.uri, local)
+        self._barrier()
+        read_state(path)  # a clear error when it is not a whole checkpoint
         return path
 
 
-def rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save_rank_files(path: Path, rank: int) -> None:
-    torch.save(rng_state(), path / f"rng-rank{rank:05d}.pt")
+    """This rank's RNG states as safetensors plus JSON metadata: loading a checkpoint never
+    unpickles anything of ours (DeepSpeed's own files still are pickles: load only checkpoints
+    you trust)."""
+    from safetensors.torch import save_file
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, mt, gauss_next = random.getstate()
+    tensors = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "python_mt": torch.tensor(mt, dtype=torch.int64),
+    }
+    if torch.cuda.is_available():
+        tensors |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    meta = {
+        "numpy": [kind, int(pos), int(has_gauss), float(gauss)],
+        "python": [version, gauss_next],
+    }
+    save_file(
+        tensors, str(path / f"rng-rank{rank:05d}.safetensors"), metadata={"state": json.dumps(meta)}
+    )
 
 
 def load_rank_files(path: Path, rank: int) -> bool:
-    f = path / f"rng-rank{rank:05d}.pt"
+    """Restores this rank's RNG states; False when the checkpoint has none for it (a new rank)."""
+    from safetensors import safe_open
+
+    f = path / f"rng-rank{rank:05d}.safetensors"
     if not f.exists():
         return False
-    set_rng_state(torch.load(f, weights_only=False))
+    with safe_open(str(f), framework="pt") as st:
+        meta = json.loads(st.metadata()["state"])
+        t = {k: st.get_tensor(k) for k in st.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    torch.set_rng_state(t["torch"])
+    kind, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((kind, t["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, gauss_next = meta["python"]
+    random.setstate((version, tuple(t["python_mt"].tolist()), gauss_next))
+    cuda = [t[k] for k in sorted(t) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
     return True
 
 
 def read_state(path: Path) -> dict[str, Any]:
-    return json.loads((path / "trainer_state.json").read_text())
+    f = path / "trainer_state.json"
+    try:
+        return json.loads(f.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path}: not a complete checkpoint (no trainer_state.json)"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise JobError(f"{f}: unreadable ({e}); the checkpoint is damaged") from None
+
+
+def check_resume(
+    then: dict[str, Any], now: dict[str, Any], fixed: tuple[str, ...], tag: str
+) -> None:
+    """Refuses to resume when a setting that decides the data order, the noise or the model
+    (`fixed`: dotted names or prefixes ending in '.') differs from the checkpoint's: the resumed
+    run would skip or repeat samples, or train another model, while looking like a continuation."""
+
+    def pick(d: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in flatten(d).items()
+            if any(k == f or (f.endswith(".") and k.startswith(f)) for f in fixed)
+        }
+
+    diff = differences(pick(then), pick(now))
+    if diff:
+        raise JobError(
+            f"{tag}: cannot resume with other settings ({'; '.join(diff)}): they decide which "
+            "samples, noise or model each step sees. Set them back, or start a new run under "
+            "another run name or output folder."
+        )
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:

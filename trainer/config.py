@@ -6,6 +6,7 @@ by hand.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -59,6 +60,8 @@ class TrainDataConfig:
             raise ValueError("token_budget, microbatches_per_step and shuffle_shards must be >= 1")
         if not 0 <= self.caption_dropout < 1 or not 0 <= self.token_drop < 1:
             raise ValueError("caption_dropout and token_drop must be in [0, 1)")
+        if self.workers < 0 or self.text_max_length < 1 or self.max_frames < 1:
+            raise ValueError("workers must be >= 0, text_max_length and max_frames >= 1")
 
 
 @dataclass
@@ -74,6 +77,16 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     """Global gradient-norm clipping (0: off)."""
+
+    def validate(self) -> None:
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.warmup_steps < 0 or not self.weight_decay >= 0 or not self.grad_clip >= 0:
+            raise ValueError("warmup_steps, weight_decay and grad_clip must be >= 0")
+        if not self.eps > 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("eps must be > 0 and min_lr_ratio in [0, 1]")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
 
 
 @dataclass
@@ -113,6 +126,9 @@ class TrainConfig:
     checkpoint save."""
     dist_timeout_s: float = 600.0
     """Timeout of the process group's collectives and rendezvous (a dead peer is caught by it)."""
+    save_timeout_s: float = 10800.0
+    """How long ranks wait for each other around a checkpoint save (uploads to S3 included);
+    separate from dist_timeout_s, which a long upload must not trip."""
     peak_tflops: float = 0.0
     """Peak of one device for MFU (0: measured with a matmul on CPU; 989 for H100 bf16 dense)."""
     preview: PreviewConfig = field(default_factory=lambda: PreviewConfig())
@@ -133,6 +149,10 @@ class TrainConfig:
             raise ValueError("offload_optimizer needs zero_stage >= 1")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.keep_checkpoints < 0 or self.bucket_elements < 0 or not self.watchdog_s >= 0:
+            raise ValueError("keep_checkpoints, bucket_elements and watchdog_s must be >= 0")
+        if not self.dist_timeout_s > 0 or not self.save_timeout_s > 0 or not self.peak_tflops >= 0:
+            raise ValueError("dist_timeout_s and save_timeout_s must be > 0, peak_tflops >= 0")
 
 
 @dataclass
@@ -163,10 +183,18 @@ class SampleConfig:
     fps: int = 8
 
     def validate(self) -> None:
-        if (self.frames - 1) % 4:
-            raise ValueError(f"frames must be 1 + 4k, got {self.frames}")
+        if self.frames < 1 or (self.frames - 1) % 4:
+            raise ValueError(f"frames must be 1 + 4k (k >= 0), got {self.frames}")
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"height and width must be >= 1, got {self.height}x{self.width}")
+        if self.steps < 1 or self.cond_latent_frames < 1 or self.fps < 1:
+            raise ValueError("steps, cond_latent_frames and fps must be >= 1")
         if not 0 < self.strength <= 1:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+        if not math.isfinite(self.guidance) or self.guidance < 0 or not 0 <= self.eta <= 1:
+            raise ValueError(
+                f"guidance must be >= 0 and eta in [0, 1], got {self.guidance}, {self.eta}"
+            )
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from infra.procs import free_port
+from infra.procs import LAUNCHER_PID, exit_when_gone, free_port
 from trainer.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,12 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
 
     import deepspeed
 
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # A torchrun worker lives in a session of its own: if torchrun or `spacetime launch` is
+        # SIGKILLed, nothing stops it. Follow them instead of training on alone.
+        exit_when_gone(os.getppid(), "torchrun, this rank's launcher")
+        if os.environ.get(LAUNCHER_PID, "").isdigit():
+            exit_when_gone(int(os.environ[LAUNCHER_PID]), "spacetime launch")
     if "RANK" not in os.environ:
         os.environ.update(
             RANK="0",

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from infra.config import from_dict, to_dict
+from trainer.checkpoint import read_state
 from trainer.config import SampleConfig, TrainConfig
 from trainer.model import DiT, PackedBatch, pack, patchify, unpack
 
@@ -70,7 +71,7 @@ def load_model(path: str | Path, use_ema: bool = True) -> tuple[DiT, TrainConfig
 
     p = resolve_checkpoint(path)
     if (p / "trainer_state.json").exists():
-        cfg_dict = json.loads((p / "trainer_state.json").read_text())["config"]
+        cfg_dict = read_state(p)["config"]
     else:
         cfg_dict = json.loads((p / "config.json").read_text())
     cfg = from_dict(TrainConfig, _known_keys(TrainConfig, cfg_dict, str(p)), source=str(p))

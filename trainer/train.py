@@ -8,6 +8,7 @@ run would have, on any world size.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from infra.errors import JobError
 from infra.storage import Storage, is_s3, join
 from trainer.checkpoint import (
     CheckpointStore,
+    check_resume,
     code_version,
     load_rank_files,
     save_rank_files,
@@ -46,6 +48,25 @@ from trainer.engine import (
 
 log = logging.getLogger(__name__)
 
+# What decides the samples, noise and model of each step: a resume must keep them (the global
+# batches do not depend on the world size, so that may change).
+RESUME_FIXED = (
+    "seed",
+    "data",
+    "train.model.",
+    "train.objective",
+    "train.flow.",
+    "train.ddpm.",
+    "train.loss_averaging",
+    "train.data.token_budget",
+    "train.data.microbatches_per_step",
+    "train.data.shuffle_shards",
+    "train.data.caption_dropout",
+    "train.data.token_drop",
+    "train.data.max_frames",
+    "train.data.text_max_length",
+)
+
 
 def run_dir(output_dir: str, name: str) -> str:
     return join(output_dir, name)
@@ -54,9 +75,11 @@ def run_dir(output_dir: str, name: str) -> str:
 def local_run_dir(output_dir: str, name: str, cache_dir: str) -> Path:
     """Local files of the run: the run dir itself, or a folder of the cache for S3 runs."""
     if is_s3(output_dir):
-        return (
-            Path(cache_dir) / "runs" / output_dir.replace("s3://", "s3-").replace("/", "_") / name
-        )
+        # A readable name plus a digest of the whole URI: s3://b/a_b and s3://b/a/b must not
+        # share a cache folder.
+        uri = join(output_dir, name)
+        readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", uri.removeprefix("s3://"))[-80:]
+        return Path(cache_dir) / "runs" / f"{readable}-{hashlib.sha1(uri.encode()).hexdigest()[:10]}"
     return Path(output_dir) / name
 
 
@@ -189,6 +212,7 @@ class Trainer:
             join(self.remote, "checkpoints") if self.remote else None,
             storage,
             dinfo.rank,
+            timeout_s=cfg.save_timeout_s,
         )
         self.index = training_index(cfg, storage)
         _check_model_matches(cfg, self.index.entries[0].shape[0])
@@ -213,6 +237,12 @@ class Trainer:
         if tag is not None:
             path, state, tag, universal = self.ckpt.prepare_resume(
                 tag, self.d.world_size, self.cfg.zero_stage, self.d.local_rank
+            )
+            check_resume(
+                {"train": state["config"], "seed": state["run"]["seed"], "data": state["index"]},
+                {"train": to_dict(self.cfg), "seed": self.seed, "data": self.index.fingerprint()},
+                RESUME_FIXED,
+                str(path),
             )
         torch.manual_seed(self.seed)
         model = build_model(self.cfg)
@@ -240,13 +270,6 @@ class Trainer:
                 state["step_in_epoch"],
             )
             self.tokens_seen, self.samples_seen = state["tokens_seen"], state["samples_seen"]
-            if state.get("index") != self.index.fingerprint():
-                log.warning(
-                    "the latent shards differ from the checkpoint's (%s vs %s): the data order "
-                    "after resume is not the one the run started with",
-                    self.index.fingerprint(),
-                    state.get("index"),
-                )
             if self.ema is not None and (path / "ema.safetensors").exists():
                 from safetensors.torch import load_file
 
@@ -318,7 +341,7 @@ class Trainer:
 
     def save(self) -> None:
         tag = tag_for(self.step)
-        path = self.ckpt.write_engine(self.engine, tag, self.d.rank)
+        path = self.ckpt.write_engine(self.engine, tag, self.d.local_rank)
         save_rank_files(path, self.d.rank)
         marker = self.ckpt.local / f".killed-in-save-{self.step}"
         if os.environ.get("SPACETIME_KILL_IN_SAVE") == str(self.step) and not marker.exists():

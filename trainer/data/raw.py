@@ -42,7 +42,13 @@ def clip_index(clips: str, storage: Storage, vae_cfg: Any, max_frames: int) -> I
         raise FileNotFoundError(
             f"{uri}: not found; train.data.clips must be `spacetime shard` output"
         )
-    rows = pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
+    try:
+        rows = pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
+    except (OSError, ValueError) as e:  # pyarrow raises both for a damaged file
+        raise ValueError(f"{uri}: cannot read the manifest ({e})") from None
+    missing = sorted({"key", "shard", "frames", "height", "width"} - set(rows.columns))
+    if missing:
+        raise ValueError(f"{uri}: the manifest lacks column(s) {', '.join(missing)}")
     shards = list_shards(clips, storage, CLIPS)
     pos = {s.rsplit("/", 1)[-1]: i for i, s in enumerate(shards)}
     ts, ss, c = vae_cfg.time_stride, vae_cfg.space_stride, vae_cfg.latent_channels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -92,10 +93,16 @@ class VAETrainConfig:
             raise ValueError(f"vae_train.zero_stage must be 0, 1 or 2, got {self.zero_stage}")
         if self.space_stride not in (4, 8, 16):
             raise ValueError(f"space_stride must be 4, 8 or 16, got {self.space_stride}")
-        if (self.frames - 1) % 4 or self.crop % 8:
+        if self.frames < 1 or (self.frames - 1) % 4 or self.crop < 8 or self.crop % 8:
             raise ValueError(
                 f"frames must be 1 + 4k and crop a multiple of 8, got {self.frames}, {self.crop}"
             )
+        if min(self.steps, self.batch_size, self.checkpoint_every) < 1:
+            raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if min(self.keep_checkpoints, self.holdout) < 0 or not self.grad_clip >= 0:
+            raise ValueError("keep_checkpoints, holdout and grad_clip must be >= 0")
 
 
 @dataclass
@@ -108,3 +115,12 @@ class EncodeConfig:
     """Longer clips are cut to this many frames (1 + 4k) before encoding."""
     text_max_length: int = 128
     """Caption tokens kept."""
+
+    def validate(self) -> None:
+        if (
+            min(self.chunk_latent_frames, self.max_frames, self.text_max_length) < 1
+            or self.tile < 0
+        ):
+            raise ValueError(
+                "chunk_latent_frames, max_frames and text_max_length must be >= 1, tile >= 0"
+            )

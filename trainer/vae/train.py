@@ -34,13 +34,27 @@ from tqdm import tqdm
 from infra.errors import JobError
 from infra.shards import iter_samples, list_shards
 from infra.storage import Storage
-from trainer.checkpoint import CheckpointStore, code_version, tag_for, write_state
+from trainer.checkpoint import CheckpointStore, check_resume, code_version, tag_for, write_state
 from trainer.data.clips import decode_frames
 from trainer.engine import DistInfo, distributed
 from trainer.vae.config import VAETrainConfig
 from trainer.vae.model import CausalVAE
 
 log = logging.getLogger(__name__)
+
+# Each step's crops and noise are drawn from (seed, step) over the clips: a resume keeps these.
+RESUME_FIXED = (
+    "seed",
+    "batch_size",
+    "frames",
+    "crop",
+    "holdout",
+    "size",
+    "space_stride",
+    "kl_weight",
+    "temporal_weight",
+    "recon_loss",
+)
 
 
 def _to_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -169,9 +183,10 @@ def train_vae(
         state: dict[str, Any] = {}
         universal = False
         if tag is not None:
-            _, state, tag, universal = store.prepare_resume(
+            path, state, tag, universal = store.prepare_resume(
                 tag, d.world_size, cfg.zero_stage, d.local_rank
             )
+            check_resume(state["config"], asdict(cfg), RESUME_FIXED, str(path))
         torch.manual_seed(cfg.seed)
         vae = CausalVAE(cfg.vae_config())
         vcfg = vae.cfg
@@ -254,7 +269,7 @@ def _checkpoint(
     history: list[dict[str, float]],
 ) -> None:
     tag = tag_for(step)
-    path = store.write_engine(engine, tag, d.rank)
+    path = store.write_engine(engine, tag, d.local_rank)
     if d.rank == 0:
         write_state(
             path,
