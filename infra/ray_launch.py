@@ -9,7 +9,10 @@ under Ray resumes under torchrun and the other way round. A failed attempt is re
 `--resume auto` up to `--max-restarts` times (Ray Train's own retry is left off, as torchrun's is,
 so that every launcher restarts the same way).
 
-Credentials (AWS_*) reach the workers through Ray's runtime environment, never a file.
+Credentials never travel with the job: Ray writes a job's runtime environment in clear text into
+its session logs (readable by every local user) and shows it on its dashboard. Workers find
+credentials through the standard AWS chain of their own node (instance or pod role, environment,
+~/.aws), as every other process on the cluster does.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-PASS_PREFIXES = ("AWS_", "OMP_NUM_THREADS", "GLOO_SOCKET_IFNAME", "NCCL_", "TORCH_EXTENSIONS_DIR")
+# Settings the workers need from the driver; never credentials (see above).
+PASS_PREFIXES = ("OMP_NUM_THREADS", "GLOO_SOCKET_IFNAME", "NCCL_", "TORCH_EXTENSIONS_DIR")
 
 
 def worker_env() -> dict[str, str]:
@@ -31,11 +35,21 @@ def worker_env() -> dict[str, str]:
 
 def _worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
+    import ray
     import ray.train
 
     from infra.cli import main
+    from infra.log import setup_logging
 
-    rank = ray.train.get_context().get_world_rank()
+    setup_logging("INFO")
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    log.info(
+        "launch: Ray Train rank %d of %d on node %s",
+        rank,
+        ctx.get_world_size(),
+        ray.util.get_node_ip_address(),
+    )
     rc = main(config["argv"])
     if rc != 0:
         raise RuntimeError(f"rank {rank}: spacetime {config['argv'][0]} exited with status {rc}")

@@ -95,7 +95,7 @@ def ray_cluster(
 ) -> Iterator[str]:
     """A real 2-node Ray cluster: the head on host 0, a worker on host 1, `cpus` CPU slots each,
     `node_env[i]` in node i's environment (its workers inherit it). Yields the head's address once
-    both nodes are up; stops both afterwards."""
+    both nodes are up; stops both afterwards and keeps their session logs in `log_dir/node{i}/`."""
     procs: list[subprocess.Popen] = []
     temps = [tempfile.mkdtemp(prefix="st-rn-", dir="/tmp") for _ in range(2)]
     head = f"{hosts.addr[0]}:6379"
@@ -150,3 +150,7 @@ def ray_cluster(
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+        for i, temp in enumerate(temps):
+            for logs in Path(temp).glob("session_*/logs"):
+                shutil.copytree(logs, log_dir / f"node{i}", dirs_exist_ok=True)
+            shutil.rmtree(temp, ignore_errors=True)

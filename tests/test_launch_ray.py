@@ -1,11 +1,12 @@
-"""`spacetime launch --ray-address`: the training entry under Ray Train (TorchTrainer, gloo, one
-worker per CPU slot) trains the same losses as torchrun, on a real local Ray cluster and on a real
-2-node cluster (two network namespaces); its checkpoint is continued by a torchrun launch."""
+"""`spacetime launch --ray-address`: the training entry under Ray Train (TorchTrainer, gloo) on a
+real 2-node Ray cluster (two network namespaces) trains the same losses as torchrun, on both hosts,
+without handing the driver's credentials to Ray; torchrun continues its checkpoint bit-exactly."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,41 +15,10 @@ import torch
 from tests.netns import can_make_namespaces, ray_cluster, ray_env, two_hosts
 from tests.test_train_deepspeed import _cmd, _history, _run, baseline, latents  # noqa: F401
 
-pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess, pytest.mark.root]
 
 
-def test_ray_train_matches_torchrun_and_resumes_under_torchrun(
-    latents: Path,  # noqa: F811
-    baseline: tuple[Path, str],  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    train = _cmd(1, latents, tmp_path, "ray", 2, "--set", "train.keep_checkpoints=10")[3:]
-    launch = [
-        sys.executable,
-        "-m",
-        "infra.cli",
-        "launch",
-        "--ray-address",
-        "local",
-        "--ray-storage",
-        str(tmp_path / "ray"),
-        "--nproc-per-node",
-        "2",
-    ]
-    log = _run([*launch, "--", *train], timeout=400)
-    assert "Ray Train run finished" in log and "world 2" in log
-    got, ref = _history(tmp_path, "ray"), _history(*baseline)
-    assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-4, atol=1e-6), (got, ref)
-
-    # torchrun (2 ranks, same world size: bit-exact) continues from Ray's step-6 checkpoint.
-    step6 = tmp_path / "ray" / "checkpoints" / "step-00000006"
-    resumed = _run(_cmd(2, latents, tmp_path, "ray", 2, "--resume", str(step6)))
-    assert "resumed from step-00000006" in resumed
-    assert _history(tmp_path, "ray") == got
-
-
-@pytest.mark.root
-def test_ray_train_across_two_nodes_matches_torchrun(
+def test_ray_train_across_two_nodes_matches_torchrun_and_leaks_no_secret(
     latents: Path,  # noqa: F811
     baseline: tuple[Path, str],  # noqa: F811
     tmp_path: Path,
@@ -56,7 +26,8 @@ def test_ray_train_across_two_nodes_matches_torchrun(
     reason = can_make_namespaces()
     if reason:
         pytest.fail(f"this test must run (CI runs as root): {reason}")
-    train = _cmd(1, latents, tmp_path, "ray2", 2)[3:]
+    train = _cmd(1, latents, tmp_path, "ray2", 2, "--set", "train.keep_checkpoints=10")[3:]
+    secret = f"secret-{uuid.uuid4().hex}"
     with two_hosts() as hosts:
         # One CPU slot per node, so the two workers land on different hosts; each node tells gloo
         # its own interface, as a cluster's per-node environment would.
@@ -78,7 +49,7 @@ def test_ray_train_across_two_nodes_matches_torchrun(
                 "--",
                 *train,
             ]
-            env = ray_env()
+            env = ray_env({"AWS_SESSION_TOKEN": secret})  # the driver's own credentials
             for k in ("GLOO_SOCKET_IFNAME", "OMP_NUM_THREADS"):
                 env.pop(k, None)  # the driver's would override each node's own
             r = subprocess.run(
@@ -87,5 +58,17 @@ def test_ray_train_across_two_nodes_matches_torchrun(
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-4000:]
     assert "Ray Train run finished" in log and "world 2" in log
+    for addr in hosts.addr:  # one rank on each host
+        assert f"on node {addr}" in log, log[-4000:]
     got, ref = _history(tmp_path, "ray2"), _history(*baseline)
     assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-4, atol=1e-6), (got, ref)
+    # Nothing Ray wrote on either node holds the driver's secret (runtime_env_agent.log would).
+    logs = [p for p in (tmp_path / "logs").rglob("*") if p.is_file()]
+    assert any("runtime_env" in p.name for p in logs) and len(logs) > 10
+    assert not [p for p in logs if secret.encode() in p.read_bytes()]
+
+    # torchrun (2 ranks, same world size: bit-exact) continues from Ray's step-6 checkpoint.
+    step6 = tmp_path / "ray2" / "checkpoints" / "step-00000006"
+    resumed = _run(_cmd(2, latents, tmp_path, "ray2", 2, "--resume", str(step6)))
+    assert "resumed from step-00000006" in resumed
+    assert _history(tmp_path, "ray2") == got
