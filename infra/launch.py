@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -83,6 +84,8 @@ def read_hostfile(path: str) -> list[tuple[str, int | None]]:
         if not line:
             continue
         parts = line.split()
+        if not re.fullmatch(r"[A-Za-z0-9_.:@\[\]-]+", parts[0]) or parts[0].startswith("-"):
+            raise ValueError(f"{path}:{n}: {parts[0]!r} is not a host name")
         slots = None
         for p in parts[1:]:
             if not p.startswith("slots="):
@@ -173,39 +176,51 @@ def slurm_script(
     gpus: bool,
     join_timeout_s: int,
 ) -> str:
-    """An sbatch script: one torchrun per node, rendezvous on the allocation's first node."""
-    torchrun = [
-        "python",
-        "-m",
-        "torch.distributed.run",
-        "--nnodes=$SLURM_NNODES",
-        f"--nproc-per-node={nproc}",
-        "--node-rank=$SLURM_NODEID",
-        "--rdzv-backend=c10d",
-        f'--rdzv-endpoint="$MASTER_ADDR:{port}"',
-        f"--rdzv-id={run_id}",
-        f"--rdzv-conf=join_timeout={join_timeout_s}",
-        "--max-restarts=0",
-        "-m",
-        "infra.cli",
-        *map(shlex.quote, train_argv),
-    ]
+    """An sbatch script: one torchrun per node, rendezvous on the allocation's first node.
+
+    Each node's torchrun needs that node's own $SLURM_NODEID, so it runs under `bash -c` in the
+    srun task. That inner script is fixed text (numbers and a checked run id only); the training
+    arguments reach it as positional parameters ("$@"), quoted exactly once by shlex.join: no
+    argument is split, joined or evaluated by any shell on the way.
+    """
+    inner = " ".join(
+        [
+            "exec python -m torch.distributed.run",
+            '--nnodes="$SLURM_NNODES"',
+            f"--nproc-per-node={int(nproc)}",
+            '--node-rank="$SLURM_NODEID"',
+            "--rdzv-backend=c10d",
+            f'--rdzv-endpoint="$MASTER_ADDR:{int(port)}"',
+            f"--rdzv-id={check_run_id(run_id)}",
+            f"--rdzv-conf=join_timeout={int(join_timeout_s)}",
+            "--max-restarts=0",
+            '-m infra.cli "$@"',
+        ]
+    )
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name={run_id}",
-        f"#SBATCH --nodes={nnodes}",
+        f"#SBATCH --nodes={int(nnodes)}",
         "#SBATCH --ntasks-per-node=1",
         f"#SBATCH --cpus-per-task={max(1, nproc) * 4}",
-        *([f"#SBATCH --gpus-per-node={nproc}"] if gpus else []),
+        *([f"#SBATCH --gpus-per-node={int(nproc)}"] if gpus else []),
         "#SBATCH --output=%x-%j.out",
         "set -euo pipefail",
         'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "export MASTER_ADDR",
-        f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-{4}}}",
+        "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}",
         "# AWS_* credentials come from the submitting environment (sbatch exports it); never here.",
-        f"srun --kill-on-bad-exit=1 bash -c '{' '.join(torchrun)}'",
+        f"srun --kill-on-bad-exit=1 bash -c {shlex.quote(inner)} spacetime-node "
+        + shlex.join(train_argv),
     ]
     return "\n".join(lines) + "\n"
+
+
+def check_run_id(run_id: str) -> str:
+    """Run ids name the rendezvous and the Slurm job: plain characters only."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", run_id):
+        raise ValueError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' only")
+    return run_id
 
 
 def main(args: argparse.Namespace) -> int:
@@ -215,7 +230,7 @@ def main(args: argparse.Namespace) -> int:
             "spacetime launch needs a training command (train or train-vae) after --, "
             "e.g. -- train --config my.yaml"
         )
-    run_id = args.run_id or f"spacetime-{int(time.time())}"
+    run_id = check_run_id(args.run_id or f"spacetime-{int(time.time())}")
     if args.rayjob or args.ray_address:
         return _ray(args, train_argv, run_id)
     if args.slurm:
@@ -254,14 +269,17 @@ def main(args: argparse.Namespace) -> int:
                 args.iface,
             )
             remote = f"cd {shlex.quote(str(Path.cwd()))} && {shell_line(node.env(), node.command(train_argv))}"
-            lines.append(["ssh", host, remote])
+            lines.append(["ssh", "--", host, remote])  # `--`: a host is never an ssh option
         if args.dry_run or args.print_only:
             for cmd in lines:
                 print(shlex.join(cmd))
             return 0
         procs = [subprocess.Popen(cmd) for cmd in lines]
         rcs = [p.wait() for p in procs]
-        return max(rcs)
+        failed = [(h, rc) for (h, _), rc in zip(hosts, rcs, strict=True) if rc != 0]
+        for host, rc in failed:  # a negative status: ssh was killed by that signal
+            log.error("launch: %s %s", host, f"killed by signal {-rc}" if rc < 0 else f"exit {rc}")
+        return 0 if not failed else (failed[0][1] if failed[0][1] > 0 else 128 - failed[0][1])
     nnodes = args.nnodes or 1
     if nnodes > 1 and not args.master:
         raise ValueError("--nnodes > 1 needs --master HOST:PORT (node 0's address)")

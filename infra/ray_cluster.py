@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from infra.errors import JobError
 
 log = logging.getLogger(__name__)
 
@@ -16,32 +23,27 @@ log = logging.getLogger(__name__)
 _MAX_TEMP_DIR_LEN = 40
 
 
-def _short_temp_dir(work_dir: Path) -> str:
-    """A short path for Ray's temp dir whose files live under `work_dir` (via a symlink if needed)."""
+def _short_temp_dir(work_dir: Path) -> tuple[str, str | None]:
+    """A short path for Ray's temp dir whose files live under `work_dir`: the folder itself, or a
+    symlink to it inside a private (0700) folder of the system temp dir, which no other local user
+    can take over (a fixed /tmp name could be). Returns (path, that private folder or None)."""
     target = (work_dir / "ray").resolve()
     target.mkdir(parents=True, exist_ok=True)
     if len(str(target)) <= _MAX_TEMP_DIR_LEN:
-        return str(target)
-    link = (
-        Path(tempfile.gettempdir())
-        / f"st-ray-{hashlib.sha1(str(target).encode()).hexdigest()[:10]}"
-    )
-    if link.is_symlink() and os.readlink(link) != str(target):
-        link.unlink()
-    if not link.exists():
-        link.symlink_to(target, target_is_directory=True)
-    return str(link)
+        return str(target), None
+    private = tempfile.mkdtemp(prefix="st-ray-")
+    link = Path(private) / "r"
+    link.symlink_to(target, target_is_directory=True)
+    return str(link), private
 
 
 def local_work_dir(output: str) -> Path:
-    """Where a job keeps local working files (Ray's temp dir): `{output}/_work` for a local output,
-    a folder under the system temp dir named after the output for an s3:// one."""
+    """Where a job keeps local working files (Ray's temp dir): `{output}/_work` for a local output;
+    for an s3:// one, a folder named after the output in this user's own cache (not a shared,
+    guessable /tmp path)."""
     if output.startswith("s3://"):
-        return (
-            Path(tempfile.gettempdir())
-            / "spacetime-work"
-            / hashlib.sha1(output.encode()).hexdigest()[:10]
-        )
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return cache / "spacetime" / "work" / hashlib.sha1(output.encode()).hexdigest()[:10]
     return Path(output) / "_work"
 
 
@@ -50,6 +52,73 @@ def loopback_only() -> None:
     Ray swaps loopback for the machine's external address unless its cluster support is off
     (ray_constants.ENABLE_RAY_CLUSTER, read from this variable when ray is first imported)."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+_PROBE = """
+import json, sys
+from ray._raylet import GcsClient
+try:
+    GcsClient(address=sys.argv[1]).internal_kv_get(b"spacetime-probe", None, timeout=10)
+    print(json.dumps({"auth": False}))
+except Exception as e:
+    print(json.dumps({"auth": type(e).__name__ == "AuthenticationError", "error": str(e)[:300]}))
+"""
+
+
+def _token_available() -> bool:
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(path).is_file()
+
+
+def prepare_connection(address: str) -> None:
+    """Checks that `address` answers and matches this process's Ray authentication mode to the
+    cluster's. `ray start` turns token authentication on by itself when it finds a token
+    (~/.ray/auth_token, left by any earlier Ray), but a client connects without one unless
+    RAY_AUTH_MODE=token is set, and then fails after ~20 s with an address the user never typed.
+    Ray has no public call for "what does this cluster require", so a child process asks the GCS
+    once without a token (the mode is cached per process). JobError when the cluster cannot be
+    used, with what to set."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except (OSError, ValueError) as e:
+        raise JobError(
+            f"cannot reach the Ray cluster at {address}: {e}. Check the head's address and port "
+            "(`ray status` on the head prints them)."
+        ) from None
+    if os.environ.get("RAY_AUTH_MODE"):
+        return  # the user chose; respect it
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _PROBE, address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        probe = json.loads(out.stdout.strip().splitlines()[-1])
+    except (subprocess.TimeoutExpired, json.JSONDecodeError, IndexError):
+        return  # no verdict: let ray.init try and report
+    if not probe["auth"]:
+        return
+    if not _token_available():
+        raise JobError(
+            f"the Ray cluster at {address} requires token authentication and this machine has no "
+            "token: set RAY_AUTH_TOKEN to the cluster's token (print it on the head with `ray "
+            "get-auth-token`), or RAY_AUTH_TOKEN_PATH to a file holding it."
+        )
+    log.info(
+        "the Ray cluster at %s uses token authentication: connecting with RAY_AUTH_MODE=token",
+        address,
+    )
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray._raylet" in sys.modules:
+        # Ray read the mode into its cached config when it was imported; refresh it as Ray's own
+        # `ray start` does when it turns token authentication on.
+        from ray._raylet import Config
+
+        Config.initialize("")
 
 
 @contextlib.contextmanager
@@ -67,11 +136,22 @@ def ray_session(
     if ray.is_initialized():
         yield ray.cluster_resources()
         return
+    private = None
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        if address != "auto":
+            prepare_connection(address)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        except Exception as e:  # Ray raises ConnectionError, AuthenticationError, RuntimeError...
+            reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise JobError(
+                f"could not connect to the Ray cluster at {address}: {reason}. If the cluster uses "
+                "token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (`ray "
+                "get-auth-token` on the head)."
+            ) from None
         log.info("connected to Ray cluster at %s: %s", address, _describe(ray.cluster_resources()))
     else:
-        temp_dir = _short_temp_dir(work_dir)
+        temp_dir, private = _short_temp_dir(work_dir)
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,
@@ -86,6 +166,8 @@ def ray_session(
         yield ray.cluster_resources()
     finally:
         ray.shutdown()
+        if private:
+            shutil.rmtree(private, ignore_errors=True)
 
 
 def _describe(res: dict[str, float]) -> str:

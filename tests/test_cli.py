@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ import pytest
 import yaml
 
 from infra.cli import build_parser, main
+from tests.conftest import REPO
 
 SUBCOMMANDS = [
     "shard",
@@ -100,7 +103,32 @@ def test_launch_needs_a_train_command_and_prints_exactly(
         assert part in line, part
 
 
-def test_launch_slurm_and_hostfile_commands_match_per_node(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+HOSTILE = [
+    "train",
+    "--config",
+    "my configs/c.yaml",
+    "--set",
+    "run.name=$(touch PWNED)",
+    "`touch PWNED2`",
+    "$HOME",
+    "it's",
+    "a\nb",
+    "--set",
+    "x=y z",
+]
+
+
+def _fake_bin(tmp_path: Path, scripts: dict[str, str]) -> dict[str, str]:
+    """Stand-ins for cluster programs (srun, scontrol, ssh, python) on PATH; returns the env."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_launch_slurm_script_passes_hostile_arguments_intact(tmp_path: Path) -> None:
     script = tmp_path / "job.sbatch"
     argv = [
         "launch",
@@ -115,32 +143,57 @@ def test_launch_slurm_and_hostfile_commands_match_per_node(tmp_path, capsys) -> 
         "--slurm-script",
         str(script),
         "--",
-        "train",
-        "--config",
-        "c.yaml",
+        *HOSTILE,
     ]
     assert main(argv) == 0
     text = script.read_text()
     assert text.startswith("#!/bin/bash\n") and "#SBATCH --nodes=2" in text
-    assert "#SBATCH --gpus-per-node=8" in text and "srun --kill-on-bad-exit=1" in text
-    assert (
-        "--nproc-per-node=8" in text
-        and "--rdzv-id=r2" in text
-        and "infra.cli train --config c.yaml" in text
-    )
+    assert "#SBATCH --gpus-per-node=8" in text and "--rdzv-id=r2" in text
     assert "AWS_SECRET" not in text
+    # Run it as a Slurm node would: srun runs its command, python records what it was given.
+    record = tmp_path / "argv.json"
+    env = _fake_bin(
+        tmp_path,
+        {
+            "srun": '#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n',
+            "scontrol": "#!/bin/bash\necho node-a\n",
+            "python": "#!/usr/bin/env python3\nimport json, sys\n"
+            f"json.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n",
+        },
+    )
+    env |= {"SLURM_NNODES": "2", "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "node-[a-b]"}
+    subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, check=True, timeout=30)
+    got = json.loads(record.read_text())
+    assert got[got.index("infra.cli") + 1 :] == HOSTILE
+    assert "--node-rank=1" in got and "--rdzv-endpoint=node-a:29500" in got
+    assert not list(tmp_path.glob("PWNED*"))
+    bad = ["launch", "--slurm", "--run-id", "x$(id)", "--dry-run", "--", "train"]
+    assert main(bad) == 1
+
+
+def test_launch_hostfile_commands_and_failures(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     hosts = tmp_path / "hosts"
     hosts.write_text("# cluster\nnode-a slots=2\nnode-b slots=2\n")
-    assert (
-        main(["launch", "--hostfile", str(hosts), "--print-only", "--run-id", "r3", "--", "train"])
-        == 0
-    )
+    argv = ["launch", "--hostfile", str(hosts), "--run-id", "r3"]
+    assert main([*argv, "--print-only", "--", "train"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [ln.split()[:2] for ln in lines] == [["ssh", "node-a"], ["ssh", "node-b"]]
+    assert [ln.split()[:3] for ln in lines] == [["ssh", "--", "node-a"], ["ssh", "--", "node-b"]]
     assert "--node-rank=0" in lines[0] and "--node-rank=1" in lines[1]
     assert all("--rdzv-endpoint=node-a:29500" in ln for ln in lines)
-    hosts.write_text("node-a gpus=2\n")
-    assert main(["launch", "--hostfile", str(hosts), "--print-only", "--", "train"]) == 1
+    # A node whose ssh is killed by a signal fails the launch.
+    env = _fake_bin(
+        tmp_path,
+        {
+            "ssh": '#!/bin/bash\n[ "$1" = -- ] && shift\n[ "$1" = node-b ] && kill -9 $$\nexit 0\n',
+        },
+    )
+    cmd = [sys.executable, "-m", "infra.cli", *argv, "--", "train"]
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "node-b killed by signal 9" in p.stderr, p.stderr[-2000:]
+    for line in ("node-a gpus=2\n", "-oProxyCommand=touch${IFS}PWNED\n", "node-a;id\n"):
+        hosts.write_text(line)
+        assert main([*argv, "--print-only", "--", "train"]) == 1, line
+    assert not list(tmp_path.glob("PWNED*"))
 
 
 def test_launch_rayjob_manifest_and_ray_dry_run(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
