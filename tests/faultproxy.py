@@ -17,6 +17,8 @@ class FaultProxy:
       a server that goes away and comes back.
     - `delay_next(n, seconds, prefix)`: the next n requests whose first bytes are `prefix` (e.g.
       b"PUT ") reach the server `seconds` late: a slow upload.
+    - `outage_at(nth, seconds, prefix)`: when the nth such request arrives, it is cut off with
+      every open connection and the port refuses connections for `seconds` (`outages` counts it).
     """
 
     def __init__(self, target_host: str, target_port: int):
@@ -27,7 +29,9 @@ class FaultProxy:
         self.dropped = 0
         self.accepted = 0
         self.delayed = 0
+        self.outages = 0
         self._delay: tuple[int, float, bytes] = (0, 0.0, b"")
+        self._outage_at: tuple[int, float, bytes] = (0, 0.0, b"")
         self._stop = threading.Event()
         self._listener = self._listen(0)
         self.port = self._listener.getsockname()[1]
@@ -55,6 +59,10 @@ class FaultProxy:
     def delay_next(self, n: int, seconds: float, prefix: bytes) -> None:
         with self._lock:
             self._delay = (n, seconds, prefix)
+
+    def outage_at(self, nth: int, seconds: float, prefix: bytes) -> None:
+        with self._lock:
+            self._outage_at = (nth, seconds, prefix)
 
     def outage(self, seconds: float) -> None:
         """Refuses connections for `seconds` (runs in the background)."""
@@ -119,6 +127,15 @@ class FaultProxy:
                         if hit:
                             self._delay = (n - 1, seconds, prefix)
                             self.delayed += 1
+                        nth, down_s, down_prefix = self._outage_at
+                        down = nth > 0 and data.startswith(down_prefix)
+                        if down:
+                            self._outage_at = (nth - 1, down_s, down_prefix)
+                            down = nth == 1
+                    if down:
+                        self.outages += 1
+                        self.outage(down_s)  # cuts this connection too: the request is lost
+                        break
                     if hit:
                         time.sleep(seconds)
                 dst.sendall(data)

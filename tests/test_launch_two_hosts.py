@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from infra.procs import children_map, free_port, kill_tree
+from tests.faults import fault_env
 from tests.netns import TwoHosts, can_make_namespaces, two_hosts
 from tests.test_train_deepspeed import REPO, _cmd, _env, _history, _run, latents  # noqa: F401
 
@@ -215,7 +216,7 @@ def test_two_hosts_train_fail_fast_freeze_and_resume(latents: Path, tmp_path: Pa
             short,
             "--max-restarts",
             "1",
-            env={"SPACETIME_KILL_IN_SAVE": str(resume_at + 2)},
+            env=fault_env(f"save:written@{resume_at + 2}"),
         )
         job.finish(timeout=400)
         assert "relaunching from the latest checkpoint" in job.log(0)

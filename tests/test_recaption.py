@@ -98,7 +98,11 @@ def test_sidecars_align_with_clip_shards(
         assert all(n.endswith(".caption.json") for n in names.stdout.split())
 
 
-def test_stats_measures_shape_colour_and_direction(tmp_path: Path, local_ray: None) -> None:
+def test_stats_measures_colour_and_direction_and_keeps_the_source_caption(
+    tmp_path: Path, local_ray: None
+) -> None:
+    """The stats backend measures colour and motion; it does not measure shape (that word comes
+    from the source caption it keeps)."""
     manifest = shapes.generate(tmp_path / "videos", 16, seed=11)
     cfg = ShardConfig(min_side=32, min_motion=0.0003)
     run_shard(str(manifest), str(tmp_path / "clips"), cfg, StorageConfig())

@@ -15,6 +15,25 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+# The videos' own properties, measured by the shared probe (not by spacetime).
+PROBE = {
+    Path(r["file"]).name: r
+    for r in json.loads(
+        (
+            Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "probe.json"
+        ).read_text()
+    )
+}
+
+
+def probe_display_aspect(name: str) -> float:
+    """Displayed width / height from probe.json: coded size, pixel aspect, then rotation."""
+    r = PROBE[name]
+    w, h = map(int, r["wh"].split("x"))
+    num, den = map(int, (r["sar"] or "1:1").split(":"))
+    w_disp = w * num / den
+    return h / w_disp if r["rot"] in (90, -90, 270, -270) else w_disp / h
+
 
 @pytest.fixture(scope="module")
 def run(real_shards: dict[str, Any]) -> dict[str, Any]:
@@ -44,13 +63,15 @@ def test_orientation_and_pixel_aspect(
     assert clips, f"{rel} gave no clips: {run['records'][rel]['error']}"
     p = clips[0]["probe"]
     assert p["rotation"] == rotation and p["sar"] == sar
-    display_aspect = p["display_width"] / p["display_height"]
+    want = probe_display_aspect(rel)
     for c in clips:
         assert (c["height"] > c["width"]) == portrait
         assert c["width"] % 16 == 0 and c["height"] % 16 == 0
         assert c["width"] * c["height"] <= 224 * 128
-        # Non-square pixels are corrected: the clip has the displayed aspect, not the coded one.
-        assert abs(c["width"] / c["height"] - display_aspect) / display_aspect < 0.12
+        # Non-square pixels are corrected: the clip has the displayed aspect, not the coded one
+        # (carphone's 128:117 is a 9.4% correction). 3% leaves room for rounding the sides to
+        # multiples of 16 at this small pixel budget, and no more.
+        assert abs(c["width"] / c["height"] - want) / want < 0.03, (c["width"], c["height"], want)
 
 
 def test_sar_correction_changes_shape(run: dict[str, Any]) -> None:
@@ -76,16 +97,32 @@ def test_codecs_decode(run: dict[str, Any], rel: str, codec: str) -> None:
 
 
 def test_timing_vfr_and_broken_pts(run: dict[str, Any]) -> None:
-    for rel in ("cursed-vfr.mp4", "fire2.mp4"):
-        c = clips_of(run, rel)[0]
-        assert c["timing"]["vfr"] is True, rel
-        assert abs(c["frames"] / c["fps"] - c["seconds"]) < 1e-3
+    """Frame timing against probe.json's measured intervals (dt_min, dt_max). spacetime calls a
+    source variable-rate when its largest frame interval exceeds its smallest by more than
+    VFR_RATIO (20%) and resamples it; probe.json's own `vfr` column uses another rule (it calls
+    fire2's 1.25 constant and test.avi's out-of-order timestamps variable), so the intervals are
+    compared, not that column."""
+    from data_pipeline.scenes import VFR_RATIO
+
+    checked = 0
+    for name, r in PROBE.items():
+        clips = [c for c in run["samples"].values() if Path(c["json"]["source_rel"]).name == name]
+        if not clips:
+            continue
+        timing = clips[0]["json"]["timing"]
+        if r["dt_min"] <= 0:  # timestamps out of order: timed by frame index, not resampled
+            assert timing["pts_monotonic"] is False and timing["vfr"] is False, name
+            continue
+        ratio = r["dt_max"] / r["dt_min"]  # probe.json rounds intervals to 0.1 ms
+        assert abs(timing["interval_ratio"] - ratio) <= 0.05 * ratio + 0.01, (name, timing, ratio)
+        assert timing["vfr"] is (timing["interval_ratio"] > VFR_RATIO), name
+        for c in clips:
+            assert abs(c["json"]["frames"] / c["json"]["fps"] - c["json"]["seconds"]) < 1e-3
+        checked += 1
+    assert checked >= 15
+    assert clips_of(run, "fire2.mp4")[0]["timing"]["vfr"] is True  # 0.080-0.100 s intervals
     vfr = clips_of(run, "cursed-vfr.mp4")[0]
     assert 6.5 < vfr["fps"] < 8.0  # resampled to the source's average rate (63 frames / 8.7 s)
-    avi = clips_of(run, "test.avi")[0]
-    assert avi["timing"]["pts_monotonic"] is False and avi["timing"]["vfr"] is False
-    for rel in ("flower.mp4", "bikes.mp4", "hevc.ts", "chaplin.mp4"):
-        assert clips_of(run, rel)[0]["timing"]["vfr"] is False, rel
 
 
 def test_audio_and_too_short(run: dict[str, Any]) -> None:

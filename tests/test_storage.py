@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -159,12 +158,11 @@ def test_s3_survives_server_outage_during_multipart_upload(proxied, tmp_path: Pa
     data = os.urandom(20 * 1024 * 1024)
     src.write_bytes(data)
     uri = f"s3://{bucket}/outage/big.bin"
-    # The endpoint disappears (connection refused) for 2 s shortly after the upload starts.
-    timer = threading.Timer(0.3, proxy.outage, args=(2.0,))
-    timer.start()
+    # The endpoint disappears (connection refused) for 2 s when the second part arrives.
+    proxy.outage_at(2, 2.0, b"PUT ")
+    t0 = time.monotonic()
     store.upload(src, uri)
-    timer.join()
-    assert proxy.accepted > 1
+    assert proxy.outages == 1 and time.monotonic() - t0 >= 2.0  # the upload waited it out
     assert store.read_bytes(uri) == data
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import torch.distributed as dist
 from infra.config import to_dict
 from infra.errors import JobError
 from infra.storage import Storage, is_s3, join
+from trainer import hooks
 from trainer.checkpoint import (
     CheckpointStore,
     check_resume,
@@ -258,6 +257,7 @@ class Trainer:
         self.ema = EMA(self.engine.module, self.cfg.ema_decay) if self.cfg.ema_decay > 0 else None
         self.step, self.epoch, self.step_in_epoch = 0, 0, 0
         self.tokens_seen, self.samples_seen = 0, 0
+        self.textless = 0  # micro-batches (all ranks, this run) whose every caption was dropped
         if tag is not None and state is not None:
             load_path, _ = self.engine.load_checkpoint(
                 str(self.ckpt.local), tag=tag, load_module_strict=True
@@ -299,7 +299,7 @@ class Trainer:
         else:
             norm = data.global_samples
         loss_sum = torch.zeros((), dtype=torch.float64)
-        flops = 0.0
+        flops, textless = 0.0, 0
         for samples, mb_id in zip(data.microbatches, data.microbatch_ids, strict=True):
             gen = microbatch_generator(self.seed, data.epoch, data.step_in_epoch, mb_id)
             keep_text = torch.rand(len(samples), generator=gen) >= cfg.data.caption_dropout
@@ -307,6 +307,7 @@ class Trainer:
                 s.text if k else s.text.new_zeros(0, s.text.shape[-1])
                 for s, k in zip(samples, keep_text.tolist(), strict=True)
             ]
+            textless += all(len(tx) == 0 for tx in texts)  # cross-attention gets no key at all
             x0, batch = pack([s.latent for s in samples], texts, cfg.model.patch)
             if cfg.data.token_drop > 0:
                 x0, batch, _ = drop_tokens(x0, batch, cfg.data.token_drop, gen)
@@ -323,7 +324,7 @@ class Trainer:
             for i in range(len(samples)):
                 n = int(batch.cu_seqlens[i + 1] - batch.cu_seqlens[i])
                 flops += n * self.flops_model.flops_per_token(n, len(texts[i]))
-        stats = torch.tensor([float(loss_sum), flops], dtype=torch.float64)
+        stats = torch.tensor([float(loss_sum), flops, textless], dtype=torch.float64)
         dist.all_reduce(stats)
         if self.ema is not None:
             self.ema.update()
@@ -331,6 +332,7 @@ class Trainer:
         return {
             "loss": float(stats[0]) / norm,
             "flops": float(stats[1]),
+            "textless_microbatches": float(stats[2]),
             "grad_norm": float(gn) if gn is not None else float("nan"),
             "lr": float(self.scheduler.get_last_lr()[0]),
             "tokens": float(data.global_tokens),
@@ -341,16 +343,9 @@ class Trainer:
 
     def save(self) -> None:
         tag = tag_for(self.step)
+        hooks.active.at("save:begin", self)
         path = self.ckpt.write_engine(self.engine, tag, self.d.local_rank)
         save_rank_files(path, self.d.rank)
-        marker = self.ckpt.local / f".killed-in-save-{self.step}"
-        if os.environ.get("SPACETIME_KILL_IN_SAVE") == str(self.step) and not marker.exists():
-            # Fault injection for the tests: a real SIGKILL between writing and publishing (once
-            # per run, so a relaunch with the same environment gets past it).
-            dist.barrier()
-            if self.d.rank == 0:
-                marker.touch()
-                os.kill(os.getpid(), signal.SIGKILL)
         ema = self.ema.full_state() if self.ema is not None else None
         if self.d.rank == 0:
             if ema is not None:
@@ -374,7 +369,9 @@ class Trainer:
                     "history": self.history,
                 },
             )
+        hooks.active.at("save:written", self)
         self.ckpt.publish(tag, self.cfg.keep_checkpoints, self.d.local_rank)
+        hooks.active.at("save:published", self)
         if self.d.rank == 0:
             log.info("checkpoint %s published", tag)
 
@@ -452,6 +449,7 @@ class Trainer:
                 self.epoch, self.step_in_epoch = data.epoch, data.step_in_epoch + 1
                 self.tokens_seen += int(s["tokens"])
                 self.samples_seen += int(s["samples"])
+                self.textless += int(s["textless_microbatches"])
                 tokens_window += s["tokens"]
                 samples_window += s["samples"]
                 flops_window += s["flops"]
@@ -512,6 +510,7 @@ class Trainer:
             "final_loss": self.history[-1]["loss"] if self.history else None,
             "tokens_seen": self.tokens_seen,
             "samples_seen": self.samples_seen,
+            "textless_microbatches": self.textless,
             "world_size": self.d.world_size,
             "wall_s": round(wall, 2),
             "checkpoint": self.ckpt.latest(),
