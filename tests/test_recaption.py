@@ -362,9 +362,13 @@ def test_hf_backend_on_tiny_models(
     good = [caps[k] for k in keys if k != keys[2]]
     for rec in good:
         assert rec["backend"] == "hf" and rec["model"] == str(model) and len(rec["frames"]) == 3
-        # random weights write random words: either a caption or a recorded degenerate reason
-        assert (rec["text"] and rec["error"] is None) or (rec["text"] is None and rec["error"])
-    assert s["clips"] == len(keys)
+    # Random weights write random words, which pass the degenerate-caption checks (measured: 5 of
+    # 5 for both models); a caption may only fail for one of those checks' named reasons.
+    captioned = [r for r in good if r["text"]]
+    assert len(captioned) >= len(good) - 1 and all(r["error"] is None for r in captioned)
+    named = ("empty or too short", "repeated token", "repetitive", "echoes the prompt")
+    assert all(r["error"].startswith(named) for r in good if not r["text"]), good
+    assert s["clips"] == len(keys) and s["captioned"] == len(captioned)
 
 
 def test_hf_prompt_that_does_not_fit_fails_the_row(

@@ -55,9 +55,10 @@ def test_train_vae_raises_heldout_psnr(shards: Path, tmp_path: Path) -> None:
 
 def _check_tiled_matches_untiled(vae: CausalVAE, shards: Path) -> None:
     """Stated tolerance for tiled (32 px tiles, 16 px overlap, blended) + chunked encode and decode
-    on a trained VAE: the tiled reconstruction is within 0.5 dB PSNR of the untiled one against the
-    original, and >= 32 dB against the untiled reconstruction itself. Measured on this test's
-    300-step VAE: 41-44 dB, PSNR differences under 0.1 dB."""
+    on a trained VAE: the tiled reconstruction is within 0.15 dB PSNR of the untiled one against
+    the original, and >= 38 dB against the untiled reconstruction itself. Measured on this test's
+    300-step VAE (9 clips, two machines): 41.9-49.4 dB, PSNR differences at most 0.05 dB; the
+    bounds keep ~4 dB and 3x of margin for other CPUs' float results."""
     import torch
 
     from infra.shards import iter_samples
@@ -76,8 +77,8 @@ def _check_tiled_matches_untiled(vae: CausalVAE, shards: Path) -> None:
             whole = vae.decode(vae.encode(x).mean).clamp(-1, 1)
             z = vae.encode_chunked(x, chunk_latent_frames=2, tile=32, overlap=16)
             tiled = vae.decode_chunked(z, chunk_latent_frames=2, tile=4, overlap=2).clamp(-1, 1)
-        assert abs(psnr(tiled[0], x[0]) - psnr(whole[0], x[0])) <= 0.5
-        assert psnr(tiled[0], whole[0]) >= 32.0
+        assert abs(psnr(tiled[0], x[0]) - psnr(whole[0], x[0])) <= 0.15
+        assert psnr(tiled[0], whole[0]) >= 38.0
         checked += 1
     assert checked >= 3
 
