@@ -71,8 +71,8 @@ def test_every_node_keeps_only_the_newest_checkpoints(
         store = CheckpointStore(node1, remote, storage, rank=1)
         for step in range(1, 6):
             tag = f"step-{step:08d}"
-            _write_tag(node1, tag + ".partial", {"zero/rank1.pt": str(step)})
-            store.publish(tag, keep=2, local_rank=0)
+            _write_tag(node1, tag + ".partial-x", {"zero/rank1.pt": str(step)})
+            store.publish(node1 / f"{tag}.partial-x", keep=2, local_rank=0)
     assert sorted(p.name for p in node1.iterdir()) == ["step-00000004", "step-00000005"]
 
 

@@ -7,10 +7,10 @@ Layout under `{run}/checkpoints/`:
                         config, code version), rng-rank00000.pt per rank, ema.safetensors
     latest              the name of the newest complete checkpoint, written last
 
-Everything is written under `step-N.partial/`; after every rank has finished, rank 0 renames it to
-`step-N/` and then rewrites `latest`. A crash at any point leaves the previous `latest` pointing at
-a complete checkpoint; a leftover `.partial` directory is never read and is removed by the next
-save. On S3 the same order holds: the files are uploaded, then `latest` is uploaded last.
+Everything is written under `step-N.partial-<id>/`; after every rank has finished, rank 0 renames
+it to `step-N/` and then rewrites `latest`. A crash at any point leaves the previous `latest`
+pointing at a complete checkpoint; a leftover `.partial-*` directory is never read and is removed by
+the next save of that step. On S3 the same order holds: the files are uploaded, then `latest` is uploaded last.
 
 A different world size at resume: DeepSpeed's ZeRO checkpoints are partitioned by rank, so the
 checkpoint is first converted to DeepSpeed's universal format (deepspeed.checkpoint.ds_to_universal)
@@ -21,6 +21,7 @@ randomness from (seed, step, micro-batch), so this does not change the math).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import random
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +113,7 @@ class CheckpointStore:
             }
         else:
             names = {p.name for p in self.local.iterdir() if p.is_dir()}
-        return sorted(n for n in names if n.startswith("step-") and not n.endswith(PARTIAL))
+        return sorted(n for n in names if n.startswith("step-") and "." not in n)
 
     def resume_tag(self, resume: str | None) -> str | None:
         """The checkpoint to resume from: None for a fresh run (refused when checkpoints exist, so
@@ -150,19 +152,20 @@ class CheckpointStore:
             tag = tag + "-universal"
         return path, state, tag, universal
 
-    def begin(self, tag: str) -> str:
-        """Called by each node's first rank before a collective save: clears its cache's leftovers
-        of a crashed save."""
-        for stale in (self.local / (tag + PARTIAL), self.local / tag):
-            if stale.exists():
-                shutil.rmtree(stale)
-        return tag + PARTIAL
-
     def write_engine(self, engine: Any, tag: str, local_rank: int) -> Path:
-        """Every rank writes its part of DeepSpeed's state for `tag` under `tag.partial/` (with
-        the client state a later universal conversion needs); returns that directory. Collective;
+        """Every rank writes its part of DeepSpeed's state for `tag` (with the client state a later
+        universal conversion needs) under a fresh `tag.partial-<id>/`, the id drawn by rank 0 and
+        shared: a save never writes into what a crashed one left, and nodes that share a folder
+        (a shared filesystem) never clear each other's files. Returns that directory. Collective;
         `publish` makes it the latest."""
-        partial = self.begin(tag) if local_rank == 0 else tag + PARTIAL
+        ids = [uuid.uuid4().hex[:8] if self.rank == 0 else ""]
+        self._barrier()
+        dist.broadcast_object_list(ids, src=0, group=self._group)
+        partial = f"{tag}{PARTIAL}-{ids[0]}"
+        if local_rank == 0:  # leftovers of crashed saves of this tag, in this node's folder
+            for stale in self.local.glob(f"{tag}{PARTIAL}*"):
+                if stale.name != partial:
+                    shutil.rmtree(stale, ignore_errors=True)
         self._barrier()
         engine.save_checkpoint(
             str(self.local),
@@ -172,23 +175,24 @@ class CheckpointStore:
         )
         return self.local / partial
 
-    def publish(self, tag: str, keep: int, local_rank: int) -> None:
-        """After every rank wrote `tag.partial`: make it `tag`, then point `latest` at it.
-        Collective (every rank calls it)."""
+    def publish(self, partial: Path, keep: int, local_rank: int) -> None:
+        """After every rank wrote `partial` (from `write_engine`): make it its tag, then point
+        `latest` at it. Collective (every rank calls it)."""
+        tag = partial.name.split(PARTIAL)[0]
         self._barrier()
         if self.remote:
             if local_rank == 0:  # each node uploads what its ranks wrote
-                part = self.local / (tag + PARTIAL)
-                for f in sorted(part.rglob("*")):
+                for f in sorted(partial.rglob("*")):
                     if f.is_file():
-                        self.storage.upload(f, join(self.remote, tag, str(f.relative_to(part))))
+                        rel = str(f.relative_to(partial))
+                        self.storage.upload(f, join(self.remote, tag, rel))
             self._barrier()
             if self.rank == 0:
                 self.storage.write_text(join(self.remote, LATEST), tag)
             if local_rank == 0:  # this node's part only; `fetch` completes it from S3 if needed
-                os.replace(self.local / (tag + PARTIAL), self.local / tag)
+                _promote(partial, self.local / tag)
         elif self.rank == 0:
-            os.replace(self.local / (tag + PARTIAL), self.local / tag)
+            _promote(partial, self.local / tag)
             tmp = self.local / (LATEST + PARTIAL)
             tmp.write_text(tag)
             os.replace(tmp, self.local / LATEST)
@@ -206,7 +210,7 @@ class CheckpointStore:
 
     def _local_tags(self) -> list[str]:
         names = {p.name.removesuffix("-universal") for p in self.local.iterdir() if p.is_dir()}
-        tags = sorted(n for n in names if n.startswith("step-") and PARTIAL not in n)
+        tags = sorted(n for n in names if n.startswith("step-") and "." not in n)
         # A universal copy goes with the checkpoint it was converted from.
         return [t for tag in tags for t in (tag, tag + "-universal") if (self.local / t).is_dir()]
 
@@ -225,6 +229,22 @@ class CheckpointStore:
         self._barrier()
         read_state(path)  # a clear error when it is not a whole checkpoint
         return path
+
+
+def _promote(partial: Path, dst: Path) -> None:
+    """Renames a written checkpoint to its tag, replacing an older save of the same tag (a run
+    resumed from an earlier step saves it again). Nodes sharing the folder may race here: the
+    first rename wins, the others find their work done."""
+    if dst.exists():
+        old = dst.with_name(f"{dst.name}.replaced-{uuid.uuid4().hex[:8]}")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(dst, old)
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.replace(partial, dst)
+    except OSError:
+        if not dst.is_dir():
+            raise
 
 
 def save_rank_files(path: Path, rank: int) -> None:

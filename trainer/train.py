@@ -370,7 +370,7 @@ class Trainer:
                 },
             )
         hooks.active.at("save:written", self)
-        self.ckpt.publish(tag, self.cfg.keep_checkpoints, self.d.local_rank)
+        self.ckpt.publish(path, self.cfg.keep_checkpoints, self.d.local_rank)
         hooks.active.at("save:published", self)
         if self.d.rank == 0:
             log.info("checkpoint %s published", tag)

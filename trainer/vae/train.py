@@ -282,7 +282,7 @@ def _checkpoint(
                 "history": history,
             },
         )
-    store.publish(tag, cfg.keep_checkpoints, d.local_rank)
+    store.publish(path, cfg.keep_checkpoints, d.local_rank)
 
 
 def _set_latent_stats(vae: CausalVAE, held: list[torch.Tensor], device: torch.device) -> None:
