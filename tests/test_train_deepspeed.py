@@ -275,6 +275,17 @@ def test_refuses_to_overwrite_and_dry_run(latents: Path, baseline: tuple[Path, s
         _cmd(1, latents, out, name, 2), cwd=REPO, env=_env(), capture_output=True, text=True
     )
     assert p.returncode == 1 and "--resume auto" in p.stderr
+    # Resuming with a setting that changes the batches (the seed) is refused, naming it.
+    p = subprocess.run(
+        [*_cmd(1, latents, out, name, 2, "--set", "run.seed=7"), "--resume", "auto"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        p.returncode == 1 and "cannot resume with other settings (seed: 0 then, 7 now" in p.stderr
+    )
     dry = subprocess.run(
         [*_cmd(1, latents, out, name, 3), "--dry-run"],
         cwd=REPO,
