@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -17,6 +20,7 @@ from data_pipeline.probe import InputError
 from data_pipeline.sources import Source, list_sources
 from infra.cli import main
 from infra.storage import Storage, StorageConfig
+from tests.conftest import REPO
 from tests.media import moving_frames, write_video
 
 pytestmark = pytest.mark.slow
@@ -137,13 +141,23 @@ def test_rerun_retries_failures_and_repairs_a_half_staged_source(
 def test_overwrite_with_a_relative_output_replaces_the_shards(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_ray: None
 ) -> None:
-    camera_folders(tmp_path / "in")
-    monkeypatch.chdir(tmp_path)
-    argv = ["shard", "--input", "in", "--output", "./o", *SMALL]
-    assert main([*argv, "--set", "shard.crf=45"]) == 0
+    (tmp_path / "in").mkdir()
+    for i in range(2):  # distinct names: this is about the output side only
+        write_video(tmp_path / "in" / f"v{i}.mp4", moving_frames(96, 64, 30, seed=i))
+    # As a user types it, in a shell in that folder (the job starts its own Ray there).
+    argv = [sys.executable, "-m", "infra.cli", "shard", "--input", "in", "--output", "./o", *SMALL]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def cli(*more: str) -> int:
+        return subprocess.run(
+            [*argv, *more], cwd=tmp_path, env=env, capture_output=True, timeout=300
+        ).returncode
+
+    assert cli("--set", "shard.crf=45") == 0
     low = shard_contents(tmp_path / "o")
-    assert main([*argv, "--set", "shard.crf=18"]) == 1  # other settings: refused, not mixed
-    assert main([*argv, "--set", "shard.crf=18", "--overwrite"]) == 0
+    assert len(low) == 2
+    assert cli("--set", "shard.crf=18") == 1  # other settings: refused, not mixed
+    assert cli("--set", "shard.crf=18", "--overwrite") == 0
     high = shard_contents(tmp_path / "o")
     assert manifest(tmp_path / "o") == high
     assert set(high) == set(low) and all(high[k] != low[k] for k in high)

@@ -432,9 +432,13 @@ def test_checkpoints_on_s3_resume_on_a_fresh_machine(
     assert tags == {"latest", "step-00000006", "step-00000008", "step-00000010"}  # keep-last-3
 
 
-def test_an_upload_slower_than_the_training_timeout_does_not_fail_the_job(
+def test_an_upload_slower_than_the_step_limits_does_not_fail_the_job(
     latents: Path, tmp_path: Path, s3_server: str, s3_bucket: str
 ) -> None:
+    """A checkpoint upload longer than the watchdog's step limit and the collectives' timeout: the
+    ranks wait on the save's own group and limit (train.save_timeout_s). On NCCL the old barrier
+    timed out at dist_timeout_s; gloo collectives never time out (PLATFORM.md), so on CPU it is the
+    watchdog that ended such a job."""
     from tests.faultproxy import FaultProxy
 
     proxy = FaultProxy("127.0.0.1", int(s3_server.rsplit(":", 1)[1]))
@@ -449,6 +453,8 @@ def test_an_upload_slower_than_the_training_timeout_does_not_fail_the_job(
             f"storage.s3_endpoint_url={proxy.url}",
             "--set",
             "train.dist_timeout_s=10",
+            "--set",
+            "train.watchdog_s=8",
             "--set",
             "train.steps=4",
             "--set",

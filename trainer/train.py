@@ -493,8 +493,8 @@ class Trainer:
                         0,
                     )
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                    self.save()
-                    dog.beat(f"checkpoint at step {self.step}")
+                    with dog.allowance(cfg.save_timeout_s, f"checkpoint at step {self.step}"):
+                        self.save()
                     if cfg.preview.every and self.step % cfg.preview.every == 0:
                         self.preview(writer)
                         dog.beat(f"preview at step {self.step}")
