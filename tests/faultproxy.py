@@ -19,6 +19,8 @@ class FaultProxy:
       b"PUT ") reach the server `seconds` late: a slow upload.
     - `outage_at(nth, seconds, prefix)`: when the nth such request arrives, it is cut off with
       every open connection and the port refuses connections for `seconds` (`outages` counts it).
+    - `throttle_uploads(bytes_per_s)`: request bodies of PUTs trickle to the server at that rate
+      (a slow link): uploads take long without any single read stalling into a client retry.
     """
 
     def __init__(self, target_host: str, target_port: int):
@@ -29,7 +31,10 @@ class FaultProxy:
         self.dropped = 0
         self.accepted = 0
         self.delayed = 0
+        self.delayed_requests: list[str] = []
         self.outages = 0
+        self.throttled_bytes = 0
+        self._rate = 0.0
         self._delay: tuple[int, float, bytes] = (0, 0.0, b"")
         self._outage_at: tuple[int, float, bytes] = (0, 0.0, b"")
         self._stop = threading.Event()
@@ -59,6 +64,9 @@ class FaultProxy:
     def delay_next(self, n: int, seconds: float, prefix: bytes) -> None:
         with self._lock:
             self._delay = (n, seconds, prefix)
+
+    def throttle_uploads(self, bytes_per_s: float) -> None:
+        self._rate = bytes_per_s
 
     def outage_at(self, nth: int, seconds: float, prefix: bytes) -> None:
         with self._lock:
@@ -115,11 +123,20 @@ class FaultProxy:
                 threading.Thread(target=self._pipe, args=(a, b, up), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+        in_put = False
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                if upstream and data.startswith(_METHODS):  # a new request on this connection
+                    in_put = data.startswith(b"PUT ")
+                if upstream and in_put and self._rate > 0:
+                    for i in range(0, len(data), 4096):
+                        dst.sendall(data[i : i + 4096])
+                        time.sleep(len(data[i : i + 4096]) / self._rate)
+                    self.throttled_bytes += len(data)
+                    continue
                 if upstream:
                     with self._lock:
                         n, seconds, prefix = self._delay
@@ -127,6 +144,7 @@ class FaultProxy:
                         if hit:
                             self._delay = (n - 1, seconds, prefix)
                             self.delayed += 1
+                            self.delayed_requests.append(data.split(b"\r\n", 1)[0].decode())
                         nth, down_s, down_prefix = self._outage_at
                         down = nth > 0 and data.startswith(down_prefix)
                         if down:
@@ -145,6 +163,9 @@ class FaultProxy:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+
+
+_METHODS = (b"GET ", b"PUT ", b"POST ", b"HEAD ", b"DELETE ")
 
 
 def _cut(conns: list[socket.socket]) -> None:

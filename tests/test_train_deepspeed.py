@@ -435,10 +435,10 @@ def test_checkpoints_on_s3_resume_on_a_fresh_machine(
 def test_an_upload_slower_than_the_step_limits_does_not_fail_the_job(
     latents: Path, tmp_path: Path, s3_server: str, s3_bucket: str
 ) -> None:
-    """A checkpoint upload longer than the watchdog's step limit and the collectives' timeout: the
-    ranks wait on the save's own group and limit (train.save_timeout_s). On NCCL the old barrier
-    timed out at dist_timeout_s; gloo collectives never time out (PLATFORM.md), so on CPU it is the
-    watchdog that ended such a job."""
+    """A checkpoint upload that takes longer than the watchdog's step limit and the collectives'
+    timeout: the ranks wait on the save's own group and limit (train.save_timeout_s). On NCCL the
+    old barrier timed out at dist_timeout_s; gloo collectives never time out (PLATFORM.md), so on
+    CPU it is the watchdog that ended such a job."""
     from tests.faultproxy import FaultProxy
 
     proxy = FaultProxy("127.0.0.1", int(s3_server.rsplit(":", 1)[1]))
@@ -454,20 +454,21 @@ def test_an_upload_slower_than_the_step_limits_does_not_fail_the_job(
             "--set",
             "train.dist_timeout_s=10",
             "--set",
-            "train.watchdog_s=8",
+            "train.watchdog_s=6",
             "--set",
-            "train.steps=4",
+            "train.steps=2",
             "--set",
             f"run.cache_dir={tmp_path / 'cache'}",
         )
         cmd[cmd.index(f"run.output_dir={tmp_path}")] = f"run.output_dir=s3://{s3_bucket}/runs"
-        proxy.delay_next(1, 16.0, b"PUT ")  # the first checkpoint file reaches S3 16 s late
+        proxy.throttle_uploads(350_000)  # the ~4 MB checkpoint takes ~12 s to reach S3
+        t0 = time.monotonic()
         _run(cmd)
-        assert proxy.delayed == 1
+        assert proxy.throttled_bytes > 3_000_000 and time.monotonic() - t0 > 12
     finally:
         proxy.close()
     storage = Storage(StorageConfig(s3_endpoint_url=s3_server))
-    assert storage.read_text(f"s3://{s3_bucket}/runs/slow/checkpoints/latest") == "step-00000004"
+    assert storage.read_text(f"s3://{s3_bucket}/runs/slow/checkpoints/latest") == "step-00000002"
 
 
 def test_sample_and_export_from_a_zero_checkpoint(
