@@ -29,8 +29,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels import varlen_attention
-from trainer.diffusion import FlowConfig, RectifiedFlow, reduce_loss
-from trainer.model import DiT, DiTConfig, pack, pack_first_fit
+from trainer.data.packer import pack_first_fit
+from trainer.diffusion.common import reduce_loss
+from trainer.diffusion.config import FlowConfig
+from trainer.diffusion.flow import RectifiedFlow
+from trainer.model.config import DiTConfig
+from trainer.model.dit import DiT
+from trainer.model.packing import pack
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 PATCH = (1, 2, 2)

@@ -29,7 +29,7 @@ PY = sys.executable
 
 BENCHES: dict[str, list[str]] = {
     "pipeline": [PY, "bench/pipeline.py"],
-    "kernels": [PY, "-m", "kernels.bench"],
+    "kernels": [PY, "bench/kernels.py"],
     "packing": [PY, "bench/packing.py"],
     "train": [PY, "bench/train.py"],
     "recaption": [PY, "bench/recaption.py"],

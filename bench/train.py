@@ -44,9 +44,9 @@ def make_latents(out: Path, n: int, seed: int = 0) -> None:
 
 
 def _config(latents: Path, out: Path, size: str, stage: int, steps: int) -> object:
-    from infra.config import load
-    from infra.presets import get_preset
+    from infra.schema.presets import get_preset
     from infra.schema import SpacetimeConfig
+    from infra.config import load
 
     return load(
         SpacetimeConfig,
@@ -106,7 +106,7 @@ def loader_and_mfu(steps: int, size: str) -> dict[str, float]:
         real, pre = real_t / (rounds * per), pre_t / (rounds * per)
         peak = measure_peak_tflops(torch.device("cpu"), False, seconds=2.0)
         return {
-            "params_m": tr.flops_model.num_params() / 1e6,
+            "params_m": tr.model.num_params() / 1e6,
             "step_real_s": real,
             "step_pre_s": pre,
             "ratio": real / pre,

@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.memory import exact_heap, peak_mb, reset_peak  # noqa: E402
-from trainer.vae import CausalVAE, VAEConfig  # noqa: E402
+from trainer.vae.config import VAEConfig  # noqa: E402
+from trainer.vae.model import CausalVAE  # noqa: E402
 
 
 def measure(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, float]:
@@ -94,11 +95,11 @@ def speed_rows(
 
 def trained_vae(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
     """(VAE directory, clip shards of videos it never saw) for the quality table."""
-    from data_pipeline import shapes
     from data_pipeline.job import run_shard
-    from infra.config import load
-    from infra.presets import get_preset
+    from infra.schema.presets import get_preset
     from infra.schema import SpacetimeConfig
+    from infra.config import load
+    from infra.demo import shapes
     from infra.storage import Storage
     from trainer.vae.train import train_vae
 
@@ -115,9 +116,9 @@ def trained_vae(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
 
 
 def quality_rows(vae_dir: Path, clips: Path, device: torch.device, name: str) -> list[str]:
+    from infra.media import decode_frames
     from infra.shards import iter_samples, list_shards
     from infra.storage import Storage
-    from trainer.data.clips import decode_frames
     from trainer.data.raw import latent_frames
     from trainer.vae.train import psnr
 

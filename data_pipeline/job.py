@@ -28,7 +28,8 @@ from infra.errors import JobError
 from infra.provenance import check_or_record
 from infra.ray_cluster import local_work_dir, ray_session
 from infra.shards import CLIPS, is_shard_name
-from infra.storage import Storage, StorageConfig, StorageError, join, normalize, relative_to
+from infra.storage import Storage, StorageConfig, StorageError
+from infra.uris import join, normalize, relative_to
 
 log = logging.getLogger(__name__)
 

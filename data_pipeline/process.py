@@ -27,7 +27,8 @@ from data_pipeline.probe import InputError, Probe, output_size, probe
 from data_pipeline.scenes import analyse, find_scenes, plan_clips
 from data_pipeline.sources import Source
 from infra.shards import iter_samples, write_samples
-from infra.storage import Storage, is_s3, join
+from infra.storage import Storage
+from infra.uris import is_s3, join
 
 log = logging.getLogger(__name__)
 

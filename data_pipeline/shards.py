@@ -19,7 +19,8 @@ from typing import Any
 from data_pipeline.process import read_staged_samples
 from infra.errors import JobError
 from infra.shards import CLIPS, is_shard_name, shard_name, write_samples
-from infra.storage import Storage, join, relative_to
+from infra.storage import Storage
+from infra.uris import join, relative_to
 
 # Tar headers: 512 bytes per member (mp4, json, maybe txt) plus padding to 512.
 _TAR_OVERHEAD = 3 * 1024

@@ -10,7 +10,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.storage import Storage, is_s3, join, normalize, relative_to
+from infra.storage import Storage
+from infra.uris import is_s3, join, normalize, relative_to
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
 

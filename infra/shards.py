@@ -23,7 +23,8 @@ from typing import Any
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from infra.storage import Storage, join, relative_to
+from infra.storage import Storage
+from infra.uris import join, relative_to
 
 CLIPS, CAPTIONS, LATENTS = "clips", "captions", "latents"
 

@@ -5,40 +5,74 @@
 - `rope_3d`: rotary position embedding over (t, h, w) coordinates per token; the head dim is split
   in three parts, one per axis (as in Wan / Open-Sora's 3D RoPE), each rotated in adjacent pairs.
 
-`impl="auto"` takes Triton for CUDA tensors when triton is installed and PyTorch otherwise;
-`impl="triton"` forces it (on CPU that needs TRITON_INTERPRET=1, which is how CI tests it). The
+One dispatcher, shaped like kernels.attention's: `impl="auto"` takes Triton for CUDA tensors when
+triton is installed and PyTorch otherwise, resolved once per device type and logged;
+`impl="triton"` forces it and raises ImplUnavailable when it cannot run (on CPU it needs
+TRITON_INTERPRET=1, which is how CI tests it). The
 Triton paths compute the forward pass; their backward recomputes through the PyTorch reference (the
 adaLN op) or applies the inverse rotation with the same kernel (RoPE).
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import importlib.util
+import logging
 import os
 
 import torch
 import torch.nn.functional as F
 
-
-def _triton_ok(x: torch.Tensor) -> bool:
-    return importlib.util.find_spec("triton") is not None and (
-        x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    )
+log = logging.getLogger(__name__)
 
 
-def _use_triton(impl: str, x: torch.Tensor) -> bool:
-    if impl == "torch":
-        return False
-    if impl == "triton":
-        if not _triton_ok(x):
-            raise RuntimeError(
-                "impl='triton' needs the triton package and a CUDA tensor (or TRITON_INTERPRET=1 on CPU)"
-            )
-        return True
-    if impl == "auto":
-        return x.is_cuda and _triton_ok(x)
-    raise ValueError(f"impl must be 'auto', 'triton' or 'torch', got {impl!r}")
+class FusedImpl(enum.StrEnum):
+    AUTO = "auto"
+    TRITON = "triton"
+    TORCH = "torch"
+
+
+class ImplUnavailable(RuntimeError):
+    """An explicitly requested fused-op implementation cannot run here; the message says why."""
+
+
+def why_unavailable(impl: FusedImpl, device: torch.device) -> str | None:
+    """None if `impl` can run on `device`, else the reason it cannot."""
+    if impl == FusedImpl.TORCH:
+        return None
+    if importlib.util.find_spec("triton") is None:
+        return "needs the 'triton' package (pip install -e '.[gpu]')"
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"needs a CUDA device (got {device.type}; TRITON_INTERPRET=1 runs it on CPU)"
+    return None
+
+
+@functools.cache
+def _auto(device_type: str) -> FusedImpl:
+    if device_type == "cuda":
+        if why_unavailable(FusedImpl.TRITON, torch.device("cuda")) is None:
+            log.info("fused ops: auto -> triton (cuda)")
+            return FusedImpl.TRITON
+        log.warning("fused ops: no triton on cuda; falling back to the PyTorch versions (slower)")
+        return FusedImpl.TORCH
+    log.info("fused ops: auto -> torch (%s)", device_type)
+    return FusedImpl.TORCH
+
+
+def resolve_impl(name: str | FusedImpl, device: torch.device) -> FusedImpl:
+    """The concrete implementation for a request (auto: Triton on CUDA when installed, else
+    PyTorch; resolved once per device type and logged); ImplUnavailable for an impossible one."""
+    try:
+        impl = FusedImpl(name)
+    except ValueError:
+        raise ValueError(f"impl must be 'auto', 'triton' or 'torch', got {name!r}") from None
+    if impl == FusedImpl.AUTO:
+        return _auto(device.type)
+    reason = why_unavailable(impl, device)
+    if reason is not None:
+        raise ImplUnavailable(f"fused-op implementation '{impl}' is unavailable: {reason}")
+    return impl
 
 
 # ----------------------------------------------------------------------------- adaLN
@@ -80,7 +114,7 @@ def adaln_norm_modulate(
         raise ValueError(
             f"expected x (N, C), shift/scale (B, C); got {tuple(x.shape)}, {tuple(shift.shape)}"
         )
-    if _use_triton(impl, x):
+    if resolve_impl(impl, x.device) == FusedImpl.TRITON:
         return _AdaLNTriton.apply(x, shift, scale, sample_idx, norm, eps)
     return adaln_norm_modulate_reference(x, shift, scale, sample_idx, norm, eps)
 
@@ -88,7 +122,7 @@ def adaln_norm_modulate(
 class _AdaLNTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, shift, scale, sample_idx, norm, eps):  # type: ignore[no-untyped-def, override]
-        from kernels.triton_ops import adaln_forward
+        from kernels.triton_ops import adaln_forward  # triton is optional: imported on use
 
         ctx.save_for_backward(x, shift, scale, sample_idx)
         ctx.norm, ctx.eps = norm, eps
@@ -152,7 +186,7 @@ def rope_3d(
         raise ValueError(
             f"expected x (N, H, D) and coords (N, 3); got {tuple(x.shape)}, {tuple(coords.shape)}"
         )
-    if _use_triton(impl, x):
+    if resolve_impl(impl, x.device) == FusedImpl.TRITON:
         return _RopeTriton.apply(x, coords, theta)
     return rope_3d_reference(x, coords, theta)
 

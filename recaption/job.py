@@ -31,7 +31,8 @@ from infra.shards import (
     sidecar,
     write_samples,
 )
-from infra.storage import Storage, StorageConfig, join, normalize, relative_to
+from infra.storage import Storage, StorageConfig
+from infra.uris import join, normalize, relative_to
 from recaption.config import RecaptionConfig
 from recaption.prompts import get_prompt
 

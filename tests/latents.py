@@ -9,7 +9,7 @@ import torch
 import webdataset as wds
 
 from trainer.encode import latent_record
-from trainer.vae import VAEConfig
+from trainer.vae.config import VAEConfig
 
 
 def write_latent_shards(

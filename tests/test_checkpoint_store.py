@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from infra.errors import JobError
-from infra.storage import Storage, StorageConfig, StorageError
+from infra.storage import Storage, StorageConfig
+from infra.uris import UnsafeKey
 from trainer.checkpoint import (
     CheckpointStore,
     check_resume,
-    load_rank_files,
     read_state,
-    save_rank_files,
 )
 from trainer.engine import distributed
+from trainer.rng import load_rank_files, save_rank_files
 from trainer.train import RESUME_FIXED, local_run_dir
 
 
@@ -56,7 +56,7 @@ def test_an_object_key_that_climbs_out_is_refused(
     storage.s3.put_object(
         Bucket=s3_bucket, Key="run/checkpoints/step-00000002/../../../../escaped", Body=b"x"
     )
-    with distributed(), pytest.raises(StorageError, match=r"refusing the key '\.\./"):
+    with distributed(), pytest.raises(UnsafeKey, match=r"refusing the key '\.\./"):
         CheckpointStore(tmp_path / "c", remote, storage, rank=0).fetch("step-00000002", 0)
     assert not list(tmp_path.rglob("escaped"))
 

@@ -14,7 +14,7 @@ from infra.cli import main
 from infra.shards import ShardError, iter_samples, write_samples
 from infra.storage import Storage
 from trainer.data.raw import clip_index
-from trainer.vae import VAEConfig
+from trainer.vae.config import VAEConfig
 
 
 def _shard(path: Path, n: int = 3) -> Path:

@@ -7,16 +7,13 @@ import math
 import pytest
 import torch
 
-from trainer.diffusion import (
-    DDPMConfig,
-    FlowConfig,
-    GaussianDiffusion,
-    RectifiedFlow,
-    make_betas,
-    reduce_loss,
-)
-from trainer.diffusion.ddpm import cosine_alpha_bar
-from trainer.model import DiT, DiTConfig, pack
+from trainer.diffusion.common import reduce_loss
+from trainer.diffusion.config import DDPMConfig, FlowConfig
+from trainer.diffusion.ddpm import GaussianDiffusion, cosine_alpha_bar, make_betas
+from trainer.diffusion.flow import RectifiedFlow
+from trainer.model.config import DiTConfig
+from trainer.model.dit import DiT
+from trainer.model.packing import pack
 
 SHAPES = [(4, 2, 4, 4), (4, 1, 4, 6), (4, 3, 2, 4), (4, 2, 6, 2)]
 

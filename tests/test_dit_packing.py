@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from trainer.model import (
-    DiT,
-    DiTConfig,
-    drop_tokens,
-    pack,
-    pack_first_fit,
-    patchify,
-    unpack,
-    unpatchify,
-)
+from trainer.data.packer import pack_first_fit
+from trainer.model.config import DiTConfig
+from trainer.model.dit import DiT
+from trainer.model.packing import drop_tokens, pack, patchify, unpack, unpatchify
 
 SHAPES = [(4, 3, 4, 6), (4, 1, 2, 2), (4, 5, 6, 4), (4, 2, 8, 2)]  # (C, T, H, W): video, image, ...
 TEXT_LENS = [5, 0, 7, 3]  # sample 1 is unconditional (empty caption)
@@ -133,7 +127,9 @@ def test_first_fit_decreasing_respects_budget_and_keeps_everything() -> None:
 
 def test_every_parameter_gets_a_gradient_when_all_captions_are_dropped() -> None:
     """A None gradient on one rank only breaks ZeRO's gradient buckets (gloo size mismatch)."""
-    from trainer.model import DiT, DiTConfig, pack
+    from trainer.model.config import DiTConfig
+    from trainer.model.dit import DiT
+    from trainer.model.packing import pack
 
     model = DiT(DiTConfig(size="tiny"))
     x, batch = pack(

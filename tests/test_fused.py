@@ -116,3 +116,20 @@ def test_bad_impl_and_shapes() -> None:
         adaln_norm_modulate(x[None], shift, scale, idx)
     with pytest.raises(ValueError, match="expected x"):
         rope_3d(x, idx)
+
+
+def test_impl_resolution_like_the_attention_dispatcher(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from kernels.fused import FusedImpl, ImplUnavailable, _auto, resolve_impl
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ImplUnavailable, match="'triton' is unavailable: needs a CUDA device"):
+        resolve_impl("triton", torch.device("cpu"))
+    _auto.cache_clear()
+    with caplog.at_level(logging.INFO, logger="kernels.fused"):
+        assert resolve_impl("auto", torch.device("cpu")) == FusedImpl.TORCH
+        assert resolve_impl("auto", torch.device("cpu")) == FusedImpl.TORCH
+    assert caplog.text.count("fused ops: auto -> torch (cpu)") == 1

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from data_pipeline import shapes
 from data_pipeline.config import ShardConfig
 from data_pipeline.job import run_shard
+from infra.demo import shapes
 from infra.errors import JobError
 from infra.procs import kill_tree
 from infra.shards import read_captions, write_samples
@@ -419,7 +419,8 @@ def test_encode_uses_the_caption_set_falls_back_and_never_reuses_stale_latents(
     small_clips: tuple[Path, list[str]], tmp_path: Path
 ) -> None:
     from trainer.encode import read_latents, run_encode
-    from trainer.vae import CausalVAE, EncodeConfig, VAEConfig
+    from trainer.vae.config import EncodeConfig, VAEConfig
+    from trainer.vae.model import CausalVAE
 
     clips, keys = small_clips
     run_recaption(str(clips), str(tmp_path / "caps"), RecaptionConfig(), StorageConfig())

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from data_pipeline.shapes import write_mp4
 from infra.cli import main
 from infra.config import to_dict
+from infra.media import write_mp4
 from trainer.config import SampleConfig, TrainConfig
-from trainer.model import DiT
+from trainer.model.dit import DiT
 from trainer.sample import conditioning, generate, latent_grid
-from trainer.vae import CausalVAE, VAEConfig
+from trainer.vae.config import VAEConfig
+from trainer.vae.model import CausalVAE
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from data_pipeline import shapes
 from infra.cli import main
+from infra.demo import shapes
 
 
 def test_generator_is_deterministic(tmp_path: Path) -> None:

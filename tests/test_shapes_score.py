@@ -10,8 +10,9 @@ from dataclasses import asdict
 import av
 import numpy as np
 
-from data_pipeline.shapes import render, sample_clips, write_mp4
-from data_pipeline.shapes_score import measure, score
+from infra.demo.score import measure, score
+from infra.demo.shapes import render, sample_clips
+from infra.media import write_mp4
 
 
 def _decode(data: bytes) -> np.ndarray:

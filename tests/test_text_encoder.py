@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import SHARED
-from trainer.text import TextEncoder, TextEncoderConfig
+from trainer.text.encoder import TextEncoder, TextEncoderConfig
 
 TOKENIZERS = SHARED / "data" / "tokenizers"
 

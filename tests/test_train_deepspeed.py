@@ -307,7 +307,8 @@ def test_trains_on_real_video_shards(real_shards: dict, tmp_path: Path) -> None:
     from infra.storage import Storage
     from trainer.data.loader import LatentLoader
     from trainer.data.plan import load_index
-    from trainer.vae import CausalVAE, VAEConfig
+    from trainer.vae.config import VAEConfig
+    from trainer.vae.model import CausalVAE
 
     vae = tmp_path / "vae"
     CausalVAE(VAEConfig.named("tiny")).save_pretrained(vae)
@@ -477,7 +478,8 @@ def test_sample_and_export_from_a_zero_checkpoint(
     from safetensors.torch import load_file
 
     from trainer.sample import load_model
-    from trainer.vae import CausalVAE, VAEConfig
+    from trainer.vae.config import VAEConfig
+    from trainer.vae.model import CausalVAE
 
     run = baseline[0] / baseline[1]
     _run(

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.vae import CausalVAE, VAEConfig
-from trainer.vae.model import _tiled
+from trainer.vae.config import VAEConfig
+from trainer.vae.model import CausalVAE, _tiled
 
 
 @pytest.fixture(scope="module")

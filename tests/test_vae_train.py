@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline import shapes
 from data_pipeline.config import ShardConfig
 from data_pipeline.job import run_shard
 from infra.cli import main
+from infra.demo import shapes
 from infra.storage import StorageConfig
-from trainer.vae import CausalVAE
+from trainer.vae.model import CausalVAE
 
 pytestmark = pytest.mark.slow
 
@@ -61,9 +61,9 @@ def _check_tiled_matches_untiled(vae: CausalVAE, shards: Path) -> None:
     bounds keep ~4 dB and 3x of margin for other CPUs' float results."""
     import torch
 
+    from infra.media import decode_frames
     from infra.shards import iter_samples
     from infra.storage import Storage
-    from trainer.data.clips import decode_frames
     from trainer.vae.train import psnr
 
     vae.eval()
@@ -86,7 +86,8 @@ def _check_tiled_matches_untiled(vae: CausalVAE, shards: Path) -> None:
 def test_encode_writes_latent_shards_and_resumes(shards: Path, tmp_path: Path) -> None:
     from infra.storage import Storage
     from trainer.encode import read_latents
-    from trainer.vae import CausalVAE, VAEConfig
+    from trainer.vae.config import VAEConfig
+    from trainer.vae.model import CausalVAE
 
     vae_dir = tmp_path / "vae"
     CausalVAE(VAEConfig.named("tiny")).save_pretrained(vae_dir)
@@ -133,7 +134,8 @@ def test_encode_writes_latent_shards_and_resumes(shards: Path, tmp_path: Path) -
 def test_encode_s3_in_and_out(shards: Path, tmp_path: Path, s3_server: str, s3_bucket: str) -> None:
     from infra.storage import Storage, StorageConfig
     from trainer.encode import read_latents, run_encode
-    from trainer.vae import CausalVAE, EncodeConfig, VAEConfig
+    from trainer.vae.config import EncodeConfig, VAEConfig
+    from trainer.vae.model import CausalVAE
 
     store = Storage(StorageConfig(s3_endpoint_url=s3_server))
     for p in sorted(shards.glob("clips-*.tar"))[:2]:
@@ -155,10 +157,10 @@ def test_demo_vae_reconstructs_the_moving_object(shards: Path, tmp_path: Path) -
     (the 8x/L1 tiny VAE did exactly that). Measure the object in the reconstructions instead."""
     import torch
 
-    from data_pipeline.shapes_score import measure, score
+    from infra.demo.score import measure, score
+    from infra.media import decode_frames
     from infra.shards import iter_samples
     from infra.storage import Storage
-    from trainer.data.clips import decode_frames
     from trainer.vae.config import VAETrainConfig
     from trainer.vae.train import train_vae
 

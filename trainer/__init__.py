@@ -1,1 +1,3 @@
-"""trainer."""
+"""The trainer stage: the spacetime DiT and VAE (models, diffusion objectives, text encoders), the
+data plan and loader over latent or clip shards, the DeepSpeed training loops, checkpoints, encoding
+and sampling."""

@@ -25,21 +25,21 @@ import contextlib
 import json
 import logging
 import os
-import random
 import shutil
 import subprocess
 import sys
 import uuid
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 
 from infra.errors import JobError
 from infra.provenance import differences, flatten
-from infra.storage import Storage, join, relative_to, safe_relpath
+from infra.storage import Storage
+from infra.uris import join, relative_to, safe_relpath
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,6 @@ def code_version() -> str:
             return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    from importlib.metadata import version
-
     return f"spacetime-dit {version('spacetime-dit')}"
 
 
@@ -84,7 +82,6 @@ class CheckpointStore:
         """`timeout_s`: how long ranks wait for each other around a save (an S3 upload can take
         far longer than a training collective should be allowed to)."""
         self.local, self.remote, self.storage, self.rank = local_dir, remote, storage, rank
-        self.local.mkdir(parents=True, exist_ok=True)
         self.timeout_s = timeout_s
         self._group: Any = None
 
@@ -97,6 +94,16 @@ class CheckpointStore:
 
             self._group = dist.new_group(backend="gloo", timeout=timedelta(seconds=self.timeout_s))
         dist.barrier(group=self._group)
+
+    @classmethod
+    def reader(cls, checkpoints: str | Path, storage: Storage | None = None) -> CheckpointStore:
+        """A store to read a local checkpoints folder (sample, export, the demo): no process
+        group, nothing written."""
+        return cls(Path(checkpoints), None, storage or Storage(), rank=0)
+
+    def state(self, tag: str) -> dict[str, Any]:
+        """The trainer state of checkpoint `tag` (step, history, config, ...)."""
+        return read_state(self.local / tag)
 
     def latest(self) -> str | None:
         if self.remote:
@@ -112,7 +119,8 @@ class CheckpointStore:
                 for u in self.storage.list(self.remote)
             }
         else:
-            names = {p.name for p in self.local.iterdir() if p.is_dir()}
+            dirs = self.local.iterdir() if self.local.is_dir() else []
+            names = {p.name for p in dirs if p.is_dir()}
         return sorted(n for n in names if n.startswith("step-") and "." not in n)
 
     def resume_tag(self, resume: str | None) -> str | None:
@@ -158,6 +166,7 @@ class CheckpointStore:
         shared: a save never writes into what a crashed one left, and nodes that share a folder
         (a shared filesystem) never clear each other's files. Returns that directory. Collective;
         `publish` makes it the latest."""
+        self.local.mkdir(parents=True, exist_ok=True)
         ids = [uuid.uuid4().hex[:8] if self.rank == 0 else ""]
         self._barrier()
         dist.broadcast_object_list(ids, src=0, group=self._group)
@@ -209,6 +218,8 @@ class CheckpointStore:
                         log.info("checkpoint %s removed (keep-last-N)", old)
 
     def _local_tags(self) -> list[str]:
+        if not self.local.is_dir():
+            return []
         names = {p.name.removesuffix("-universal") for p in self.local.iterdir() if p.is_dir()}
         tags = sorted(n for n in names if n.startswith("step-") and "." not in n)
         # A universal copy goes with the checkpoint it was converted from.
@@ -245,51 +256,6 @@ def _promote(partial: Path, dst: Path) -> None:
     except OSError:
         if not dst.is_dir():
             raise
-
-
-def save_rank_files(path: Path, rank: int) -> None:
-    """This rank's RNG states as safetensors plus JSON metadata: loading a checkpoint never
-    unpickles anything of ours (DeepSpeed's own files still are pickles: load only checkpoints
-    you trust)."""
-    from safetensors.torch import save_file
-
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, mt, gauss_next = random.getstate()
-    tensors = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-        "python_mt": torch.tensor(mt, dtype=torch.int64),
-    }
-    if torch.cuda.is_available():
-        tensors |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-    meta = {
-        "numpy": [kind, int(pos), int(has_gauss), float(gauss)],
-        "python": [version, gauss_next],
-    }
-    save_file(
-        tensors, str(path / f"rng-rank{rank:05d}.safetensors"), metadata={"state": json.dumps(meta)}
-    )
-
-
-def load_rank_files(path: Path, rank: int) -> bool:
-    """Restores this rank's RNG states; False when the checkpoint has none for it (a new rank)."""
-    from safetensors import safe_open
-
-    f = path / f"rng-rank{rank:05d}.safetensors"
-    if not f.exists():
-        return False
-    with safe_open(str(f), framework="pt") as st:
-        meta = json.loads(st.metadata()["state"])
-        t = {k: st.get_tensor(k) for k in st.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    torch.set_rng_state(t["torch"])
-    kind, pos, has_gauss, gauss = meta["numpy"]
-    np.random.set_state((kind, t["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, gauss_next = meta["python"]
-    random.setstate((version, tuple(t["python_mt"].tolist()), gauss_next))
-    cuda = [t[k] for k in sorted(t) if k.startswith("cuda")]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    return True
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -368,8 +334,8 @@ def to_universal(ckpt_dir: Path, tag: str) -> str:
 def export_weights(ckpt_dir: Path, tag: str, out_dir: Path) -> Path:
     """Consolidated fp32 weights (model.safetensors, and ema.safetensors when present) plus the
     model config, loadable without DeepSpeed (trainer.sample)."""
+    # deepspeed imports in seconds and only consolidation needs it.
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from safetensors.torch import save_file
 
     state = read_state(ckpt_dir / tag)
     sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
@@ -379,3 +345,38 @@ def export_weights(ckpt_dir: Path, tag: str, out_dir: Path) -> Path:
         shutil.copy2(ckpt_dir / tag / "ema.safetensors", out_dir / "ema.safetensors")
     (out_dir / "config.json").write_text(json.dumps(state["config"], indent=2))
     return out_dir
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run dir, its checkpoints dir (-> latest), a checkpoint dir, or an exported dir."""
+    p = Path(path)
+    if (p / "checkpoints" / LATEST).exists():
+        p = p / "checkpoints"
+    if (p / LATEST).exists():
+        p = p / (p / LATEST).read_text().strip()
+    if not ((p / "trainer_state.json").exists() or (p / "config.json").exists()):
+        raise FileNotFoundError(
+            f"{path}: not a checkpoint (no trainer_state.json or config.json, no checkpoints/latest)"
+        )
+    return p
+
+
+def load_weights(
+    path: str | Path, use_ema: bool = True
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(fp32 state dict, training config as a dict, a description of what was loaded) from a run
+    dir, a checkpoint (EMA weights when asked and present, else the ZeRO partitions consolidated
+    in this process) or an exported folder."""
+    p = resolve_checkpoint(path)
+    cfg = (
+        read_state(p)["config"]
+        if (p / "trainer_state.json").exists()
+        else (json.loads((p / "config.json").read_text()))
+    )
+    if use_ema and (p / "ema.safetensors").exists():
+        return load_file(str(p / "ema.safetensors")), cfg, f"{p} (EMA)"
+    if (p / "model.safetensors").exists():
+        return load_file(str(p / "model.safetensors")), cfg, str(p)
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # see export
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(p.parent), tag=p.name), cfg, str(p)

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save
 
 from infra.errors import JobError
+from infra.media import decode_frames
 from infra.provenance import check_or_record
 from infra.ray_cluster import local_work_dir, ray_session
 from infra.shards import (
@@ -38,12 +39,12 @@ from infra.shards import (
     sidecar_uri,
     write_samples,
 )
-from infra.storage import Storage, StorageConfig, join, normalize, relative_to
-from trainer.data.clips import decode_frames
+from infra.storage import Storage, StorageConfig
+from infra.uris import join, normalize, relative_to
 from trainer.data.raw import latent_frames
-from trainer.text import TextEncoder, TextEncoderConfig
-from trainer.vae import CausalVAE
+from trainer.text.encoder import TextEncoder, TextEncoderConfig
 from trainer.vae.config import EncodeConfig
+from trainer.vae.model import CausalVAE
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -95,48 +96,71 @@ def use_bf16(cfg: TrainConfig) -> bool:
     return cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available())
 
 
-def bucket_elements(cfg: TrainConfig, num_params: int) -> int:
-    if cfg.bucket_elements:
-        return cfg.bucket_elements
-    return int(min(500_000_000, max(1_000_000, num_params // 4)))
-
-
 def deepspeed_config(
-    cfg: TrainConfig, world_size: int, num_params: int, load_universal: bool = False
+    *,
+    zero_stage: int,
+    micro_batch: int,
+    accumulation: int,
+    world_size: int,
+    grad_clip: float,
+    bf16: bool,
+    num_params: int,
+    bucket: int = 0,
+    offload_optimizer: bool = False,
+    load_universal: bool = False,
 ) -> dict[str, Any]:
-    """The DeepSpeed dict, generated from the typed config."""
-    gas = cfg.data.microbatches_per_step // world_size
-    zero: dict[str, Any] = {"stage": cfg.zero_stage}
-    b = bucket_elements(cfg, num_params)
-    if cfg.zero_stage >= 1:
+    """The DeepSpeed dict of both trainers, generated from their typed configs (never written by
+    hand). ZeRO buckets are sized to the model (`bucket`, 0: a quarter of its parameters, between
+    1M and DeepSpeed's 500M default): DeepSpeed allocates a flat buffer of that size per rank, and
+    its fixed 500M default cost a small model 2 GB."""
+    b = bucket or int(min(500_000_000, max(1_000_000, num_params // 4)))
+    zero: dict[str, Any] = {"stage": zero_stage}
+    if zero_stage >= 1:
         zero |= {"reduce_bucket_size": b}
-    if cfg.zero_stage in (1, 2):
+    if zero_stage in (1, 2):
         zero |= {"allgather_bucket_size": b}
-    if cfg.zero_stage >= 2:
+    if zero_stage >= 2:
         zero |= {"overlap_comm": False, "contiguous_gradients": True}
-    if cfg.zero_stage == 3:
+    if zero_stage == 3:
         zero |= {
             "stage3_prefetch_bucket_size": b,
             "stage3_max_live_parameters": b,
             "stage3_max_reuse_distance": b,
             "stage3_param_persistence_threshold": 10_000,
         }
-    if cfg.offload_optimizer:
+    if offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     return {
-        # Micro-batches are packed token budgets, not fixed sample counts: "1" here means one packed
-        # micro-batch per rank per forward.
-        "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": gas,
-        "train_batch_size": gas * world_size,
-        "gradient_clipping": cfg.optim.grad_clip,
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": micro_batch * accumulation * world_size,
+        "gradient_clipping": grad_clip,
         "zero_optimization": zero,
-        "bf16": {"enabled": use_bf16(cfg)},
+        "bf16": {"enabled": bf16},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
         "checkpoint": {"load_universal": load_universal},
     }
+
+
+def dit_deepspeed_config(
+    cfg: TrainConfig, world_size: int, num_params: int, load_universal: bool = False
+) -> dict[str, Any]:
+    """The DiT trainer's: micro-batches are packed token budgets, not fixed sample counts, so "1"
+    is one packed micro-batch per rank per forward; a step accumulates G / world of them."""
+    return deepspeed_config(
+        zero_stage=cfg.zero_stage,
+        micro_batch=1,
+        accumulation=cfg.data.microbatches_per_step // world_size,
+        world_size=world_size,
+        grad_clip=cfg.optim.grad_clip,
+        bf16=use_bf16(cfg),
+        num_params=num_params,
+        bucket=cfg.bucket_elements,
+        offload_optimizer=cfg.offload_optimizer,
+        load_universal=load_universal,
+    )
 
 
 def lr_lambda(cfg: TrainConfig) -> Any:
@@ -187,3 +211,27 @@ def measure_peak_tflops(device: torch.device, bf16: bool, seconds: float = 1.0) 
     if device.type == "cuda":
         torch.cuda.synchronize()
     return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12
+
+
+def lost_peer_message(e: BaseException, rank: int, step: int) -> str | None:
+    """A readable account of a collective that failed because a peer went away (gloo and NCCL
+    report it as a connection error naming the peer's address), or None for other errors."""
+    text = str(e)
+    markers = (
+        "Connection closed by peer",
+        "Connection reset by peer",
+        "Broken pipe",
+        "Connection refused",
+        "NCCL communicator was aborted",
+        "remote process exited",
+    )
+    if not any(m in text for m in markers):
+        return None
+    peers = sorted(set(re.findall(r"\[([0-9A-Fa-f.:]+)\]:\d+", text)))
+    who = f"the node at {', '.join(peers)}" if peers else "a peer"
+    return (
+        f"rank {rank} lost contact with {who} during step {step + 1}: that node died or the "
+        f"network to it failed ({text.splitlines()[0][:300]}). Relaunch every node with "
+        "--resume auto (or use spacetime launch --max-restarts N) to continue from the latest "
+        "checkpoint."
+    )

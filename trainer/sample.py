@@ -12,44 +12,39 @@ or an exported directory, without DeepSpeed's engine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 import time
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from infra.config import from_dict, to_dict
-from trainer.checkpoint import read_state
+from infra.media import contact_sheet, read_frames, write_mp4
+from trainer.checkpoint import load_weights
 from trainer.config import SampleConfig, TrainConfig
-from trainer.model import DiT, PackedBatch, pack, patchify, unpack
+from trainer.diffusion.objectives import build_diffusion
+from trainer.model.dit import DiT
+from trainer.model.packing import PackedBatch, pack, patchify, unpack
+from trainer.text.encoder import TextEncoder, TextEncoderConfig
+from trainer.vae.model import CausalVAE
+
+# (prompt, width, height, seconds, fps) -> the text the model is conditioned on.
+Rewrite = Callable[[str, int, int, float, float], str]
 
 log = logging.getLogger(__name__)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run dir, its checkpoints dir (-> latest), a checkpoint dir, or an exported dir."""
-    p = Path(path)
-    if (p / "checkpoints" / "latest").exists():
-        p = p / "checkpoints"
-    if (p / "latest").exists():
-        p = p / (p / "latest").read_text().strip()
-    if not ((p / "trainer_state.json").exists() or (p / "config.json").exists()):
-        raise FileNotFoundError(
-            f"{path}: not a checkpoint (no trainer_state.json or config.json, no checkpoints/latest)"
-        )
-    return p
 
 
 def _known_keys(cls: type, data: dict[str, Any], where: str, path: str = "") -> dict[str, Any]:
     """Drops keys a newer version of the config no longer has (a checkpoint outlives its code),
     with a warning naming them; everything else is still checked strictly."""
-    import dataclasses
-    import typing
-
     hints = typing.get_type_hints(cls)
     out = {}
     for k, v in data.items():
@@ -66,23 +61,10 @@ def _known_keys(cls: type, data: dict[str, Any], where: str, path: str = "") -> 
 
 
 def load_model(path: str | Path, use_ema: bool = True) -> tuple[DiT, TrainConfig, str]:
-    """(model in eval mode, its training config, which weights were loaded)."""
-    from safetensors.torch import load_file
-
-    p = resolve_checkpoint(path)
-    if (p / "trainer_state.json").exists():
-        cfg_dict = read_state(p)["config"]
-    else:
-        cfg_dict = json.loads((p / "config.json").read_text())
-    cfg = from_dict(TrainConfig, _known_keys(TrainConfig, cfg_dict, str(p)), source=str(p))
-    if use_ema and (p / "ema.safetensors").exists():
-        sd, which = load_file(str(p / "ema.safetensors")), f"{p} (EMA)"
-    elif (p / "model.safetensors").exists():
-        sd, which = load_file(str(p / "model.safetensors")), str(p)
-    else:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        sd, which = get_fp32_state_dict_from_zero_checkpoint(str(p.parent), tag=p.name), str(p)
+    """(model in eval mode, its training config, which weights were loaded) from a run dir, a
+    checkpoint or an exported folder (trainer.checkpoint.load_weights)."""
+    sd, cfg_dict, which = load_weights(path, use_ema)
+    cfg = from_dict(TrainConfig, _known_keys(TrainConfig, cfg_dict, which), source=which)
     cfg.model.attn_backend = "auto"  # the machine that samples may differ from the one that trained
     model = DiT(cfg.model)
     model.load_state_dict(sd, strict=True)
@@ -118,20 +100,7 @@ def latent_grid(cfg: SampleConfig, model_cfg: Any, vae_cfg: Any) -> tuple[int, i
 
 def read_media(path: str | Path, frames: int, height: int, width: int) -> torch.Tensor:
     """An image or video file -> (3, T, H, W) in [-1, 1], resized, at most `frames` frames."""
-    import av
-
-    out = []
-    try:
-        with av.open(str(path)) as c:
-            for f in c.decode(video=0):
-                out.append(f.to_ndarray(format="rgb24"))
-                if len(out) >= frames:
-                    break
-    except (av.error.FFmpegError, OSError) as e:
-        raise ValueError(f"{path}: cannot read as an image or video ({e})") from None
-    if not out:
-        raise ValueError(f"{path}: no frames decoded")
-    x = torch.from_numpy(np.stack(out)).permute(3, 0, 1, 2).float() / 127.5 - 1  # (3, T, h, w)
+    x = torch.from_numpy(read_frames(path, frames)).permute(3, 0, 1, 2).float() / 127.5 - 1
     x = torch.nn.functional.interpolate(
         x.permute(1, 0, 2, 3), size=(height, width), mode="bilinear", antialias=True
     )
@@ -195,8 +164,6 @@ def generate(
     inputs: list[str] | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Returns (latents (C, T', H', W') per prompt, videos (3, T, H, W) in [-1, 1] per prompt)."""
-    from trainer.train import build_diffusion
-
     inputs = inputs or []
     if vae.cfg.latent_channels != model.cfg.in_channels:
         raise ValueError(
@@ -229,7 +196,7 @@ def generate(
         with torch.no_grad():
             z = vae.normalize(vae.encode(video[None]).mean)[0]
         start_x0 = (torch.cat([patchify(z, model.cfg.patch)] * n), cfg.strength)
-    diffusion = build_diffusion(train_cfg)
+    diffusion = build_diffusion(train_cfg.objective, train_cfg.flow, train_cfg.ddpm)
     denoise = guided(model, cond, uncond, cfg.guidance)
     if train_cfg.objective == "flow":
         if cfg.sampler not in ("auto", "euler"):
@@ -263,24 +230,6 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
     return ((video + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).numpy()
 
 
-def contact_sheet(videos: list[np.ndarray], columns: int = 8) -> np.ndarray:
-    """One row per video, `columns` frames spread over its duration, 2 px gaps."""
-    rows = []
-    width = max(v.shape[2] for v in videos)
-    for v in videos:
-        idx = np.linspace(0, len(v) - 1, min(columns, len(v))).round().astype(int)
-        cells = [np.pad(v[i], ((0, 2), (0, 2), (0, 0)), constant_values=255) for i in idx]
-        row = np.concatenate(cells, axis=1)
-        rows.append(
-            np.pad(
-                row,
-                ((0, 0), (0, columns * (width + 2) - row.shape[1]), (0, 0)),
-                constant_values=255,
-            )
-        )
-    return np.concatenate(rows, axis=0)
-
-
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "empty"
 
@@ -293,15 +242,10 @@ def run_sample(
     cfg: SampleConfig,
     text_encoder: str | None = None,
     inputs: list[str] | None = None,
-    upsample: str | None = None,
+    rewrite: Rewrite | None = None,
 ) -> dict[str, Any]:
-    """`upsample`: a caption set; prompts are rewritten in its style (recaption.upsample)."""
-    from PIL import Image
-
-    from data_pipeline.shapes import write_mp4
-    from trainer.text import TextEncoder, TextEncoderConfig
-    from trainer.vae import CausalVAE
-
+    """`rewrite`: turns each prompt into the text the model is conditioned on (e.g. prompt
+    upsampling in a caption set's style: recaption.upsample.Upsampler); the record keeps both."""
     if not prompts:
         raise ValueError("give at least one --prompt")
     t0 = time.monotonic()
@@ -315,13 +259,9 @@ def run_sample(
             f"{model.cfg.text_dim}: pass the --text-encoder used by `spacetime encode`"
         )
     conditioned = list(prompts)
-    if upsample:
-        from infra.storage import Storage
-        from recaption.upsample import Upsampler
-
-        up = Upsampler.from_caption_set(upsample, Storage())
+    if rewrite is not None:
         seconds = cfg.frames / cfg.fps
-        conditioned = [up(p, cfg.width, cfg.height, seconds, cfg.fps) for p in prompts]
+        conditioned = [rewrite(p, cfg.width, cfg.height, seconds, cfg.fps) for p in prompts]
     texts = encoder.encode(conditioned)
     _, videos = generate(model, train_cfg, cfg, texts, vae, inputs)
     out = Path(output)

@@ -1,9 +1,10 @@
 """`spacetime train`: the DiT training loop under DeepSpeed ZeRO (a loop you can read).
 
-One entry function, `train(cfg)`, runs under torchrun, the deepspeed launcher, Ray Train, or as a
-plain process (a world of one). Randomness is derived from (seed, epoch, step, micro-batch), never
-from a running generator, so a resumed run draws exactly the noise and timesteps the uninterrupted
-run would have, on any world size.
+One entry function, `train(...)`, runs under torchrun, the deepspeed launcher, Ray Train, or as a
+plain process (a world of one). `Trainer.run` is the loop: load a step's data, take the step,
+report, save. Randomness is derived from (seed, epoch, step, micro-batch), never from a running
+generator, so a resumed run draws exactly the noise and timesteps the uninterrupted run would have,
+on any world size.
 """
 
 from __future__ import annotations
@@ -16,34 +17,44 @@ import time
 from pathlib import Path
 from typing import Any
 
+import deepspeed
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 
 from infra.config import to_dict
 from infra.errors import JobError
-from infra.storage import Storage, is_s3, join
+from infra.storage import Storage, StorageConfig
+from infra.uris import is_s3, join
 from trainer import hooks
 from trainer.checkpoint import (
     CheckpointStore,
     check_resume,
     code_version,
-    load_rank_files,
-    save_rank_files,
     tag_for,
     write_state,
 )
-from trainer.config import TrainConfig
-from trainer.data.loader import LatentLoader, StepData
-from trainer.data.plan import load_index, tokens_of
+from trainer.config import RunConfig, TrainConfig
+from trainer.data.loader import StepData, build_loader, training_index
+from trainer.diffusion.common import per_sample
+from trainer.diffusion.objectives import build_diffusion
+from trainer.ema import EMA
 from trainer.engine import (
     DistInfo,
     build_optimizer,
-    deepspeed_config,
+    dit_deepspeed_config,
     init_distributed,
+    lost_peer_message,
     lr_lambda,
     measure_peak_tflops,
     use_bf16,
 )
+from trainer.metrics import TrainMetrics
+from trainer.model.dit import DiT
+from trainer.model.packing import drop_tokens, pack
+from trainer.preview import preview
+from trainer.rng import load_rank_files, save_rank_files
+from trainer.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +78,6 @@ RESUME_FIXED = (
 )
 
 
-def run_dir(output_dir: str, name: str) -> str:
-    return join(output_dir, name)
-
-
 def local_run_dir(output_dir: str, name: str, cache_dir: str) -> Path:
     """Local files of the run: the run dir itself, or a folder of the cache for S3 runs."""
     if is_s3(output_dir):
@@ -78,7 +85,9 @@ def local_run_dir(output_dir: str, name: str, cache_dir: str) -> Path:
         # share a cache folder.
         uri = join(output_dir, name)
         readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", uri.removeprefix("s3://"))[-80:]
-        return Path(cache_dir) / "runs" / f"{readable}-{hashlib.sha1(uri.encode()).hexdigest()[:10]}"
+        return (
+            Path(cache_dir) / "runs" / f"{readable}-{hashlib.sha1(uri.encode()).hexdigest()[:10]}"
+        )
     return Path(output_dir) / name
 
 
@@ -92,120 +101,18 @@ def kept_tokens(n: int, token_drop: float) -> int:
     return n if token_drop <= 0 else max(1, round(n * (1 - token_drop)))
 
 
-def build_model(cfg: TrainConfig) -> torch.nn.Module:
-    from trainer.model import DiT
-
+def build_model(cfg: TrainConfig) -> DiT:
     model = DiT(cfg.model)
     model.grad_checkpointing = cfg.activation_checkpointing
     return model
 
 
-def build_diffusion(cfg: TrainConfig) -> Any:
-    from trainer.diffusion import GaussianDiffusion, RectifiedFlow
-
-    return RectifiedFlow(cfg.flow) if cfg.objective == "flow" else GaussianDiffusion(cfg.ddpm)
-
-
-def _check_model_matches(cfg: TrainConfig, latent_channels: int) -> None:
-    if cfg.model.in_channels != latent_channels:
-        raise ValueError(
-            f"train.model.in_channels is {cfg.model.in_channels} but the latents have "
-            f"{latent_channels} channels; set --set train.model.in_channels={latent_channels}"
-        )
-
-
-def dry_run(cfg: TrainConfig, seed: int, storage: Storage, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed config, parameter count, attention backend and packing stats; trains nothing
-    and allocates no weights (the model is built on the meta device)."""
-    from kernels.attention import resolve_backend
-    from trainer.model import DiT
-
-    with torch.device("meta"):
-        model = DiT(cfg.model)
-    out: dict[str, Any] = {
-        "deepspeed": deepspeed_config(cfg, world_size, model.num_params()),
-        "parameters": model.num_params(),
-        "model": f"DiT-{cfg.model.size} {cfg.model.dims} patch {cfg.model.patch}",
-        "attention_backend": str(
-            resolve_backend(
-                cfg.model.attn_backend,
-                torch.device("cuda" if torch.cuda.is_available() else "cpu"),
-                torch.bfloat16 if use_bf16(cfg) else torch.float32,
-            )
-        ),
-        "precision": "bf16" if use_bf16(cfg) else "fp32",
-    }
-    if cfg.data.latents or cfg.data.clips:
-        index = training_index(cfg, storage)
-        lengths = [tokens_of(e.shape, cfg.model.patch) for e in index.entries]
-        loader = _loader(cfg, index, storage, 0, world_size, seed, encode=False)
-        plan = loader.plan(0)
-        slots = len(plan.steps) * cfg.data.microbatches_per_step * cfg.data.token_budget
-        used = sum(plan.step_tokens(s, lengths) for s in range(len(plan.steps)))
-        out["packing"] = {
-            "samples": len(index.entries),
-            "shards": len(index.shards),
-            "tokens_per_sample": [min(lengths), max(lengths)],
-            "steps_per_epoch": len(plan.steps),
-            "budget_fill": round(used / max(1, slots), 4),
-            "dropped_samples_per_epoch": plan.dropped_samples,
-        }
-    return out
-
-
-def training_index(cfg: TrainConfig, storage: Storage) -> Any:
-    """The plan's index: cached latent shards, or clip shards to encode on the fly."""
-    if cfg.data.clips:
-        from trainer.data.raw import clip_index
-        from trainer.vae import CausalVAE
-
-        vae_cfg = CausalVAE.config_of(cfg.data.vae)
-        return clip_index(cfg.data.clips, storage, vae_cfg, cfg.data.max_frames)
-    return load_index(cfg.data.latents, storage)
-
-
-def _loader(
-    cfg: TrainConfig,
-    index: Any,
-    storage: Storage,
-    rank: int,
-    world: int,
-    seed: int,
-    encode: bool = True,
-) -> LatentLoader:
-    d = cfg.data
-    encoder = None
-    if d.clips and encode:
-        from trainer.data.raw import ClipEncoder
-
-        encoder = ClipEncoder(
-            d.vae, d.text_encoder, d.text_max_length, d.max_frames, d.captions, storage
-        )
-    return LatentLoader(
-        index,
-        storage,
-        rank=rank,
-        world_size=world,
-        seed=seed,
-        patch=cfg.model.patch,
-        token_budget=d.token_budget,
-        microbatches_per_step=d.microbatches_per_step,
-        shuffle_shards=d.shuffle_shards,
-        workers=d.workers,
-        hidden=cfg.model.dims[1],
-        balance=d.balance,
-        encoder=encoder,
-    )
-
-
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_cfg: Any, storage: Storage, dinfo: DistInfo):
-        self.cfg, self.run_cfg, self.storage, self.d = cfg, run_cfg, storage, dinfo
-        self.seed = run_cfg.seed
-        self.remote = (
-            run_dir(run_cfg.output_dir, run_cfg.name) if is_s3(run_cfg.output_dir) else None
-        )
-        self.local = local_run_dir(run_cfg.output_dir, run_cfg.name, run_cfg.cache_dir)
+    def __init__(self, cfg: TrainConfig, run: RunConfig, storage: Storage, dinfo: DistInfo):
+        self.cfg, self.run_cfg, self.storage, self.d = cfg, run, storage, dinfo
+        self.seed = run.seed
+        self.remote = join(run.output_dir, run.name) if is_s3(run.output_dir) else None
+        self.local = local_run_dir(run.output_dir, run.name, run.cache_dir)
         self.ckpt = CheckpointStore(
             self.local / "checkpoints",
             join(self.remote, "checkpoints") if self.remote else None,
@@ -213,26 +120,29 @@ class Trainer:
             dinfo.rank,
             timeout_s=cfg.save_timeout_s,
         )
-        self.index = training_index(cfg, storage)
-        _check_model_matches(cfg, self.index.entries[0].shape[0])
-        self.loader = _loader(cfg, self.index, storage, dinfo.rank, dinfo.world_size, self.seed)
-        self.lengths = self.loader.lengths
-        self.diffusion = build_diffusion(cfg)
+        self.index = training_index(cfg.data, storage)
+        if cfg.model.in_channels != self.index.entries[0].shape[0]:
+            c = self.index.entries[0].shape[0]
+            raise ValueError(
+                f"train.model.in_channels is {cfg.model.in_channels} but the latents have {c} "
+                f"channels; set --set train.model.in_channels={c}"
+            )
+        self.loader = build_loader(cfg, self.index, storage, dinfo.rank, dinfo.world_size, run.seed)
+        self.diffusion = build_diffusion(cfg.objective, cfg.flow, cfg.ddpm)
         self.bf16 = use_bf16(cfg)
         self.dtype = torch.bfloat16 if self.bf16 else torch.float32
         self.history: list[dict[str, Any]] = []
+        self.step = self.epoch = self.step_in_epoch = 0
+        self.tokens_seen = self.samples_seen = 0
+        self.textless = 0  # micro-batches (all ranks, this run) whose every caption was dropped
 
     # -- setup -----------------------------------------------------------------------------------
 
     def setup(self, resume: str | None) -> None:
-        import deepspeed
-
-        from trainer.ema import EMA
-
+        """Builds the model, optimizer and DeepSpeed engine; resumes from a checkpoint if asked."""
         tag = self.ckpt.resume_tag(resume)
-        state: dict[str, Any] | None = None
+        state: dict[str, Any] = {}
         universal = False
-        path = None
         if tag is not None:
             path, state, tag, universal = self.ckpt.prepare_resume(
                 tag, self.d.world_size, self.cfg.zero_stage, self.d.local_rank
@@ -244,41 +154,40 @@ class Trainer:
                 str(path),
             )
         torch.manual_seed(self.seed)
-        model = build_model(self.cfg)
-        self.flops_model = model
-        optimizer = build_optimizer(self.cfg, model)
+        self.model = build_model(self.cfg)
+        optimizer = build_optimizer(self.cfg, self.model)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg))
-        ds_cfg = deepspeed_config(
-            self.cfg, self.d.world_size, model.num_params(), load_universal=universal
-        )
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
+            model=self.model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=dit_deepspeed_config(
+                self.cfg, self.d.world_size, self.model.num_params(), load_universal=universal
+            ),
         )
         self.ema = EMA(self.engine.module, self.cfg.ema_decay) if self.cfg.ema_decay > 0 else None
-        self.step, self.epoch, self.step_in_epoch = 0, 0, 0
-        self.tokens_seen, self.samples_seen = 0, 0
-        self.textless = 0  # micro-batches (all ranks, this run) whose every caption was dropped
-        if tag is not None and state is not None:
-            load_path, _ = self.engine.load_checkpoint(
-                str(self.ckpt.local), tag=tag, load_module_strict=True
-            )
-            if load_path is None:
-                raise JobError(f"{self.ckpt.local / tag}: DeepSpeed could not load the checkpoint")
-            self.step, self.epoch, self.step_in_epoch = (
-                state["step"],
-                state["epoch"],
-                state["step_in_epoch"],
-            )
-            self.tokens_seen, self.samples_seen = state["tokens_seen"], state["samples_seen"]
-            if self.ema is not None and (path / "ema.safetensors").exists():
-                from safetensors.torch import load_file
-
-                self.ema.load_full_state(load_file(str(path / "ema.safetensors")))
-            if not load_rank_files(path, self.d.rank):
-                log.info("rank %d: no RNG state in %s (new rank)", self.d.rank, tag)
-            self.history = state.get("history", [])
-            log.info("resumed from %s at step %d (epoch %d)", tag, self.step, self.epoch)
+        if tag is not None:
+            self._restore(tag, path, state)
         self.peak = self.cfg.peak_tflops or measure_peak_tflops(self.d.device, self.bf16)
+
+    def _restore(self, tag: str, path: Path, state: dict[str, Any]) -> None:
+        if (
+            self.engine.load_checkpoint(str(self.ckpt.local), tag=tag, load_module_strict=True)[0]
+            is None
+        ):
+            raise JobError(f"{self.ckpt.local / tag}: DeepSpeed could not load the checkpoint")
+        self.step, self.epoch, self.step_in_epoch = (
+            state["step"],
+            state["epoch"],
+            state["step_in_epoch"],
+        )
+        self.tokens_seen, self.samples_seen = state["tokens_seen"], state["samples_seen"]
+        if self.ema is not None and (path / "ema.safetensors").exists():
+            self.ema.load_full_state(load_file(str(path / "ema.safetensors")))
+        if not load_rank_files(path, self.d.rank):
+            log.info("rank %d: no RNG state in %s (new rank)", self.d.rank, tag)
+        self.history = state.get("history", [])
+        log.info("resumed from %s at step %d (epoch %d)", tag, self.step, self.epoch)
 
     # -- one optimizer step ------------------------------------------------------------------------
 
@@ -289,9 +198,8 @@ class Trainer:
         return call
 
     def train_step(self, data: StepData) -> dict[str, float]:
-        from trainer.diffusion import per_sample
-        from trainer.model import drop_tokens, pack
-
+        """Forward/backward over this rank's micro-batches of the step, then one optimizer step.
+        Returns the step's loss, gradient norm, learning rate and counts over all ranks."""
         cfg = self.cfg
         g_total = cfg.data.microbatches_per_step
         if cfg.loss_averaging == "token":
@@ -323,7 +231,7 @@ class Trainer:
             loss_sum += part.detach().double().cpu()
             for i in range(len(samples)):
                 n = int(batch.cu_seqlens[i + 1] - batch.cu_seqlens[i])
-                flops += n * self.flops_model.flops_per_token(n, len(texts[i]))
+                flops += n * self.model.flops_per_token(n, len(texts[i]))
         stats = torch.tensor([float(loss_sum), flops, textless], dtype=torch.float64)
         dist.all_reduce(stats)
         if self.ema is not None:
@@ -339,9 +247,20 @@ class Trainer:
             "samples": float(data.global_samples),
         }
 
+    def _advance(self, data: StepData, s: dict[str, float]) -> None:
+        """The run's position and counts after a step (what a checkpoint stores)."""
+        self.step += 1
+        self.epoch, self.step_in_epoch = data.epoch, data.step_in_epoch + 1
+        self.tokens_seen += int(s["tokens"])
+        self.samples_seen += int(s["samples"])
+        self.textless += int(s["textless_microbatches"])
+        self.history.append({"step": self.step, "loss": s["loss"], "wall": time.time()})
+
     # -- checkpointing ---------------------------------------------------------------------------
 
     def save(self) -> None:
+        """Every rank writes its part of checkpoint step-N; it is published (`latest`) once all
+        have. Hook points (trainer.hooks) mark where tests inject faults."""
         tag = tag_for(self.step)
         hooks.active.at("save:begin", self)
         path = self.ckpt.write_engine(self.engine, tag, self.d.local_rank)
@@ -349,8 +268,6 @@ class Trainer:
         ema = self.ema.full_state() if self.ema is not None else None
         if self.d.rank == 0:
             if ema is not None:
-                from safetensors.torch import save_file
-
                 save_file(ema, str(path / "ema.safetensors"))
             write_state(
                 path,
@@ -375,138 +292,61 @@ class Trainer:
         if self.d.rank == 0:
             log.info("checkpoint %s published", tag)
 
-    def preview(self, writer: Any) -> None:
-        """Rank 0 samples the preview prompts from the checkpoint it just published; the other
-        ranks wait at the barrier (previews must take less than train.dist_timeout_s)."""
-        p = self.cfg.preview
-        if self.d.rank == 0:
-            from trainer.sample import run_sample
-
-            tag = tag_for(self.step)
-            out = self.local / "previews" / tag
-            t0 = time.monotonic()
-            try:
-                run_sample(
-                    str(self.ckpt.local / tag),
-                    p.vae or self.cfg.data.vae,
-                    p.prompts,
-                    str(out),
-                    p.sample,
-                    text_encoder=p.text_encoder or self.cfg.data.text_encoder,
-                )
-            except Exception as e:  # previews are a view on training, never a reason to stop it
-                log.warning("preview at step %d failed: %s", self.step, e)
-            else:
-                if writer is not None:
-                    import numpy as np
-                    from PIL import Image
-
-                    sheet = np.asarray(Image.open(out / "contact_sheet.png").convert("RGB"))
-                    writer.add_image("preview", sheet, self.step, dataformats="HWC")
-                if self.remote:
-                    for f in sorted(out.iterdir()):
-                        self.storage.upload(f, join(self.remote, "previews", tag, f.name))
-                log.info(
-                    "preview: %d prompts in %.1fs -> %s", len(p.prompts), time.monotonic() - t0, out
-                )
-        dist.barrier()
-
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        writer = None
-        if self.d.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(self.local / "tensorboard"), purge_step=self.step)
-            log.info(
-                "train: DiT-%s %.2fM params, ZeRO-%d, %s, world %d, %d micro-batches of %d tokens "
-                "per step, steps %d -> %d",
-                cfg.model.size,
-                self.flops_model.num_params() / 1e6,
-                cfg.zero_stage,
-                "bf16" if self.bf16 else "fp32",
-                self.d.world_size,
-                cfg.data.microbatches_per_step,
-                cfg.data.token_budget,
-                self.step,
-                cfg.steps,
-            )
-        t_start = time.monotonic()
-        t_window, tokens_window, samples_window, flops_window = time.monotonic(), 0.0, 0.0, 0.0
-        start_step = self.step
+        start = self.step
+        metrics = TrainMetrics(
+            self.local / "tensorboard" if self.d.rank == 0 else None,
+            start,
+            cfg.steps,
+            cfg.log_every,
+            self.peak,
+            self.d.world_size,
+        )
+        self._log_start()
         if self.step >= cfg.steps:
             log.info("already at step %d of %d: nothing to train", self.step, cfg.steps)
         else:
-            from trainer.watchdog import Watchdog
-
-            dog = Watchdog(self.cfg.watchdog_s, self.d.rank).start()
+            dog = Watchdog(cfg.watchdog_s, self.d.rank).start()
             for data in self.loader.iterate(self.epoch, self.step_in_epoch):
-                s = self.train_step(data)
-                dog.beat(f"step {self.step + 1}")
-                self.step += 1
-                self.epoch, self.step_in_epoch = data.epoch, data.step_in_epoch + 1
-                self.tokens_seen += int(s["tokens"])
-                self.samples_seen += int(s["samples"])
-                self.textless += int(s["textless_microbatches"])
-                tokens_window += s["tokens"]
-                samples_window += s["samples"]
-                flops_window += s["flops"]
-                self.history.append({"step": self.step, "loss": s["loss"], "wall": time.time()})
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    dt = time.monotonic() - t_window
-                    mfu = flops_window / dt / (self.peak * 1e12 * self.d.world_size)
-                    if writer is not None:
-                        for k, v in (
-                            ("loss", s["loss"]),
-                            ("grad_norm", s["grad_norm"]),
-                            ("lr", s["lr"]),
-                            ("tokens_per_s", tokens_window / dt),
-                            ("samples_per_s", samples_window / dt),
-                            ("mfu", mfu),
-                        ):
-                            writer.add_scalar(f"train/{k}", v, self.step)
-                        eta = (
-                            (time.monotonic() - t_start)
-                            / (self.step - start_step)
-                            * (cfg.steps - self.step)
-                        )
-                        log.info(
-                            "step %d/%d loss %.4f grad %.3f lr %.2e | %.0f tok/s %.1f samples/s "
-                            "MFU %.1f%% | epoch %d | eta %.0fs",
-                            self.step,
-                            cfg.steps,
-                            s["loss"],
-                            s["grad_norm"],
-                            s["lr"],
-                            tokens_window / dt,
-                            samples_window / dt,
-                            100 * mfu,
-                            self.epoch,
-                            eta,
-                        )
-                    t_window, tokens_window, samples_window, flops_window = (
-                        time.monotonic(),
-                        0,
-                        0,
-                        0,
-                    )
+                stats = self.train_step(data)
+                self._advance(data, stats)
+                dog.beat(f"step {self.step}")
+                metrics.update(self.step, self.epoch, stats)
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     with dog.allowance(cfg.save_timeout_s, f"checkpoint at step {self.step}"):
                         self.save()
                     if cfg.preview.every and self.step % cfg.preview.every == 0:
-                        self.preview(writer)
-                        dog.beat(f"preview at step {self.step}")
+                        with dog.allowance(cfg.dist_timeout_s, f"preview at step {self.step}"):
+                            preview(self, metrics)
                 if self.step >= cfg.steps:
                     break
             dog.stop()
-        if writer is not None:
-            writer.close()
-        wall = time.monotonic() - t_start
+        return self._summary(start, metrics.close())
+
+    def _log_start(self) -> None:
+        if self.d.rank == 0:
+            c = self.cfg
+            log.info(
+                "train: DiT-%s %.2fM params, ZeRO-%d, %s, world %d, %d micro-batches of %d tokens "
+                "per step, steps %d -> %d",
+                c.model.size,
+                self.model.num_params() / 1e6,
+                c.zero_stage,
+                "bf16" if self.bf16 else "fp32",
+                self.d.world_size,
+                c.data.microbatches_per_step,
+                c.data.token_budget,
+                self.step,
+                c.steps,
+            )
+
+    def _summary(self, start: int, wall: float) -> dict[str, Any]:
         summary = {
             "steps": self.step,
-            "trained_steps": self.step - start_step,
+            "trained_steps": self.step - start,
             "final_loss": self.history[-1]["loss"] if self.history else None,
             "tokens_seen": self.tokens_seen,
             "samples_seen": self.samples_seen,
@@ -533,42 +373,19 @@ class Trainer:
         return summary
 
 
-def lost_peer_message(e: BaseException, rank: int, step: int) -> str | None:
-    """A readable account of a collective that failed because a peer went away (gloo and NCCL
-    report it as a connection error naming the peer's address), or None for other errors."""
-    text = str(e)
-    markers = (
-        "Connection closed by peer",
-        "Connection reset by peer",
-        "Broken pipe",
-        "Connection refused",
-        "NCCL communicator was aborted",
-        "remote process exited",
-    )
-    if not any(m in text for m in markers):
-        return None
-    peers = sorted(set(re.findall(r"\[([0-9A-Fa-f.:]+)\]:\d+", text)))
-    who = f"the node at {', '.join(peers)}" if peers else "a peer"
-    return (
-        f"rank {rank} lost contact with {who} during step {step + 1}: that node died or the "
-        f"network to it failed ({text.splitlines()[0][:300]}). Relaunch every node with "
-        "--resume auto (or use spacetime launch --max-restarts N) to continue from the latest "
-        "checkpoint."
-    )
-
-
-def train(cfg: Any, resume: str | None = None) -> dict[str, Any]:
-    """The entry function for every launcher. `cfg` is a SpacetimeConfig."""
-    tcfg: TrainConfig = cfg.train
-    if not tcfg.data.latents and not tcfg.data.clips:
+def train(
+    cfg: TrainConfig, run: RunConfig, storage: StorageConfig, resume: str | None = None
+) -> dict[str, Any]:
+    """The entry function for every launcher: one rank's share of the run."""
+    if not cfg.data.latents and not cfg.data.clips:
         raise ValueError(
             "train.data.latents is empty: point it at the output of `spacetime encode` (or set "
             "train.data.clips and train.data.vae to encode clip shards on the fly)"
         )
-    tcfg.data.validate()
-    dinfo = init_distributed(tcfg.dist_timeout_s)
+    cfg.data.validate()
+    dinfo = init_distributed(cfg.dist_timeout_s)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    trainer = Trainer(tcfg, cfg.run, Storage(cfg.storage), dinfo)
+    trainer = Trainer(cfg, run, Storage(storage), dinfo)
     trainer.setup(resume)
     try:
         summary = trainer.run()

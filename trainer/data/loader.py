@@ -19,14 +19,18 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from infra.shards import iter_samples
 from infra.storage import Storage
+from trainer.config import TrainConfig, TrainDataConfig
 from trainer.data.plan import (
     EpochPlan,
     Index,
     assign_ranks,
+    load_index,
     plan_epoch,
     sample_cost,
     tokens_of,
 )
+from trainer.data.raw import ClipEncoder, clip_index
+from trainer.vae.model import CausalVAE
 
 log = logging.getLogger(__name__)
 
@@ -227,3 +231,45 @@ class LatentLoader:
                 step_lengths=[self.lengths[i] for mb in plan.steps[s] for i in mb],
                 global_samples=plan.step_samples(s),
             )
+
+
+def training_index(data: TrainDataConfig, storage: Storage) -> Index:
+    """The plan's index: cached latent shards (`data.latents`), or clip shards encoded on the fly
+    (`data.clips`, planned from their manifest with the VAE's strides)."""
+    if data.clips:
+        return clip_index(data.clips, storage, CausalVAE.config_of(data.vae), data.max_frames)
+    return load_index(data.latents, storage)
+
+
+def build_loader(
+    cfg: TrainConfig,
+    index: Index,
+    storage: Storage,
+    rank: int,
+    world: int,
+    seed: int,
+    encode: bool = True,
+) -> LatentLoader:
+    """This rank's loader for `cfg.data` (with the on-the-fly encoder for clip shards unless
+    `encode` is off, as in a dry run that only plans)."""
+    d = cfg.data
+    encoder = None
+    if d.clips and encode:
+        encoder = ClipEncoder(
+            d.vae, d.text_encoder, d.text_max_length, d.max_frames, d.captions, storage
+        )
+    return LatentLoader(
+        index,
+        storage,
+        rank=rank,
+        world_size=world,
+        seed=seed,
+        patch=cfg.model.patch,
+        token_budget=d.token_budget,
+        microbatches_per_step=d.microbatches_per_step,
+        shuffle_shards=d.shuffle_shards,
+        workers=d.workers,
+        hidden=cfg.model.dims[1],
+        balance=d.balance,
+        encoder=encoder,
+    )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from infra.shards import LATENTS, iter_samples, list_shards
 from infra.storage import Storage
-from trainer.model.packing import pack_first_fit
+from trainer.data.packer import pack_first_fit
 
 log = logging.getLogger(__name__)
 

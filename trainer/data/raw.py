@@ -19,10 +19,13 @@ from typing import Any
 
 import torch
 
+from infra.media import decode_frames
 from infra.shards import CLIPS, caption_texts, list_shards
-from infra.storage import Storage, join
-from trainer.data.clips import decode_frames
+from infra.storage import Storage
+from infra.uris import join
 from trainer.data.plan import Entry, Index
+from trainer.text.encoder import TextEncoder, TextEncoderConfig
+from trainer.vae.model import CausalVAE
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +83,6 @@ class ClipEncoder:
         captions: str,
         storage: Storage,
     ):
-        from trainer.text import TextEncoder, TextEncoderConfig
-        from trainer.vae import CausalVAE
-
         self.vae = CausalVAE.from_pretrained(vae_dir).eval()
         self.text = TextEncoder(TextEncoderConfig(path=text_path, max_length=text_max_length))
         self.max_frames = max_frames

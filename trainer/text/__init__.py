@@ -1,5 +1,1 @@
-"""Frozen text encoders."""
-
-from trainer.text.encoder import TextEncoder, TextEncoderConfig
-
-__all__ = ["TextEncoder", "TextEncoderConfig"]
+"""Frozen text encoders loaded from a local folder (MiniLM by default), token states per caption."""

@@ -32,11 +32,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from infra.errors import JobError
+from infra.media import decode_frames, write_mp4
 from infra.shards import iter_samples, list_shards
 from infra.storage import Storage
 from trainer.checkpoint import CheckpointStore, check_resume, code_version, tag_for, write_state
-from trainer.data.clips import decode_frames
-from trainer.engine import DistInfo, distributed
+from trainer.engine import DistInfo, deepspeed_config, distributed
 from trainer.vae.config import VAETrainConfig
 from trainer.vae.model import CausalVAE
 
@@ -149,20 +149,6 @@ def vae_loss(
     return recon + cfg.temporal_weight * temporal + cfg.kl_weight * kl
 
 
-def ds_config(cfg: VAETrainConfig, world: int, universal: bool) -> dict[str, Any]:
-    return {
-        "train_micro_batch_size_per_gpu": cfg.batch_size // world,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": cfg.batch_size,
-        "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": {"stage": cfg.zero_stage},
-        "bf16": {"enabled": torch.cuda.is_available()},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 2**31 - 1,
-        "checkpoint": {"load_universal": universal},
-    }
-
-
 def train_vae(
     src: str, output: str, cfg: VAETrainConfig, storage: Storage | None = None, resume: bool = False
 ) -> dict[str, Any]:
@@ -197,9 +183,17 @@ def train_vae(
             cfg.crop // vcfg.space_stride,
         )
         opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-        engine, *_ = deepspeed.initialize(
-            model=vae, optimizer=opt, config=ds_config(cfg, d.world_size, universal)
+        ds = deepspeed_config(
+            zero_stage=cfg.zero_stage,
+            micro_batch=cfg.batch_size // d.world_size,
+            accumulation=1,
+            world_size=d.world_size,
+            grad_clip=cfg.grad_clip,
+            bf16=torch.cuda.is_available(),
+            num_params=sum(p.numel() for p in vae.parameters()),
+            load_universal=universal,
         )
+        engine, *_ = deepspeed.initialize(model=vae, optimizer=opt, config=ds)
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         start = 0
         history: list[dict[str, float]] = []
@@ -298,8 +292,6 @@ def _save_reconstructions(
     vae: CausalVAE, held: list[torch.Tensor], out: Path, device: torch.device
 ) -> None:
     from PIL import Image
-
-    from data_pipeline.shapes import write_mp4
 
     out.mkdir(parents=True, exist_ok=True)
     vae.eval()

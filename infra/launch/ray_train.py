@@ -19,9 +19,15 @@ from __future__ import annotations
 
 import logging
 import os
+import runpy
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
+
+from infra.launch.node import ENTRY, with_resume
+from infra.log import setup_logging
+from infra.ray_cluster import ray_session
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +39,24 @@ def worker_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(PASS_PREFIXES)}
 
 
+def run_entry(argv: list[str]) -> int:
+    """Runs `python -m infra.cli ARGV` in this process, as torchrun runs it in each rank: the same
+    module by name, so the launcher never imports the command line above it."""
+    saved = sys.argv
+    sys.argv = [ENTRY, *argv]
+    try:
+        runpy.run_module(ENTRY, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0
+
+
 def _worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     import ray
     import ray.train
-
-    from infra.cli import main
-    from infra.log import setup_logging
 
     setup_logging("INFO")
     ctx = ray.train.get_context()
@@ -50,7 +67,7 @@ def _worker(config: dict[str, Any]) -> None:
         ctx.get_world_size(),
         ray.util.get_node_ip_address(),
     )
-    rc = main(config["argv"])
+    rc = run_entry(config["argv"])
     if rc != 0:
         raise RuntimeError(f"rank {rank}: spacetime {config['argv'][0]} exited with status {rc}")
 
@@ -67,9 +84,6 @@ def ray_train(
 ) -> int:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from infra.launch import with_resume
-    from infra.ray_cluster import ray_session
 
     local = address == "local"
     work = Path(storage_path).resolve()

@@ -2,23 +2,24 @@
 
 K prompts (colour x shape x direction, always including the combinations held out of training)
 are sampled with `spacetime sample`'s code, written as mp4s, decoded back and measured with
-data_pipeline.shapes_score. Reports accuracy per attribute beside the chance level.
+infra.demo.score. Reports accuracy per attribute beside the chance level.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import random
 from pathlib import Path
 from typing import Any
 
-import av
-import numpy as np
-
-from data_pipeline.shapes import COLOURS, DIRECTIONS, SHAPES
-from data_pipeline.shapes_score import measure, score
+from infra.demo.score import measure, score
+from infra.demo.shapes import COLOURS, DIRECTIONS, SHAPES
+from infra.media import read_frames
+from infra.storage import Storage
+from recaption.upsample import Upsampler
+from trainer.config import SampleConfig
+from trainer.sample import run_sample, slug
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,6 @@ def prompt_of(r: dict[str, str]) -> str:
     return f"a {r['colour']} {r['shape']} moving {r['direction']}"
 
 
-def _decode(path: Path) -> np.ndarray:
-    with av.open(io.BytesIO(path.read_bytes())) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-
-
 def evaluate(
     checkpoint: str,
     vae: str,
@@ -66,15 +62,13 @@ def evaluate(
     captions: str | None = None,
     sample_cfg: Any = None,
 ) -> dict[str, Any]:
-    from trainer.config import SampleConfig
-    from trainer.sample import run_sample, slug
-
     cfg = sample_cfg or SampleConfig(frames=17, height=64, width=64, steps=20, guidance=4.0)
     rows = eval_prompts(k)
     prompts = [prompt_of(r) for r in rows]
     out = Path(output)
-    run_sample(checkpoint, vae, prompts, str(out), cfg, upsample=captions)
-    measured = [measure(_decode(out / f"{i:02d}-{slug(p)}.mp4")) for i, p in enumerate(prompts)]
+    rewrite = Upsampler.from_caption_set(captions, Storage()) if captions else None
+    run_sample(checkpoint, vae, prompts, str(out), cfg, rewrite=rewrite)
+    measured = [measure(read_frames(out / f"{i:02d}-{slug(p)}.mp4")) for i, p in enumerate(prompts)]
     result = score(measured, rows)
     held = [i for i, r in enumerate(rows) if r["held_out"] == "True"]
     result["held_out"] = score([measured[i] for i in held], [rows[i] for i in held])

@@ -13,16 +13,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from infra.config import dump_yaml
-from infra.procs import free_port, kill_tree
+import yaml
+
+from data_pipeline.job import run_shard
 from infra.schema import SpacetimeConfig
+from infra.config import dump_yaml, to_dict
+from infra.demo import shapes
+from infra.demo.evaluate import HELD_OUT, evaluate
+from infra.errors import JobError
+from infra.launch.node import NodeLaunch
+from infra.procs import free_port, kill_tree
 from infra.storage import Storage
+from recaption.job import run_recaption
+from trainer.checkpoint import CheckpointStore, tag_for
+from trainer.encode import run_encode
+from trainer.vae.train import train_vae
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +44,6 @@ RESERVE_S = 150.0
 
 def _train_cmd(cfg_file: Path, latents: Path, steps: int, nproc: int) -> list[str]:
     """This node's torchrun command, exactly as `spacetime launch` would build it."""
-    from infra.launch import NodeLaunch
-
     args = ["train", "--config", str(cfg_file), "--preset", "demo", "--latents", str(latents)]
     node = NodeLaunch(1, 0, nproc, f"127.0.0.1:{free_port()}", "demo")
     return node.command([*args, "--set", f"train.steps={steps}"])
@@ -48,14 +58,12 @@ def _env() -> dict[str, str]:
 
 
 def _latest(ckpt: Path) -> str | None:
-    p = ckpt / "latest"
-    return p.read_text().strip() if p.exists() else None
+    return CheckpointStore.reader(ckpt).latest()
 
 
 def _state(ckpt: Path) -> dict[str, Any]:
-    return json.loads(
-        (ckpt / (ckpt / "latest").read_text().strip() / "trainer_state.json").read_text()
-    )
+    store = CheckpointStore.reader(ckpt)
+    return store.state(store.latest() or "")
 
 
 def train_with_interruption(
@@ -63,12 +71,6 @@ def train_with_interruption(
 ) -> dict[str, Any]:
     """Trains in two launches: the first is killed with SIGKILL after its second checkpoint, the
     second resumes from `latest` and runs the steps that fit before `deadline`."""
-    import yaml
-
-    from infra.config import to_dict
-    from infra.errors import JobError
-    from trainer.checkpoint import tag_for
-
     cfg_file = root / "train_config.yaml"
     cfg_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     ckpt = Path(cfg.run.output_dir) / cfg.run.name / "checkpoints"
@@ -118,7 +120,7 @@ def train_with_interruption(
 
 
 def plot_loss(history: list[dict[str, Any]], resumed_at: int, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # the backend must be chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -144,13 +146,6 @@ def plot_loss(history: list[dict[str, Any]], resumed_at: int, path: Path) -> Non
 
 
 def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int = 0) -> int:
-    from data_pipeline import shapes
-    from data_pipeline.job import run_shard
-    from infra.shapes_eval import HELD_OUT, evaluate
-    from recaption.job import run_recaption
-    from trainer.encode import run_encode
-    from trainer.vae.train import train_vae
-
     start = time.monotonic()
     deadline = start + minutes * 60
     root = Path(workdir).resolve()
@@ -161,8 +156,6 @@ def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int
     store.write_text(str(root / "config.yaml"), dump_yaml(cfg))
     ckpt = root / "runs" / cfg.run.name / "checkpoints"
     if (ckpt / "latest").exists():  # a demo is a fresh run each time; its workdir is scratch
-        import shutil
-
         shutil.rmtree(root / "runs" / cfg.run.name)
     stages: dict[str, Any] = {}
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
+
+from infra.media import write_mp4
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -92,22 +92,6 @@ def render(clip: ShapeClip) -> np.ndarray:
         region = frames[i, y0 : y0 + side, x0 : x0 + side]
         region[mask] = COLOURS[clip.colour]
     return frames
-
-
-def write_mp4(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=fps)
-        s.height, s.width = frames.shape[1:3]
-        s.pix_fmt = "yuv420p"
-        s.time_base = Fraction(1, fps)
-        s.options = {"crf": "12", "preset": "veryfast", "threads": "1"}
-        for i, img in enumerate(frames):
-            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            f.pts = i
-            for p in s.encode(f):
-                out.mux(p)
-        for p in s.encode(None):
-            out.mux(p)
 
 
 def sample_clips(

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from data_pipeline.shapes import COLOURS, DIRECTIONS, SHAPES
+from infra.demo.shapes import COLOURS, DIRECTIONS, SHAPES
 
 
 def smooth(frames: np.ndarray) -> np.ndarray:

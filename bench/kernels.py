@@ -1,4 +1,4 @@
-"""`python -m kernels.bench`: time each available attention backend and fused op on a packed workload.
+"""`python bench/kernels.py`: time each available attention backend and fused op on a packed workload.
 
 Mixed sequence lengths (a packed NaViT-style batch), head dims 64 and 128; bf16 on GPU, fp32 on CPU.
 Reports milliseconds per forward+backward, achieved TFLOP/s (attention FLOPs: 4·L_q·L_k·D·H per
@@ -8,12 +8,16 @@ sequence forward, 2.5x that for forward+backward) and the max error against the 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from kernels.attention import Backend, varlen_attention, why_unavailable
-from kernels.fused import adaln_norm_modulate, rope_3d
+# Run as a script, this file's folder comes first on sys.path and its name would hide the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kernels.attention import Backend, varlen_attention, why_unavailable  # noqa: E402
+from kernels.fused import adaln_norm_modulate, rope_3d  # noqa: E402
 
 LENGTHS_GPU = [4096, 1024, 2560, 333, 7000, 1, 1600]
 LENGTHS_CPU = [512, 128, 300, 37, 900, 1, 200]

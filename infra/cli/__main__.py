@@ -1,0 +1,7 @@
+"""`python -m infra.cli`: what torchrun and the launchers start on every rank."""
+
+import sys
+
+from infra.cli import main
+
+sys.exit(main())

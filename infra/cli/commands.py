@@ -1,0 +1,192 @@
+"""The handlers of the `spacetime` subcommands: each resolves the configuration and runs its job.
+
+Handlers import their stage inside the function: `spacetime --help` and `spacetime config` stay
+fast (no torch, Ray or DeepSpeed import), and a CPU machine never imports GPU-only code it does not
+use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from infra.schema.presets import PRESETS, get_preset
+from infra.schema import SpacetimeConfig
+from infra.config import ConfigError, dump_yaml, load
+from infra.storage import Storage
+
+log = logging.getLogger("spacetime")
+
+
+def resolve_config(args: argparse.Namespace) -> SpacetimeConfig:
+    return load(SpacetimeConfig, get_preset(args.preset), args.config, args.overrides)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "presets":
+        for name, fn in PRESETS.items():
+            print(f"{name:10s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+    if args.action == "show":
+        cfg = load(SpacetimeConfig, get_preset(args.target or "default"), None, args.overrides)
+        sys.stdout.write(dump_yaml(cfg))
+        return 0
+    if args.action == "validate":
+        if not args.target:
+            raise ConfigError("spacetime config validate FILE: a config file is required")
+        cfg = load(SpacetimeConfig, get_preset(args.preset), args.target, args.overrides)
+        sys.stdout.write(dump_yaml(cfg))
+        log.info("%s: valid", args.target)
+        return 0
+    raise AssertionError(args.action)
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    from data_pipeline.job import run_shard
+
+    cfg = resolve_config(args)
+    s = run_shard(
+        args.input,
+        args.output,
+        cfg.shard,
+        cfg.storage,
+        args.ray_address,
+        args.overwrite,
+        retry_failed=not args.skip_failed,
+    )
+    log.info(
+        "shard: %d videos -> %d clips (%.1fs of %.1fs source video) in %d shards; %d errors %s; "
+        "%d files ignored by extension; %.1fs",
+        s["sources"],
+        s["clips"],
+        s["seconds_out"],
+        s["seconds_in"],
+        s["shards"],
+        s["errors"],
+        s["errors_by_reason"] or "",
+        s["ignored_files"],
+        s["wall_s"],
+    )
+    return 0
+
+
+def cmd_recaption(args: argparse.Namespace) -> int:
+    from recaption.job import run_recaption
+
+    cfg = resolve_config(args)
+    for name in ("backend", "model", "prompt"):
+        if getattr(args, name) is not None:
+            setattr(cfg.recaption, name, getattr(args, name))
+    cfg.recaption.validate()
+    run_recaption(
+        args.shards,
+        args.output,
+        cfg.recaption,
+        cfg.storage,
+        args.ray_address,
+        retry_failed=not args.skip_failed,
+        overwrite=args.overwrite,
+    )
+    return 0
+
+
+def cmd_train_vae(args: argparse.Namespace) -> int:
+    from trainer.vae.train import train_vae
+
+    cfg = resolve_config(args)
+    train_vae(
+        args.shards, args.output, cfg.vae_train, Storage(cfg.storage), resume=args.resume == "auto"
+    )
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from trainer.encode import run_encode
+
+    cfg = resolve_config(args)
+    run_encode(
+        args.shards,
+        args.output,
+        args.vae,
+        args.text_encoder,
+        cfg.encode,
+        cfg.storage,
+        args.ray_address,
+        captions=args.captions,
+        overwrite=args.overwrite,
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    for name in ("latents", "clips", "vae", "captions"):
+        if getattr(args, name):
+            setattr(cfg.train.data, name, getattr(args, name))
+    if args.dry_run:
+        from trainer.dry_run import dry_run
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        report = dry_run(cfg.train, cfg.run.seed, Storage(cfg.storage), world)
+        print(dump_yaml(cfg.train), end="")
+        print(json.dumps(report, indent=2))
+        return 0
+    from trainer.train import train
+
+    train(cfg.train, cfg.run, cfg.storage, resume=args.resume)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from trainer.checkpoint import CheckpointStore, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    out = CheckpointStore.reader(ckpt.parent).export(ckpt.name, Path(args.output))
+    log.info("export: %s -> %s (model.safetensors, ema.safetensors, config.json)", ckpt, out)
+    return 0
+
+
+SAMPLE_FLAGS = ("mode", "frames", "height", "width", "steps", "guidance", "seed", "strength")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from trainer.sample import run_sample
+
+    cfg = resolve_config(args)
+    for name in SAMPLE_FLAGS:
+        if getattr(args, name) is not None:
+            setattr(cfg.sample, name, getattr(args, name))
+    cfg.sample.validate()
+    rewrite = None
+    if args.upsample:
+        from recaption.upsample import Upsampler
+
+        rewrite = Upsampler.from_caption_set(args.upsample, Storage(cfg.storage))
+    run_sample(
+        args.checkpoint,
+        args.vae,
+        args.prompt,
+        args.output,
+        cfg.sample,
+        text_encoder=args.text_encoder,
+        inputs=args.input,
+        rewrite=rewrite,
+    )
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from infra.launch import main as launch_main
+
+    return launch_main(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from infra.demo.run import run_demo
+
+    cfg = resolve_config(args)
+    return run_demo(cfg, workdir=args.workdir, minutes=args.minutes)

@@ -1,0 +1,1 @@
+"""`spacetime demo`: every stage end to end on the procedural `shapes` dataset, with its scorer."""
