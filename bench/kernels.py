@@ -16,8 +16,8 @@ import torch
 
 # Run as a script, this file's folder comes first on sys.path and its name would hide the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels.attention import Backend, varlen_attention, why_unavailable  # noqa: E402
-from kernels.fused import adaln_norm_modulate, rope_3d  # noqa: E402
+from kernels.attention import Backend, varlen_attention, why_unavailable
+from kernels.fused import adaln_norm_modulate, rope_3d
 
 LENGTHS_GPU = [4096, 1024, 2560, 333, 7000, 1, 1600]
 LENGTHS_CPU = [512, 128, 300, 37, 900, 1, 200]

@@ -44,9 +44,9 @@ def make_latents(out: Path, n: int, seed: int = 0) -> None:
 
 
 def _config(latents: Path, out: Path, size: str, stage: int, steps: int) -> object:
-    from infra.schema.presets import get_preset
-    from infra.schema import SpacetimeConfig
     from infra.config import load
+    from infra.schema import SpacetimeConfig
+    from infra.schema.presets import get_preset
 
     return load(
         SpacetimeConfig,

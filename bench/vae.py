@@ -96,10 +96,10 @@ def speed_rows(
 def trained_vae(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
     """(VAE directory, clip shards of videos it never saw) for the quality table."""
     from data_pipeline.job import run_shard
-    from infra.schema.presets import get_preset
-    from infra.schema import SpacetimeConfig
     from infra.config import load
     from infra.demo import shapes
+    from infra.schema import SpacetimeConfig
+    from infra.schema.presets import get_preset
     from infra.storage import Storage
     from trainer.vae.train import train_vae
 

@@ -18,6 +18,8 @@ import time
 from collections import Counter
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from data_pipeline.config import ShardConfig
@@ -25,7 +27,7 @@ from data_pipeline.process import load_record, process_source, staged_paths
 from data_pipeline.shards import PlanLog, Shard, ShardPlanner, next_index, write_shard
 from data_pipeline.sources import Source, list_sources
 from infra.errors import JobError
-from infra.provenance import check_or_record
+from infra.provenance import RESUME, Rerun, check_or_record, finish_job
 from infra.ray_cluster import local_work_dir, ray_session
 from infra.shards import CLIPS, is_shard_name
 from infra.storage import Storage, StorageConfig, StorageError
@@ -49,7 +51,7 @@ def _process_row(
     """Ray Data UDF: one source row in, one record row out (as JSON, to keep the schema flat)."""
     source = Source(row["uri"], row["rel"], row.get("caption"), version=row["version"])
     record = process_source(source, ShardConfig(**cfg), Storage(StorageConfig(**storage)), staging)
-    import ray
+    import ray  # Ray takes seconds to import; workers get it from Ray anyway
 
     return {"pos": row["pos"], "record": json.dumps(record), "node": ray.util.get_node_ip_address()}
 
@@ -104,18 +106,18 @@ def run_shard(
     cfg: ShardConfig,
     storage_cfg: StorageConfig,
     ray_address: str | None = None,
-    overwrite: bool = False,
-    retry_failed: bool = True,
+    rerun: Rerun = RESUME,
 ) -> dict[str, Any]:
     """Shards `input_uri` into `output`. A rerun resumes: finished sources and published shards
-    are kept, failed sources are tried again (unless `retry_failed` is off), new inputs are added.
+    are kept, failed sources are tried again (unless `rerun.retry_failed` is off), new inputs are
+    added.
     Raises JobError when no source gave a clip (after writing errors.jsonl and summary.json)."""
     t0 = time.monotonic()
     input_uri, output = normalize(input_uri), normalize(output)
     storage = Storage(storage_cfg)
     work = join(output, "_work")
     staging = join(work, "staging")
-    if overwrite:
+    if rerun.overwrite:
         clean_output(storage, output)
     listing = list_sources(input_uri, storage, cfg.extensions)
     sources = listing.sources
@@ -138,7 +140,7 @@ def run_shard(
     plan_log = PlanLog(storage, output, work)
     published = plan_log.load()
     shard_of = {key: name for name, entries in published.items() for _, key in entries}
-    waiting, todo = _staged_state(storage, staging, sources, set(shard_of), retry_failed)
+    waiting, todo = _staged_state(storage, staging, sources, set(shard_of), rerun.retry_failed)
     log.info(
         "shard: %d sources from %s (%d already staged, %d to process), %d shards published -> %s",
         len(sources),
@@ -242,13 +244,21 @@ def run_shard(
         nodes=sorted(nodes),
         wall_s=round(time.monotonic() - t0, 2),
     )
-    storage.write_text(join(output, "summary.json"), json.dumps(summary, indent=2, sort_keys=True))
-    if summary["sources_with_clips"] == 0:
-        raise JobError(
-            f"shard: none of the {summary['sources']} inputs gave a clip "
-            f"({summary['errors_by_reason']}); see {join(output, 'errors.jsonl')}"
-        )
-    return summary
+    s = summary
+    return finish_job(
+        storage,
+        output,
+        summary,
+        log,
+        f"shard: {s['sources']} videos -> {s['clips']} clips ({s['seconds_out']:.1f}s of "
+        f"{s['seconds_in']:.1f}s source video) in {s['shards']} shards; {s['errors']} errors "
+        f"{s['errors_by_reason'] or ''}; {s['ignored_files']} files ignored by extension; "
+        f"{s['wall_s']:.1f}s",
+        nothing=None
+        if s["sources_with_clips"]
+        else f"shard: none of the {s['sources']} "
+        f"inputs gave a clip ({s['errors_by_reason']}); see {join(output, 'errors.jsonl')}",
+    )
 
 
 def _reason_class(err: dict[str, str]) -> str:
@@ -260,8 +270,6 @@ def write_tables(
     storage: Storage, output: str, records: list[dict[str, Any]], shard_of: dict[str, str]
 ) -> dict[str, Any]:
     """manifest.parquet and errors.jsonl from the records; returns the summary's counts."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     rows = [
         {**c, "source": rec["source"], "source_id": rec["source_id"]}

@@ -10,6 +10,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
 from infra.storage import Storage
 from infra.uris import is_s3, join, normalize, relative_to
 
@@ -91,9 +95,6 @@ def _checked(sources: list[Source], where: str) -> list[Source]:
 
 
 def _from_manifest(uri: str, storage: Storage) -> list[Source]:
-    import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
-    import pyarrow.parquet as pq
 
     data = storage.read_bytes(uri)
     lower = uri.lower()

@@ -8,6 +8,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,6 @@ LAUNCHER_PID = "SPACETIME_LAUNCHER_PID"
 
 def free_port() -> int:
     """A TCP port free on loopback right now (for a rendezvous or a test server)."""
-    import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

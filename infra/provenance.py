@@ -8,10 +8,13 @@ over. Work made with other settings is never silently reused.
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 from infra.errors import JobError
 from infra.storage import Storage
+from infra.uris import join
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -56,3 +59,34 @@ def check_or_record(
             "to start over, or write to another output"
         )
     return False
+
+
+def finish_job(
+    storage: Storage,
+    output: str,
+    summary: dict[str, Any],
+    logger: logging.Logger,
+    line: str,
+    nothing: str | None = None,
+) -> dict[str, Any]:
+    """The end every job shares: `summary.json` beside the output, one summary line on the console,
+    and a JobError (non-zero exit) with `nothing` when the job produced nothing at all."""
+    storage.write_text(join(output, "summary.json"), json.dumps(summary, indent=2, sort_keys=True))
+    logger.info("%s", line)
+    if nothing:
+        raise JobError(nothing)
+    return summary
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """What a job does with an output that an earlier run (finished or killed) left."""
+
+    overwrite: bool = False
+    """Delete what the earlier run wrote (and only that) and start over."""
+    retry_failed: bool = True
+    """Process again the items that failed before (else keep their errors)."""
+
+
+RESUME = Rerun()
+"""The default: resume, and try failed items again."""

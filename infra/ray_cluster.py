@@ -131,7 +131,7 @@ def ray_session(
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not address:
         loopback_only()
-    import ray
+    import ray  # read after loopback_only() set Ray's environment
 
     if ray.is_initialized():
         yield ray.cluster_resources()

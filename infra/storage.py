@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -95,7 +96,7 @@ class Storage:
     @property
     def s3(self) -> Any:
         if self._client is None:
-            import boto3
+            import boto3  # boto3 takes ~0.5 s to import; local-only jobs never need it
             from botocore.config import Config
 
             c = self.config
@@ -324,8 +325,6 @@ class Storage:
         for S3 it is a local temporary file uploaded on exit.
         """
         if is_s3(uri):
-            import tempfile
-
             with tempfile.TemporaryDirectory(prefix="spacetime-upload-") as d:
                 path = Path(d) / Path(split_s3(uri)[1] or "object").name
                 yield path

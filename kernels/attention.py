@@ -199,7 +199,9 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> to
 
 
 def _flash2(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
-    from flash_attn import flash_attn_varlen_func
+    from flash_attn import (
+        flash_attn_varlen_func,
+    )  # optional GPU packages, imported by their backend
 
     # By keyword: FA2 and FA3 differ after the 7th positional argument.
     return flash_attn_varlen_func(

@@ -194,7 +194,7 @@ def rope_3d(
 class _RopeTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, coords, theta):  # type: ignore[no-untyped-def, override]
-        from kernels.triton_ops import rope_forward
+        from kernels.triton_ops import rope_forward  # triton is optional: imported on use
 
         ctx.save_for_backward(coords)
         ctx.theta = theta

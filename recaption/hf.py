@@ -74,7 +74,7 @@ class HFCaptioner:
     backend = "hf"
 
     def __init__(self, cfg: RecaptionConfig):
-        from transformers import AutoConfig, AutoProcessor
+        from transformers import AutoConfig, AutoProcessor  # transformers imports in seconds
 
         check_model_dir(cfg.model)
         self.cfg = cfg

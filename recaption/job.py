@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from infra.errors import JobError
-from infra.provenance import check_or_record
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from infra.provenance import RESUME, Rerun, check_or_record, finish_job
 from infra.ray_cluster import local_work_dir, ray_session
 from infra.shards import (
     CAPTIONS,
@@ -34,7 +39,9 @@ from infra.shards import (
 from infra.storage import Storage, StorageConfig
 from infra.uris import join, normalize, relative_to
 from recaption.config import RecaptionConfig
+from recaption.frames import sample_frames
 from recaption.prompts import get_prompt
+from recaption.validate import problem
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,9 @@ def make_captioner(cfg: RecaptionConfig) -> Any:
 
         return StatsCaptioner()
     if cfg.backend == "hf":
-        from recaption.hf import HFCaptioner
+        from recaption.hf import (
+            HFCaptioner,
+        )  # backends import transformers/vLLM: only the one asked for
 
         return HFCaptioner(cfg)
     if cfg.backend == "vllm":
@@ -88,7 +97,6 @@ class CaptionWorker:
     """Ray actor body: one captioner, loaded once, captioning whole shards."""
 
     def __init__(self, cfg: dict[str, Any], storage_cfg: dict[str, Any]):
-        import torch
 
         torch.set_num_threads(1)
         self.cfg = RecaptionConfig(**cfg)
@@ -114,8 +122,6 @@ class CaptionWorker:
     ) -> dict[str, Any]:
         """Captions one clip shard into its caption shard. With `retry`, only the clips whose
         caption failed in the published caption shard are captioned again; the others are kept."""
-        from recaption.frames import sample_frames
-        from recaption.validate import problem
 
         kept = (
             {k: r for k, r in read_captions(out_uri, self.storage).items() if r["text"]}
@@ -214,9 +220,6 @@ def source_scene_counts(shards: str, storage: Storage) -> dict[str, int]:
     uri = join(shards, "manifest.parquet")
     if not storage.exists(uri):
         return {}
-    import io
-
-    import pyarrow.parquet as pq
 
     try:
         rows = pq.read_table(
@@ -236,17 +239,11 @@ def run_recaption(
     cfg: RecaptionConfig,
     storage_cfg: StorageConfig,
     ray_address: str | None = None,
-    retry_failed: bool = True,
-    overwrite: bool = False,
+    rerun: Rerun = RESUME,
 ) -> dict[str, Any]:
     """Captions every clip shard of `shards` into the caption set `output`. A rerun resumes:
     published caption shards are kept, and those with failed captions are captioned again (only
-    their failed clips) unless `retry_failed` is off. Raises JobError when no clip got a caption."""
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from tqdm import tqdm
+    their failed clips) unless `rerun.retry_failed` is off. Raises JobError when no clip got a caption."""
 
     t0 = time.monotonic()
     shards, output = normalize(shards), normalize(output)
@@ -261,7 +258,7 @@ def run_recaption(
         from recaption.vllm_backend import check_vllm
 
         check_vllm()
-    if overwrite:  # what this job writes, and only that
+    if rerun.overwrite:  # what this job writes, and only that
         for uri in storage.list(output):
             name = relative_to(output, uri)
             if is_shard_name(name, CAPTIONS) or name in _OUTPUT_FILES:
@@ -276,7 +273,7 @@ def run_recaption(
             todo.append((s, False))
             continue
         rows = _index_rows(list(read_captions(join(output, name), storage).values()), name)
-        if retry_failed and any(r["error"] for r in rows):
+        if rerun.retry_failed and any(r["error"] for r in rows):
             todo.append((s, True))
         else:
             done[name] = rows
@@ -284,7 +281,7 @@ def run_recaption(
     rows: list[dict[str, Any]] = [r for shard_rows in done.values() for r in shard_rows]
     if todo:
         with ray_session(ray_address, local_work_dir(output)):
-            import ray
+            import ray  # Ray takes seconds to import; actors get it from Ray anyway
             from ray.util import ActorPool
 
             gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -328,24 +325,18 @@ def run_recaption(
         "errors": sorted({(r["error"] or "").split(":")[0] for r in failed}),
         "wall_s": round(time.monotonic() - t0, 2),
     }
-    storage.write_text(join(output, "summary.json"), json.dumps(summary, indent=2))
-    log.info(
-        "recaption: %d clips in %d shards (%d captioned now, %d retried, %d already done), "
-        "%d captioned, %d failed, backend %s, prompt %s, %.1fs",
-        summary["clips"],
-        summary["shards"],
-        summary["captioned_shards"],
-        retried,
-        summary["skipped_shards"],
-        summary["captioned"],
-        summary["failed"],
-        cfg.backend,
-        summary["prompt"],
-        summary["wall_s"],
+    s = summary
+    return finish_job(
+        storage,
+        output,
+        summary,
+        log,
+        f"recaption: {s['clips']} clips in {s['shards']} shards ({s['captioned_shards']} "
+        f"captioned now, {retried} retried, {s['skipped_shards']} already done), {s['captioned']} "
+        f"captioned, {s['failed']} failed, backend {cfg.backend}, prompt {s['prompt']}, "
+        f"{s['wall_s']:.1f}s",
+        nothing=f"recaption: every one of {len(rows)} clips failed ({', '.join(s['errors'])}); "
+        f"see {join(output, 'index.parquet')}"
+        if rows and not s["captioned"]
+        else None,
     )
-    if rows and not summary["captioned"]:
-        raise JobError(
-            f"recaption: every one of {len(rows)} clips failed ({', '.join(summary['errors'])}); "
-            f"see {join(output, 'index.parquet')}"
-        )
-    return summary

@@ -15,6 +15,7 @@ from typing import Any
 
 from infra.shards import CAPTIONS, list_shards, read_captions
 from recaption.stats import HUES, describe
+from recaption.validate import problem
 
 COLOUR_WORDS = {name for _, name in HUES}
 DIRECTION_WORDS = ("left", "right", "up", "down")
@@ -88,7 +89,10 @@ class Upsampler:
         return describe(facts, prompt)  # the prompt's own words lead: they name the subject
 
     def _generate(self, prompt: str) -> str:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoTokenizer,
+        )  # only with an LLM, seconds to import
 
         if self._llm is None:
             tok = AutoTokenizer.from_pretrained(self.model, local_files_only=True)
@@ -104,8 +108,6 @@ class Upsampler:
         self, prompt: str, width: int = 64, height: int = 64, seconds: float = 2.0, fps: float = 8.0
     ) -> str:
         if self.model:
-            from recaption.validate import problem
-
             text = self._generate(prompt)
             if problem(text) is None:
                 return text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from PIL import Image
+
 from infra.errors import JobError
 from recaption.config import RecaptionConfig
 from recaption.prompts import get_prompt
@@ -24,7 +26,7 @@ class VLLMCaptioner:
 
     def __init__(self, cfg: RecaptionConfig):
         check_vllm()
-        from vllm import LLM, SamplingParams
+        from vllm import LLM, SamplingParams  # optional GPU package
 
         self.prompt = get_prompt(cfg.prompt)
         self.model_id = cfg.model
@@ -34,7 +36,6 @@ class VLLMCaptioner:
         )
 
     def caption(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from PIL import Image
 
         requests = []
         for it in items:

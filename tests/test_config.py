@@ -9,9 +9,9 @@ from typing import Literal
 import pytest
 import yaml
 
-from infra.schema.presets import PRESETS, get_preset
-from infra.schema import SpacetimeConfig
 from infra.config import ConfigError, dump_yaml, from_dict, load, parse_override, read_file, to_dict
+from infra.schema import SpacetimeConfig
+from infra.schema.presets import PRESETS, get_preset
 
 
 @dataclass
@@ -154,8 +154,8 @@ def test_spacetime_validation_messages() -> None:
 
 
 def test_every_shipped_config_file_loads() -> None:
-    from infra.schema.presets import get_preset
     from infra.schema import SpacetimeConfig
+    from infra.schema.presets import get_preset
 
     files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
     assert files

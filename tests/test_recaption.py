@@ -22,6 +22,7 @@ from data_pipeline.job import run_shard
 from infra.demo import shapes
 from infra.errors import JobError
 from infra.procs import kill_tree
+from infra.provenance import Rerun
 from infra.shards import read_captions, write_samples
 from infra.storage import Storage, StorageConfig
 from recaption.config import RecaptionConfig
@@ -468,7 +469,7 @@ def test_encode_uses_the_caption_set_falls_back_and_never_reuses_stale_latents(
     CausalVAE(VAEConfig.named("tiny")).save_pretrained(tmp_path / "vae2")
     with pytest.raises(JobError, match=r"vae: 'vae-\w+' then, 'vae-\w+' now.*--overwrite"):
         encode("vae2")
-    assert encode("vae2", overwrite=True)["encoded_shards"] == 1
+    assert encode("vae2", rerun=Rerun(overwrite=True))["encoded_shards"] == 1
 
 
 def test_recaption_retries_failed_captions_and_refuses_other_settings(
@@ -483,7 +484,9 @@ def test_recaption_retries_failed_captions_and_refuses_other_settings(
         out / "captions-000000.tar",
         lambda rs: [r | failed if r["key"] == keys[1] else r for r in rs],
     )
-    s = run_recaption(str(clips), str(out), RecaptionConfig(), StorageConfig(), retry_failed=False)
+    s = run_recaption(
+        str(clips), str(out), RecaptionConfig(), StorageConfig(), rerun=Rerun(retry_failed=False)
+    )
     assert s["retried_shards"] == 0 and all_captions(out)[keys[1]]["text"] is None
     s = run_recaption(str(clips), str(out), RecaptionConfig(), StorageConfig())
     assert s["retried_shards"] == 1 and s["failed"] == 1  # only the undecodable clip is left
@@ -493,7 +496,11 @@ def test_recaption_retries_failed_captions_and_refuses_other_settings(
     with pytest.raises(JobError, match=r"prompt: 'detailed' then, 'short' now"):
         run_recaption(str(clips), str(out), RecaptionConfig(prompt="short"), StorageConfig())
     s = run_recaption(
-        str(clips), str(out), RecaptionConfig(prompt="short"), StorageConfig(), overwrite=True
+        str(clips),
+        str(out),
+        RecaptionConfig(prompt="short"),
+        StorageConfig(),
+        rerun=Rerun(overwrite=True),
     )
     assert s["captioned_shards"] == 1 and s["skipped_shards"] == 0
 

@@ -17,6 +17,7 @@ import webdataset as wds
 
 from data_pipeline.config import ShardConfig
 from data_pipeline.job import run_shard
+from infra.provenance import Rerun
 from infra.storage import Storage, StorageConfig
 from tests.media import moving_frames, write_video
 
@@ -75,7 +76,9 @@ def test_kill_9_then_rerun_matches_uninterrupted_run(tmp_path: Path, local_ray: 
     assert len(keys) == len(set(keys))  # nothing duplicated
 
     # --overwrite starts over and gives the same bytes again.
-    run_shard(str(videos), str(out), ShardConfig(**SETTINGS), StorageConfig(), overwrite=True)
+    run_shard(
+        str(videos), str(out), ShardConfig(**SETTINGS), StorageConfig(), rerun=Rerun(overwrite=True)
+    )
     assert fingerprint(out) == (ref_manifest, ref_shards)
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.schema import SpacetimeConfig
 from infra.config import dump_yaml
 from infra.log import REDACTED, RedactingFilter, redact_env
+from infra.schema import SpacetimeConfig
 from infra.storage import Storage, StorageConfig, StorageError
 from infra.uris import join
 from tests.conftest import free_port

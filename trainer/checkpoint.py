@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from datetime import timedelta
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,6 @@ class CheckpointStore:
         the others wait here, not in a collective bound by the training timeout. Created on first
         use, which every rank reaches in the same order (saves and resumes are collective)."""
         if self._group is None:
-            from datetime import timedelta
-
             self._group = dist.new_group(backend="gloo", timeout=timedelta(seconds=self.timeout_s))
         dist.barrier(group=self._group)
 
@@ -104,6 +103,10 @@ class CheckpointStore:
     def state(self, tag: str) -> dict[str, Any]:
         """The trainer state of checkpoint `tag` (step, history, config, ...)."""
         return read_state(self.local / tag)
+
+    def export(self, tag: str, out_dir: Path) -> Path:
+        """Consolidated fp32 weights of checkpoint `tag` (export_weights)."""
+        return export_weights(self.local, tag, out_dir)
 
     def latest(self) -> str | None:
         if self.remote:

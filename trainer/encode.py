@@ -21,11 +21,11 @@ from typing import Any
 
 import av
 import torch
-from safetensors.torch import save
+from safetensors.torch import load, save
+from tqdm import tqdm
 
-from infra.errors import JobError
 from infra.media import decode_frames
-from infra.provenance import check_or_record
+from infra.provenance import RESUME, Rerun, check_or_record, finish_job
 from infra.ray_cluster import local_work_dir, ray_session
 from infra.shards import (
     CAPTIONS,
@@ -42,7 +42,7 @@ from infra.shards import (
 from infra.storage import Storage, StorageConfig
 from infra.uris import join, normalize, relative_to
 from trainer.data.raw import latent_frames
-from trainer.text.encoder import TextEncoder, TextEncoderConfig
+from trainer.text.encoder import TextEncoder, TextEncoderConfig, default_model_path
 from trainer.vae.config import EncodeConfig
 from trainer.vae.model import CausalVAE
 
@@ -82,7 +82,6 @@ def settings(
 ) -> dict[str, Any]:
     """What a latent set is made from: the clips, the VAE, the text encoder, the caption set and
     how it was made, and the encode settings."""
-    from trainer.text.encoder import default_model_path
 
     made_with = ""
     if captions:
@@ -220,11 +219,11 @@ def run_encode(
     storage_cfg: StorageConfig,
     ray_address: str | None = None,
     captions: str | None = None,
-    overwrite: bool = False,
+    rerun: Rerun = RESUME,
 ) -> dict[str, Any]:
     """`captions`: a caption set (output of `spacetime recaption`) whose text replaces the source
     caption by key; clips it has no caption for keep their source caption (counted). A rerun
-    resumes only with the same settings (else JobError, or start over with `overwrite`); raises
+    resumes only with the same settings (else JobError, or start over with `rerun.overwrite`); raises
     JobError when no clip could be encoded."""
     t0 = time.monotonic()
     shards, output = normalize(shards), normalize(output)
@@ -232,7 +231,7 @@ def run_encode(
     storage = Storage(storage_cfg)
     clip_shards = list_shards(shards, storage, CLIPS)
     CausalVAE.from_pretrained(vae_dir)  # fail fast, before any worker starts
-    if overwrite:  # what this job writes, and only that
+    if rerun.overwrite:  # what this job writes, and only that
         for uri in storage.list(output):
             name = relative_to(output, uri)
             if (
@@ -250,7 +249,7 @@ def run_encode(
     )
     results = []
     with ray_session(ray_address, local_work_dir(output)):
-        import ray
+        import ray  # Ray takes seconds to import; the tasks above do not need it
 
         task = ray.remote(num_cpus=1)(encode_shard)
         refs = [
@@ -265,7 +264,6 @@ def run_encode(
             )
             for s in clip_shards
         ]
-        from tqdm import tqdm
 
         for ref in tqdm(refs, desc="encode", unit="shard"):
             results.append(ray.get(ref))
@@ -280,26 +278,21 @@ def run_encode(
         "vae": vae_tag(vae_dir),
         "wall_s": round(time.monotonic() - t0, 2),
     }
-    storage.write_text(join(output, "summary.json"), json.dumps(summary, indent=2))
-    log.info(
-        "encode: %d shards (%d encoded, %d already there), %d clips, %d undecodable clips skipped, "
-        "captions: %s (%d fell back to the source caption), %s, %.1fs",
-        summary["shards"],
-        summary["encoded_shards"],
-        summary["skipped_shards"],
-        summary["clips"],
-        len(summary["errors"]),
-        summary["captions"],
-        summary["caption_fallbacks"],
-        summary["vae"],
-        summary["wall_s"],
+    s = summary
+    return finish_job(
+        storage,
+        output,
+        summary,
+        log,
+        f"encode: {s['shards']} shards ({s['encoded_shards']} encoded, {s['skipped_shards']} "
+        f"already there), {s['clips']} clips, {len(s['errors'])} undecodable clips skipped, "
+        f"captions: {s['captions']} ({s['caption_fallbacks']} fell back to the source caption), "
+        f"{s['vae']}, {s['wall_s']:.1f}s",
+        nothing=None
+        if s["clips"]
+        else f"encode: no clip could be encoded "
+        f"({len(s['errors'])} failed); see {join(output, 'summary.json')}",
     )
-    if not summary["clips"]:
-        raise JobError(
-            f"encode: no clip could be encoded ({len(summary['errors'])} failed); see "
-            f"{join(output, 'summary.json')}"
-        )
-    return summary
 
 
 def _safetensors_metadata(blob: bytes) -> dict[str, str]:
@@ -309,7 +302,6 @@ def _safetensors_metadata(blob: bytes) -> dict[str, str]:
 
 def read_latents(shard: str, storage: Storage) -> dict[str, dict[str, Any]]:
     """{key: {"latent": (C, T', H', W'), "text": (L, D), "meta": {...}, "caption": str}}."""
-    from safetensors.torch import load
 
     out = {}
     for s in iter_samples(shard, storage):

@@ -4,10 +4,12 @@ launcher, Ray Train, or a plain single process)."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import math
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,9 +34,8 @@ class DistInfo:
 def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     """Joins the process group the launcher set up through the environment (RANK, WORLD_SIZE,
     MASTER_ADDR, ...); a plain `spacetime train` is a world of one on 127.0.0.1."""
-    import datetime
 
-    import deepspeed
+    import deepspeed  # seconds to import; configs and dry runs need none of it
 
     if "TORCHELASTIC_RUN_ID" in os.environ:
         # A torchrun worker lives in a session of its own: if torchrun or `spacetime launch` is
@@ -188,7 +189,9 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
     )
     if cfg.offload_optimizer:
         # ZeRO-Offload needs DeepSpeed's CPU Adam (JIT-built; resume not bit-exact, see PLATFORM.md).
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        from deepspeed.ops.adam import (
+            DeepSpeedCPUAdam,
+        )  # JIT-builds a C++ op; only offload needs it
 
         return DeepSpeedCPUAdam(params, adamw_mode=True, **kw)
     # torch's AdamW: resume is bit-exact with it (DeepSpeed's C++ Adam recomputes beta^t on restore).
@@ -197,7 +200,6 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
 
 def measure_peak_tflops(device: torch.device, bf16: bool, seconds: float = 1.0) -> float:
     """Achieved TFLOP/s of a large matmul on this device: the MFU denominator on CPU."""
-    import time
 
     n = 2048
     dtype = torch.bfloat16 if bf16 else torch.float32

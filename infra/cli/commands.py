@@ -14,9 +14,10 @@ import os
 import sys
 from pathlib import Path
 
-from infra.schema.presets import PRESETS, get_preset
-from infra.schema import SpacetimeConfig
 from infra.config import ConfigError, dump_yaml, load
+from infra.provenance import Rerun
+from infra.schema import SpacetimeConfig
+from infra.schema.presets import PRESETS, get_preset
 from infra.storage import Storage
 
 log = logging.getLogger("spacetime")
@@ -49,27 +50,13 @@ def cmd_shard(args: argparse.Namespace) -> int:
     from data_pipeline.job import run_shard
 
     cfg = resolve_config(args)
-    s = run_shard(
+    run_shard(
         args.input,
         args.output,
         cfg.shard,
         cfg.storage,
         args.ray_address,
-        args.overwrite,
-        retry_failed=not args.skip_failed,
-    )
-    log.info(
-        "shard: %d videos -> %d clips (%.1fs of %.1fs source video) in %d shards; %d errors %s; "
-        "%d files ignored by extension; %.1fs",
-        s["sources"],
-        s["clips"],
-        s["seconds_out"],
-        s["seconds_in"],
-        s["shards"],
-        s["errors"],
-        s["errors_by_reason"] or "",
-        s["ignored_files"],
-        s["wall_s"],
+        Rerun(overwrite=args.overwrite, retry_failed=not args.skip_failed),
     )
     return 0
 
@@ -88,8 +75,7 @@ def cmd_recaption(args: argparse.Namespace) -> int:
         cfg.recaption,
         cfg.storage,
         args.ray_address,
-        retry_failed=not args.skip_failed,
-        overwrite=args.overwrite,
+        Rerun(overwrite=args.overwrite, retry_failed=not args.skip_failed),
     )
     return 0
 
@@ -117,7 +103,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         cfg.storage,
         args.ray_address,
         captions=args.captions,
-        overwrite=args.overwrite,
+        rerun=Rerun(overwrite=args.overwrite),
     )
     return 0
 

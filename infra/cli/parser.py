@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Callable
 
 from infra.cli import commands
-from infra.schema.presets import PRESETS
 from infra.launch import add_arguments as add_launch_arguments
+from infra.schema.presets import PRESETS
 
 
 def _add_config_args(p: argparse.ArgumentParser, preset: str = "default") -> None:

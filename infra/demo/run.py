@@ -23,13 +23,14 @@ from typing import Any
 import yaml
 
 from data_pipeline.job import run_shard
-from infra.schema import SpacetimeConfig
 from infra.config import dump_yaml, to_dict
 from infra.demo import shapes
 from infra.demo.evaluate import HELD_OUT, evaluate
 from infra.errors import JobError
 from infra.launch.node import NodeLaunch
 from infra.procs import free_port, kill_tree
+from infra.provenance import Rerun
+from infra.schema import SpacetimeConfig
 from infra.storage import Storage
 from recaption.job import run_recaption
 from trainer.checkpoint import CheckpointStore, tag_for
@@ -170,7 +171,9 @@ def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int
     stage("generate", t, videos=num_videos, held_out_combinations=len(HELD_OUT))
 
     t = time.monotonic()
-    sh = run_shard(str(manifest), str(root / "clips"), cfg.shard, cfg.storage, overwrite=True)
+    sh = run_shard(
+        str(manifest), str(root / "clips"), cfg.shard, cfg.storage, rerun=Rerun(overwrite=True)
+    )
     stage("shard", t, clips=sh["clips"], shards=sh["shards"], errors=sh["errors"])
 
     t = time.monotonic()

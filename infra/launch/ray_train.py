@@ -55,7 +55,7 @@ def run_entry(argv: list[str]) -> int:
 
 def _worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
-    import ray
+    import ray  # Ray takes seconds to import; only Ray launches need it
     import ray.train
 
     setup_logging("INFO")
@@ -82,7 +82,7 @@ def ray_train(
     run_id: str,
     timeout_s: int,
 ) -> int:
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig  # as above
     from ray.train.torch import TorchConfig, TorchTrainer
 
     local = address == "local"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 
+from infra.config import ConfigError
 from infra.schema import SpacetimeConfig
 
 
@@ -64,11 +66,8 @@ PRESETS: dict[str, Callable[[], SpacetimeConfig]] = {
 
 
 def get_preset(name: str) -> SpacetimeConfig:
-    from infra.config import ConfigError
 
     if name not in PRESETS:
-        import difflib
-
         close = difflib.get_close_matches(name, list(PRESETS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"unknown preset '{name}'{hint} (presets: {', '.join(PRESETS)})")

@@ -11,6 +11,7 @@ of an epoch are dropped (counted in `EpochPlan.dropped_samples`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -39,7 +40,6 @@ class Index:
     entries: list[Entry]
 
     def fingerprint(self) -> str:
-        import hashlib
 
         h = hashlib.sha1()
         for e in self.entries:

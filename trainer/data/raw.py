@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import io
 import logging
+from types import SimpleNamespace
 from typing import Any
 
+import pyarrow.parquet as pq
 import torch
 
 from infra.media import decode_frames
@@ -38,25 +40,24 @@ def latent_frames(frames: int, max_frames: int, time_stride: int) -> int:
 
 def clip_index(clips: str, storage: Storage, vae_cfg: Any, max_frames: int) -> Index:
     """The plan's index for raw clip shards, from manifest.parquet (no video is read)."""
-    import pandas as pd
-
     uri = join(clips, "manifest.parquet")
     if not storage.exists(uri):
         raise FileNotFoundError(
             f"{uri}: not found; train.data.clips must be `spacetime shard` output"
         )
     try:
-        rows = pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
+        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
     except (OSError, ValueError) as e:  # pyarrow raises both for a damaged file
         raise ValueError(f"{uri}: cannot read the manifest ({e})") from None
-    missing = sorted({"key", "shard", "frames", "height", "width"} - set(rows.columns))
+    missing = sorted({"key", "shard", "frames", "height", "width"} - set(table.column_names))
     if missing:
         raise ValueError(f"{uri}: the manifest lacks column(s) {', '.join(missing)}")
+    rows = sorted((SimpleNamespace(**r) for r in table.to_pylist()), key=lambda r: (r.shard, r.key))
     shards = list_shards(clips, storage, CLIPS)
     pos = {s.rsplit("/", 1)[-1]: i for i, s in enumerate(shards)}
     ts, ss, c = vae_cfg.time_stride, vae_cfg.space_stride, vae_cfg.latent_channels
     entries = []
-    for r in rows.sort_values(["shard", "key"]).itertuples():
+    for r in rows:
         if r.shard not in pos:
             raise FileNotFoundError(f"{clips}: the manifest names {r.shard}, which is missing")
         if r.height % ss or r.width % ss:

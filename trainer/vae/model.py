@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainer.vae.config import VAEConfig
@@ -316,7 +317,6 @@ class CausalVAE(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
 
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
@@ -341,7 +341,6 @@ class CausalVAE(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> CausalVAE:
         """Loads any VAE saved with this interface (config.json + model.safetensors)."""
-        from safetensors.torch import load_file
 
         p = Path(path)
         vae = cls(cls.config_of(p))

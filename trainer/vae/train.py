@@ -26,9 +26,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
+from PIL import Image
 from tqdm import tqdm
 
 from infra.errors import JobError
@@ -152,7 +154,6 @@ def vae_loss(
 def train_vae(
     src: str, output: str, cfg: VAETrainConfig, storage: Storage | None = None, resume: bool = False
 ) -> dict[str, Any]:
-    import deepspeed
 
     storage = storage or Storage()
     cfg.validate()
@@ -291,7 +292,6 @@ def _set_latent_stats(vae: CausalVAE, held: list[torch.Tensor], device: torch.de
 def _save_reconstructions(
     vae: CausalVAE, held: list[torch.Tensor], out: Path, device: torch.device
 ) -> None:
-    from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
     vae.eval()
