@@ -17,11 +17,12 @@ from infra.uris import UnsafeKey
 from trainer.checkpoint import (
     CheckpointStore,
     check_resume,
+    local_run_dir,
     read_state,
 )
 from trainer.engine import distributed
 from trainer.rng import load_rank_files, save_rank_files
-from trainer.train import RESUME_FIXED, local_run_dir
+from trainer.train import RESUME_FIXED
 
 
 def _write_tag(root: Path, tag: str, files: dict[str, str]) -> None:

@@ -22,9 +22,11 @@ randomness from (seed, step, micro-batch), so this does not change the math).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from infra.errors import JobError
 from infra.provenance import differences, flatten
 from infra.storage import Storage
-from infra.uris import join, relative_to, safe_relpath
+from infra.uris import is_s3, join, relative_to, safe_relpath
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +350,19 @@ def export_weights(ckpt_dir: Path, tag: str, out_dir: Path) -> Path:
         shutil.copy2(ckpt_dir / tag / "ema.safetensors", out_dir / "ema.safetensors")
     (out_dir / "config.json").write_text(json.dumps(state["config"], indent=2))
     return out_dir
+
+
+def local_run_dir(output_dir: str, name: str, cache_dir: str) -> Path:
+    """Local files of the run: the run dir itself, or a folder of the cache for S3 runs."""
+    if is_s3(output_dir):
+        # A readable name plus a digest of the whole URI: s3://b/a_b and s3://b/a/b must not
+        # share a cache folder.
+        uri = join(output_dir, name)
+        readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", uri.removeprefix("s3://"))[-80:]
+        return (
+            Path(cache_dir) / "runs" / f"{readable}-{hashlib.sha1(uri.encode()).hexdigest()[:10]}"
+        )
+    return Path(output_dir) / name
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

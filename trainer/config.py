@@ -87,6 +87,18 @@ class TrainDataConfig:
 
 
 @dataclass
+class ParallelConfig:
+    sequence: int = 1
+    """Sequence-parallel degree P: the world is DP x SP, SP groups are consecutive ranks (one node
+    on GPU), every rank of a group runs the same micro-batches, each on 1/P of every pack's tokens
+    (Ulysses all-to-all around self-attention). The model's head count must divide by P."""
+
+    def validate(self) -> None:
+        if self.sequence < 1:
+            raise ValueError(f"parallel.sequence must be >= 1, got {self.sequence}")
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -119,6 +131,7 @@ class TrainConfig:
     ddpm: DDPMConfig = field(default_factory=DDPMConfig)
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     steps: int = 1000
     """Optimizer steps to train in total (a resumed run continues to this number)."""
     zero_stage: int = 2

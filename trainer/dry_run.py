@@ -18,6 +18,12 @@ from trainer.model.dit import DiT
 
 def dry_run(cfg: TrainConfig, seed: int, storage: Storage, world_size: int) -> dict[str, Any]:
     """The report; the model is built on the meta device (no memory for weights)."""
+    sp, heads = cfg.parallel.sequence, cfg.model.dims[2]
+    if world_size % sp or heads % sp:
+        raise ValueError(
+            f"parallel.sequence ({sp}) must divide the world size ({world_size}) and the model's "
+            f"{heads} attention heads"
+        )
     with torch.device("meta"):
         model = DiT(cfg.model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -28,6 +34,14 @@ def dry_run(cfg: TrainConfig, seed: int, storage: Storage, world_size: int) -> d
         "model": f"DiT-{cfg.model.size} {cfg.model.dims} patch {cfg.model.patch}",
         "attention_backend": str(resolve_backend(cfg.model.attn_backend, device, dtype)),
         "precision": "bf16" if use_bf16(cfg) else "fp32",
+        "mesh": {
+            "world": world_size,
+            "data_parallel": world_size // sp,
+            "sequence_parallel": sp,
+            "sp_groups": [list(range(g * sp, (g + 1) * sp)) for g in range(world_size // sp)],
+            "tokens_per_rank_per_microbatch": -(-cfg.data.token_budget // sp),
+            "heads_per_rank": heads // sp,
+        },
     }
     if cfg.data.latents or cfg.data.clips:
         index = training_index(cfg.data, storage)

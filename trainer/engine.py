@@ -31,6 +31,39 @@ class DistInfo:
     device: torch.device
 
 
+@dataclass
+class Mesh:
+    """The world as DP x SP: rank r is in sequence-parallel group r // sp (consecutive ranks) at
+    position r % sp, and in data-parallel position r // sp."""
+
+    dp: int
+    sp: int
+    dp_rank: int
+    sp_rank: int
+    sp_group: Any
+    """The process group of this rank's SP group (None when sp == 1)."""
+
+
+def build_mesh(d: DistInfo, sp: int, heads: int) -> Mesh:
+    """Collective (every rank creates every SP group, in the same order)."""
+    if sp < 1 or d.world_size % sp:
+        raise ValueError(
+            f"the world size ({d.world_size}) must be a multiple of parallel.sequence ({sp})"
+        )
+    if heads % sp:
+        raise ValueError(
+            f"the model's {heads} attention heads must divide by parallel.sequence ({sp}): "
+            "Ulysses gives each rank of a group heads / sequence heads"
+        )
+    group = None
+    if sp > 1:
+        for g in range(d.world_size // sp):
+            pg = dist.new_group(list(range(g * sp, (g + 1) * sp)))
+            if g == d.rank // sp:
+                group = pg
+    return Mesh(d.world_size // sp, sp, d.rank // sp, d.rank % sp, group)
+
+
 def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     """Joins the process group the launcher set up through the environment (RANK, WORLD_SIZE,
     MASTER_ADDR, ...); a plain `spacetime train` is a world of one on 127.0.0.1."""
@@ -149,11 +182,15 @@ def dit_deepspeed_config(
     cfg: TrainConfig, world_size: int, num_params: int, load_universal: bool = False
 ) -> dict[str, Any]:
     """The DiT trainer's: micro-batches are packed token budgets, not fixed sample counts, so "1"
-    is one packed micro-batch per rank per forward; a step accumulates G / world of them."""
+    is one packed micro-batch per rank per forward; a step accumulates G / DP of them (every rank
+    of a sequence-parallel group runs the same ones). DeepSpeed sees every rank as data-parallel:
+    it averages gradients and partitions ZeRO states over the whole world; the trainer scales the
+    loss by SP, which makes that average a sum over each SP group and a mean over DP."""
+    dp = world_size // cfg.parallel.sequence
     return deepspeed_config(
         zero_stage=cfg.zero_stage,
         micro_batch=1,
-        accumulation=cfg.data.microbatches_per_step // world_size,
+        accumulation=cfg.data.microbatches_per_step // dp,
         world_size=world_size,
         grad_clip=cfg.optim.grad_clip,
         bf16=use_bf16(cfg),

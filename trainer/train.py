@@ -9,10 +9,8 @@ on any world size.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from trainer.checkpoint import (
     CheckpointStore,
     check_resume,
     code_version,
+    local_run_dir,
     tag_for,
     write_state,
 )
@@ -41,6 +40,7 @@ from trainer.diffusion.objectives import build_diffusion
 from trainer.ema import EMA
 from trainer.engine import (
     DistInfo,
+    build_mesh,
     build_optimizer,
     dit_deepspeed_config,
     init_distributed,
@@ -52,6 +52,7 @@ from trainer.engine import (
 from trainer.metrics import TrainMetrics
 from trainer.model.dit import DiT
 from trainer.model.packing import drop_tokens, pack
+from trainer.model.sequence_parallel import SequenceShard, shard_pack
 from trainer.preview import preview
 from trainer.rng import load_rank_files, save_rank_files
 from trainer.watchdog import Watchdog
@@ -76,19 +77,6 @@ RESUME_FIXED = (
     "train.data.max_frames",
     "train.data.text_max_length",
 )
-
-
-def local_run_dir(output_dir: str, name: str, cache_dir: str) -> Path:
-    """Local files of the run: the run dir itself, or a folder of the cache for S3 runs."""
-    if is_s3(output_dir):
-        # A readable name plus a digest of the whole URI: s3://b/a_b and s3://b/a/b must not
-        # share a cache folder.
-        uri = join(output_dir, name)
-        readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", uri.removeprefix("s3://"))[-80:]
-        return (
-            Path(cache_dir) / "runs" / f"{readable}-{hashlib.sha1(uri.encode()).hexdigest()[:10]}"
-        )
-    return Path(output_dir) / name
 
 
 def microbatch_generator(seed: int, epoch: int, step: int, microbatch: int) -> torch.Generator:
@@ -127,7 +115,11 @@ class Trainer:
                 f"train.model.in_channels is {cfg.model.in_channels} but the latents have {c} "
                 f"channels; set --set train.model.in_channels={c}"
             )
-        self.loader = build_loader(cfg, self.index, storage, dinfo.rank, dinfo.world_size, run.seed)
+        self.mesh = build_mesh(dinfo, cfg.parallel.sequence, cfg.model.dims[2])
+        # The data plan is per data-parallel rank: a sequence-parallel group shares its batches.
+        self.loader = build_loader(
+            cfg, self.index, storage, self.mesh.dp_rank, self.mesh.dp, run.seed
+        )
         self.diffusion = build_diffusion(cfg.objective, cfg.flow, cfg.ddpm)
         self.bf16 = use_bf16(cfg)
         self.dtype = torch.bfloat16 if self.bf16 else torch.float32
@@ -191,17 +183,19 @@ class Trainer:
 
     # -- one optimizer step ------------------------------------------------------------------------
 
-    def _denoiser(self) -> Any:
+    def _denoiser(self, shard: SequenceShard | None) -> Any:
         def call(x: torch.Tensor, t: torch.Tensor, batch: Any) -> torch.Tensor:
-            return self.engine(x.to(self.dtype), t.to(self.dtype), batch).float()
+            return self.engine(x.to(self.dtype), t.to(self.dtype), batch, shard).float()
 
         return call
 
     def train_step(self, data: StepData) -> dict[str, float]:
         """Forward/backward over this rank's micro-batches of the step, then one optimizer step.
         Returns the step's loss, gradient norm, learning rate and counts over all ranks."""
-        cfg = self.cfg
-        g_total = cfg.data.microbatches_per_step
+        cfg, mesh = self.cfg, self.mesh
+        # DeepSpeed averages gradients over the world; times SP, that is a sum over each SP
+        # group's partial gradients (its ranks hold disjoint tokens) and a mean over DP.
+        g_total = cfg.data.microbatches_per_step * mesh.sp
         if cfg.loss_averaging == "token":
             norm = sum(kept_tokens(n, cfg.data.token_drop) for n in data.step_lengths)
         else:
@@ -215,12 +209,19 @@ class Trainer:
                 s.text if k else s.text.new_zeros(0, s.text.shape[-1])
                 for s, k in zip(samples, keep_text.tolist(), strict=True)
             ]
-            textless += all(len(tx) == 0 for tx in texts)  # cross-attention gets no key at all
+            # Counted once per SP group: its ranks run the same micro-batches.
+            first = mesh.sp_rank == 0
+            textless += first and all(len(tx) == 0 for tx in texts)  # cross-attention gets no key
             x0, batch = pack([s.latent for s in samples], texts, cfg.model.patch)
             if cfg.data.token_drop > 0:
                 x0, batch, _ = drop_tokens(x0, batch, cfg.data.token_drop, gen)
             x0, batch = x0.to(self.d.device), batch.to(self.d.device)
-            per_token = self.diffusion.training_loss(self._denoiser(), x0, batch, generator=gen)
+            shard = shard_pack(batch, mesh.sp_group, mesh.sp, mesh.sp_rank) if mesh.sp > 1 else None
+            per_token = self.diffusion.training_loss(
+                self._denoiser(shard), x0, batch, generator=gen
+            )
+            if shard is not None:  # this rank's tokens only; the group's ranks hold the others
+                per_token = per_token * shard.mask(per_token.device)
             part = (
                 per_token.sum()
                 if cfg.loss_averaging == "token"
@@ -229,7 +230,7 @@ class Trainer:
             self.engine.backward(part * (g_total / norm))
             self.engine.step()
             loss_sum += part.detach().double().cpu()
-            for i in range(len(samples)):
+            for i in range(len(samples) if first else 0):
                 n = int(batch.cu_seqlens[i + 1] - batch.cu_seqlens[i])
                 flops += n * self.model.flops_per_token(n, len(texts[i]))
         stats = torch.tensor([float(loss_sum), flops, textless], dtype=torch.float64)

@@ -18,6 +18,12 @@ from kernels import varlen_attention
 from kernels.fused import adaln_norm_modulate, rope_3d
 from trainer.model.config import SIZES, DiTConfig
 from trainer.model.packing import PackedBatch
+from trainer.model.sequence_parallel import (
+    AttentionView,
+    SequenceShard,
+    heads_to_sequence,
+    sequence_to_heads,
+)
 
 __all__ = ["SIZES", "DiT", "DiTConfig"]
 
@@ -78,20 +84,34 @@ class Attention(nn.Module):
         self.q_norm, self.k_norm = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
         self.out = nn.Linear(hidden, hidden)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, view: AttentionView) -> torch.Tensor:
+        """x: (n, D) this rank's tokens; ctx: (m, D) keys' source (x itself, or text)."""
         n, m = x.shape[0], ctx.shape[0]
-        q = self.q_norm(self.q(x).view(n, self.heads, self.head_dim))  # (N, H, Dh)
-        k, v = self.kv(ctx).view(m, 2, self.heads, self.head_dim).unbind(1)  # (M, H, Dh) each
+        q = self.q_norm(self.q(x).view(n, self.heads, self.head_dim))  # (n, H, Dh)
+        k, v = self.kv(ctx).view(m, 2, self.heads, self.head_dim).unbind(1)  # (m, H, Dh) each
         k = self.k_norm(k)
-        if self.cross:
-            cu_k, max_k = batch.cu_seqlens_k, batch.max_seqlen_k
+        backend = self.cfg.attn_backend
+        if self.cross:  # each local query segment to its own sample's text: no exchange
+            o = varlen_attention(
+                q,
+                k,
+                v,
+                view.cross_cu_q,
+                view.cross_cu_k,
+                view.cross_max_q,
+                view.cross_max_k,
+                backend=backend,
+            )  # (n, H, Dh)
         else:
-            q = rope_3d(q, batch.coords, theta=self.cfg.rope_theta, impl=self.cfg.fused_impl)
-            k = rope_3d(k, batch.coords, theta=self.cfg.rope_theta, impl=self.cfg.fused_impl)
-            cu_k, max_k = batch.cu_seqlens, batch.max_seqlen
-        o = varlen_attention(
-            q, k, v, batch.cu_seqlens, cu_k, batch.max_seqlen, max_k, backend=self.cfg.attn_backend
-        )  # (N, H, Dh)
+            q = rope_3d(q, view.coords, theta=self.cfg.rope_theta, impl=self.cfg.fused_impl)
+            k = rope_3d(k, view.coords, theta=self.cfg.rope_theta, impl=self.cfg.fused_impl)
+            if view.group is not None:  # Ulysses: all tokens, H/P heads on each rank
+                q, k, v = (heads_to_sequence(z, view.group) for z in (q, k, v))
+            o = varlen_attention(
+                q, k, v, view.self_cu, view.self_cu, view.self_max, view.self_max, backend=backend
+            )
+            if view.group is not None:
+                o = sequence_to_heads(o, view.group)  # (n, H, Dh)
         if m == 0:
             # Every caption of the micro-batch dropped: k and v are empty and kv/k_norm would get
             # no gradient (None). Under ZeRO that rank's gradient buckets then differ from the
@@ -116,17 +136,18 @@ class DiTBlock(nn.Module):
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 9 * hidden))
 
     def forward(
-        self, x: torch.Tensor, c: torch.Tensor, text: torch.Tensor, batch: PackedBatch
+        self, x: torch.Tensor, c: torch.Tensor, text: torch.Tensor, view: AttentionView
     ) -> torch.Tensor:
-        idx = batch.sample_idx
+        """x: (n, D) tokens; c: (B, D) conditioning per sample; text: (M, D) the view's text."""
+        idx = view.sample_idx
         mods = self.modulation(c).chunk(9, dim=-1)  # 9 x (B, D)
         impl = self.cfg.fused_impl
         for branch, (shift, scale, gate) in enumerate((mods[0:3], mods[3:6], mods[6:9])):
-            h = adaln_norm_modulate(x, shift, scale, idx, norm="layer", impl=impl)  # (N, D)
+            h = adaln_norm_modulate(x, shift, scale, idx, norm="layer", impl=impl)  # (n, D)
             if branch == 0:
-                h = self.self_attn(h, h, batch)
+                h = self.self_attn(h, h, view)
             elif branch == 1:
-                h = self.cross_attn(h, text, batch)
+                h = self.cross_attn(h, text, view)
             else:
                 h = self.mlp(h)
             x = x + gate[idx.long()] * h
@@ -171,29 +192,42 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final.weight)
         nn.init.zeros_(self.final.bias)
 
-    def forward(self, tokens: torch.Tensor, t: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        t: torch.Tensor,
+        batch: PackedBatch,
+        shard: SequenceShard | None = None,
+    ) -> torch.Tensor:
         """tokens: (N, patch_dim) noisy packed patches; t: (B,) timesteps in [0, 1000].
-        Returns (N, patch_dim) predictions (epsilon, v or velocity: the diffusion object decides)."""
-        x = self.x_embed(tokens)  # (N, D)
+        Returns (N, patch_dim) predictions (epsilon, v or velocity: the diffusion object decides).
+        With a `shard` (sequence parallelism), this rank computes only its shard of the pack: the
+        other rows of the result are zeros, without gradient."""
+        view = AttentionView.of(batch) if shard is None else shard.view
+        local = tokens if shard is None else shard.local(tokens)
+        x = self.x_embed(local)  # (n, D)
         if self.pos_embed is not None:
-            x = x + self.pos_embed(fractional_features(batch).to(x.dtype))
+            feats = fractional_features(batch).to(x.dtype)
+            x = x + self.pos_embed(feats if shard is None else shard.local(feats))
         text = self.text_embed(batch.text.to(x.dtype))  # (M, D)
-        pooled = segment_mean(
-            text, batch.cu_seqlens_k, batch.num_samples
-        )  # (B, D); zeros if no text
-        c = self.t_embed(timestep_embedding(t, 256).to(x.dtype)) + self.pooled_embed(
-            pooled
-        )  # (B, D)
+        pooled = segment_mean(text, batch.cu_seqlens_k, batch.num_samples)  # (B, D); 0 if no text
+        t_emb = timestep_embedding(t, 256).to(x.dtype)
+        c = self.t_embed(t_emb) + self.pooled_embed(pooled)  # (B, D)
+        if shard is not None:
+            c = torch.cat([c, c.new_zeros(1, c.shape[1])])  # the padding segment's row
+            if view.text_rows is not None:
+                text = text[view.text_rows]
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, c, text, batch, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, c, text, view, use_reentrant=False)
             else:
-                x = block(x, c, text, batch)
+                x = block(x, c, text, view)
         shift, scale = self.final_modulation(c).chunk(2, dim=-1)
         x = adaln_norm_modulate(
-            x, shift, scale, batch.sample_idx, norm="layer", impl=self.cfg.fused_impl
+            x, shift, scale, view.sample_idx, norm="layer", impl=self.cfg.fused_impl
         )
-        return self.final(x)  # (N, patch_dim)
+        out = self.final(x)  # (n, patch_dim)
+        return out if shard is None else shard.scatter(out)
 
     def flops_per_token(self, seq_len: int, text_len: int) -> float:
         """Approximate training FLOPs per token (forward + backward = 3x forward) for MFU."""
