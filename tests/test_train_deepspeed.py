@@ -744,3 +744,16 @@ def test_sequence_parallel_on_two_ranks_matches_one_rank(
     assert torch.allclose(
         torch.tensor(_history(tmp_path, "sp_from_one")), torch.tensor(ref), rtol=1e-5, atol=1e-7
     )
+
+
+def test_sequence_parallel_in_a_dp_by_sp_mesh_with_token_dropping(
+    latents: Path, tmp_path: Path
+) -> None:
+    """4 ranks as DP=2 x SP=2 train the losses of DP=2 x SP=1 (2 ranks) on the same global
+    batches, with NaViT token dropping and caption dropout on."""
+    drop = ("--set", "train.data.token_drop=0.3", "--set", "train.steps=6")
+    _run(_cmd(2, latents, tmp_path, "dp2", 2, *drop))
+    _run(_cmd(4, latents, tmp_path, "dp2sp2", 2, *drop, "--set", "train.parallel.sequence=2"))
+    got, ref = _history(tmp_path, "dp2sp2"), _history(tmp_path, "dp2")
+    assert len(got) == 6
+    assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-5, atol=1e-7), (got, ref)
