@@ -757,3 +757,43 @@ def test_sequence_parallel_in_a_dp_by_sp_mesh_with_token_dropping(
     got, ref = _history(tmp_path, "dp2sp2"), _history(tmp_path, "dp2")
     assert len(got) == 6
     assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-5, atol=1e-7), (got, ref)
+
+
+def test_sampling_on_a_sequence_parallel_group_equals_one_process(
+    baseline: tuple[Path, str], tmp_path: Path
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from trainer.vae.config import VAEConfig
+    from trainer.vae.model import CausalVAE
+
+    vae = tmp_path / "vae"
+    CausalVAE(VAEConfig.named("tiny")).save_pretrained(vae)
+    args = [
+        "sample",
+        "--checkpoint",
+        str(baseline[0] / baseline[1]),
+        "--vae",
+        str(vae),
+        "--prompt",
+        "a red circle moving right",
+        "--prompt",
+        "a blue square",
+        "--frames",
+        "9",
+        "--height",
+        "48",
+        "--width",
+        "32",
+        "--steps",
+        "3",
+    ]
+    _run([sys.executable, "-m", "infra.cli", *args, "--output", str(tmp_path / "one")])
+    launch = [sys.executable, "-m", "infra.cli", "launch", "--nproc-per-node", "2", "--"]
+    log = _run([*launch, *args, "--output", str(tmp_path / "sp")])
+    assert "sample: 2 t2v samples" in log
+    for name in ("contact_sheet.png", "00-a-red-circle-moving-right.png"):
+        one = np.asarray(Image.open(tmp_path / "one" / name), dtype=np.int16)
+        sp = np.asarray(Image.open(tmp_path / "sp" / name), dtype=np.int16)
+        assert one.shape == sp.shape and np.abs(one - sp).max() <= 1, name

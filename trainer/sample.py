@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import time
 import typing
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
 
 from infra.config import from_dict, to_dict
@@ -31,8 +33,10 @@ from infra.media import contact_sheet, read_frames, write_mp4
 from trainer.checkpoint import load_weights
 from trainer.config import SampleConfig, TrainConfig
 from trainer.diffusion.objectives import build_diffusion
+from trainer.engine import init_distributed
 from trainer.model.dit import DiT
 from trainer.model.packing import PackedBatch, pack, patchify, unpack
+from trainer.model.sequence_parallel import SequenceShard, shard_pack
 from trainer.text.encoder import TextEncoder, TextEncoderConfig
 from trainer.vae.model import CausalVAE
 
@@ -71,14 +75,28 @@ def load_model(path: str | Path, use_ema: bool = True) -> tuple[DiT, TrainConfig
     return model.eval().requires_grad_(False), cfg, which
 
 
-def guided(model: DiT, cond: PackedBatch, uncond: PackedBatch, scale: float) -> Any:
-    """A denoiser applying classifier-free guidance: u + s·(c - u), with and without text."""
+def guided(
+    model: DiT, cond: PackedBatch, uncond: PackedBatch, scale: float, group: Any = None
+) -> Any:
+    """A denoiser applying classifier-free guidance: u + s·(c - u), with and without text. With a
+    process `group`, every rank of it computes its shard of each pack (sequence parallelism) and
+    the shards are summed back, so each rank holds the whole prediction and samples in step."""
+    shards: dict[int, SequenceShard] = {}
+    if group is not None:
+        p, r = dist.get_world_size(group), dist.get_rank(group)
+        shards = {id(b): shard_pack(b, group, p, r) for b in (cond, uncond)}
+
+    def run(x: torch.Tensor, t: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        out = model(x, t, batch, shards.get(id(batch)))
+        if group is not None:
+            dist.all_reduce(out, group=group)  # each row is non-zero on exactly one rank
+        return out
 
     def call(x: torch.Tensor, t: torch.Tensor, _batch: PackedBatch) -> torch.Tensor:
-        c = model(x, t, cond)
+        c = run(x, t, cond)
         if scale == 1.0:
             return c
-        u = model(x, t, uncond)
+        u = run(x, t, uncond)
         return u + scale * (c - u)
 
     return call
@@ -162,8 +180,10 @@ def generate(
     texts: list[torch.Tensor],
     vae: Any,
     inputs: list[str] | None = None,
+    group: Any = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Returns (latents (C, T', H', W') per prompt, videos (3, T, H, W) in [-1, 1] per prompt)."""
+    """Returns (latents (C, T', H', W') per prompt, videos (3, T, H, W) in [-1, 1] per prompt).
+    `group`: sample with sequence parallelism over this process group (see `guided`)."""
     inputs = inputs or []
     if vae.cfg.latent_channels != model.cfg.in_channels:
         raise ValueError(
@@ -197,7 +217,7 @@ def generate(
             z = vae.normalize(vae.encode(video[None]).mean)[0]
         start_x0 = (torch.cat([patchify(z, model.cfg.patch)] * n), cfg.strength)
     diffusion = build_diffusion(train_cfg.objective, train_cfg.flow, train_cfg.ddpm)
-    denoise = guided(model, cond, uncond, cfg.guidance)
+    denoise = guided(model, cond, uncond, cfg.guidance, group)
     if train_cfg.objective == "flow":
         if cfg.sampler not in ("auto", "euler"):
             raise ValueError(f"a flow model samples with euler, not {cfg.sampler}")
@@ -234,6 +254,20 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "empty"
 
 
+def _sequence_parallel_group(model: DiT) -> Any:
+    """Launched on several ranks (`spacetime launch --nproc-per-node P -- sample ...`), sampling
+    runs sequence-parallel over all of them: long videos at inference. None for one process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    init_distributed()
+    heads, world = model.cfg.dims[2], dist.get_world_size()
+    if heads % world:
+        raise ValueError(
+            f"sampling on {world} ranks needs the model's {heads} heads to divide by it"
+        )
+    return dist.group.WORLD
+
+
 def run_sample(
     checkpoint: str,
     vae_dir: str,
@@ -263,7 +297,10 @@ def run_sample(
         seconds = cfg.frames / cfg.fps
         conditioned = [rewrite(p, cfg.width, cfg.height, seconds, cfg.fps) for p in prompts]
     texts = encoder.encode(conditioned)
-    _, videos = generate(model, train_cfg, cfg, texts, vae, inputs)
+    group = _sequence_parallel_group(model)
+    _, videos = generate(model, train_cfg, cfg, texts, vae, inputs, group)
+    if group is not None and dist.get_rank() != 0:
+        return {"samples": 0, "rank": dist.get_rank()}  # rank 0 writes the outputs
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     frames = [to_uint8(v) for v in videos]

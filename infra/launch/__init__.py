@@ -1,5 +1,7 @@
 """`spacetime launch` (an entry, above the stages): one command for single-node, per-node (Kubernetes, any scheduler), hostfile
-(ssh), Slurm and Ray Train (infra/ray_launch.py, with KubeRay RayJob manifests) launches of `spacetime train` (or `train-vae`), each printed exactly with `--dry-run`.
+(ssh), Slurm and Ray Train (infra/launch/ray_train.py, with KubeRay RayJob manifests) launches of
+`spacetime train` (or `train-vae`, or `sample` sequence-parallel over the ranks), each printed
+exactly with `--dry-run`.
 
 Every node runs one torchrun with a c10d rendezvous on the master address; torchrun starts
 `--nproc-per-node` ranks running `python -m infra.cli train ...`. A node that never joins ends the
@@ -34,9 +36,10 @@ log = logging.getLogger(__name__)
 
 def main(args: argparse.Namespace) -> int:
     train_argv = [a for a in args.rest if a != "--"]
-    if not train_argv or train_argv[0] not in ("train", "train-vae"):
+    if not train_argv or train_argv[0] not in ("train", "train-vae", "sample"):
         raise ValueError(
-            "spacetime launch needs a training command (train or train-vae) after --, "
+            "spacetime launch needs a command to run on every rank (train, train-vae, or sample: "
+            "sequence-parallel sampling) after --, "
             "e.g. -- train --config my.yaml"
         )
     run_id = check_run_id(args.run_id or f"spacetime-{int(time.time())}")
