@@ -103,6 +103,21 @@ def test_launch_needs_a_train_command_and_prints_exactly(
         assert part in line, part
 
 
+def test_nodes_started_seconds_apart_agree_on_the_rendezvous_id(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-node launches without --run-id (Kubernetes, by hand) start at different times; a
+    time-based id split them into two rendezvous that never met (seen in CI)."""
+    ids = []
+    for rank, now in ((0, 1_796_176_920.9), (1, 1_796_176_921.2)):
+        monkeypatch.setattr("time.time", lambda now=now: now)
+        argv = ["launch", "--nnodes", "2", "--node-rank", str(rank), "--master", "[fd00::1]:29500"]
+        assert main([*argv, "--dry-run", "--", "train"]) == 0
+        line = capsys.readouterr().out
+        ids.append(line.split("--rdzv-id=")[1].split()[0])
+    assert ids[0] == ids[1] == "spacetime-fd00-1-29500", ids
+
+
 HOSTILE = [
     "train",
     "--config",

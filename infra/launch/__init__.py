@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shlex
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
             "sequence-parallel sampling) after --, "
             "e.g. -- train --config my.yaml"
         )
-    run_id = check_run_id(args.run_id or f"spacetime-{int(time.time())}")
+    run_id = check_run_id(args.run_id or _default_run_id(args))
     if args.rayjob or args.ray_address:
         return _ray(args, train_argv, run_id)
     if args.slurm:
@@ -93,6 +94,15 @@ def main(args: argparse.Namespace) -> int:
         print(shell_line(node.env(), node.command(train_argv)))
         return 0
     return run_node(node, train_argv, args.max_restarts, args.restart_delay)
+
+
+def _default_run_id(args: argparse.Namespace) -> str:
+    """Nodes started one by one (Kubernetes, by hand) must agree on the id without being told: a
+    time-based id differed between two nodes started across a second boundary and they never met.
+    The master address names the job's rendezvous store, so it is the same on every node."""
+    if args.master and not (args.slurm or args.rayjob or args.ray_address):
+        return "spacetime-" + re.sub(r"[^A-Za-z0-9._-]+", "-", args.master).strip("-")
+    return f"spacetime-{int(time.time())}"
 
 
 def _ray(args: argparse.Namespace, train_argv: list[str], run_id: str) -> int:
@@ -168,7 +178,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slurm-script", default=None, help="where to write it (default RUN_ID.sbatch)")
     p.add_argument("--submit", action="store_true", help="slurm: submit it with sbatch")
     p.add_argument("--gpus", action="store_true", help="Slurm, Ray: --nproc-per-node GPUs per node")
-    p.add_argument("--run-id", default=None, help="rendezvous id (default: from the time)")
+    p.add_argument(
+        "--run-id", default=None, help="rendezvous id (default: from --master, else the time)"
+    )
     p.add_argument("--join-timeout", type=int, default=120, help="seconds to wait for all nodes")
     p.add_argument(
         "--max-restarts", type=int, default=0, help="relaunch with --resume auto after a failure"
