@@ -1,13 +1,17 @@
 """VAE benchmarks on this machine, measured in one run.
 
     python bench/vae.py [--sizes tiny,S] [--resolutions 64x64,128x128,256x256] [--frames 17]
-                        [--vae DIR | --train-steps 300]
+                        [--vae DIR | --train-steps 300] [--pretrained-frames 9] [--only pretrained]
 
 1. Speed and memory: encode and decode frames/s and peak memory of whole-clip, temporally chunked
    (exact) and chunked + spatially tiled paths, per VAE size and resolution (random weights: speed
    does not depend on them). Peak memory is the rise of resident memory during the call on CPU
    (the kernel's high-water mark, reset before each call) or torch's peak allocation on CUDA.
-2. Quality: held-out PSNR of a trained VAE on whole shapes clips at their native resolutions,
+2. Pretrained families (diffusers: Wan, HunyuanVideo, CogVideoX, LTX-Video) through spacetime's
+   VAE interface (trainer.vae.pretrained), at tiny widths (the tests' configs) and at the
+   families' real widths (their default configs, random weights: speed and memory do not depend
+   on them): encode/decode frames/s and peak memory, whole and with the family's own tiling.
+3. Quality: held-out PSNR of a trained VAE on whole shapes clips at their native resolutions,
    untiled and tiled, and the tiled reconstruction against the untiled one. Without `--vae` the
    demo's VAE is trained first (`--train-steps` steps on generated shapes videos).
 """
@@ -93,6 +97,43 @@ def speed_rows(
     return rows
 
 
+def pretrained_rows(frames: int, side: int, device: torch.device, work: Path) -> list[str]:
+    """Each diffusers family, tiny and at its real width, saved as a folder and loaded through
+    trainer.vae.pretrained.VideoVAE (what `spacetime encode --vae DIR` runs)."""
+    import diffusers
+
+    from tests.pretrained_vaes import FAMILIES, build
+    from trainer.vae.pretrained import DIFFUSERS_FAMILIES, VideoVAE
+
+    classes = {f: c for f, c in zip(FAMILIES, DIFFUSERS_FAMILIES, strict=True)}
+    rows = []
+    for family in FAMILIES:
+        for width in ("tiny", "real"):
+            torch.manual_seed(0)
+            model = build(family) if width == "tiny" else getattr(diffusers, classes[family])()
+            params = sum(p.numel() for p in model.parameters()) / 1e6
+            folder = work / f"{family}-{width}"
+            model.save_pretrained(folder)
+            del model
+            vae = VideoVAE(folder)
+            vae.model.to(device)
+            x = torch.rand(1, 3, frames, side, side, device=device) * 2 - 1
+            for mode, tile in (("whole", None), (f"tile {side // 2}px", side // 2)):
+                with torch.no_grad():
+                    z = vae.encode(x, tile=tile)
+                    lt = tile // vae.space_stride if tile else None
+                    te, me = measure(lambda v=vae, x=x, t=tile: v.encode(x, tile=t), device)
+                    td, md = measure(lambda v=vae, z=z, lt=lt: v.decode(z, tile=lt), device)
+                rows.append(
+                    f"| {classes[family]} {width} ({params:.1f}M) | {frames}x{side}x{side} -> "
+                    f"{'x'.join(map(str, z.shape[1:]))} | {mode} | {frames / te:.2f} | "
+                    f"{frames / td:.2f} | {me:.0f} | {md:.0f} |"
+                )
+                print(rows[-1], flush=True)
+            del vae
+    return rows
+
+
 def trained_vae(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
     """(VAE directory, clip shards of videos it never saw) for the quality table."""
     from data_pipeline.job import run_shard
@@ -153,6 +194,9 @@ def main() -> None:
     ap.add_argument("--vae", default="", help="a trained VAE directory for the quality table")
     ap.add_argument("--train-steps", type=int, default=600)
     ap.add_argument("--videos", type=int, default=96)
+    ap.add_argument("--pretrained-frames", type=int, default=9, help="1 + 8k (LTX-Video)")
+    ap.add_argument("--pretrained-side", type=int, default=256)
+    ap.add_argument("--only", default="", help="one section: own, pretrained or quality")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     exact_heap()
@@ -162,11 +206,18 @@ def main() -> None:
         f"vae bench: {what}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"{platform.machine()}, {time.strftime('%Y-%m-%d')}\n"
     )
-    print(
-        "| VAE | clip | path | encode frames/s | decode frames/s | encode peak MiB | decode peak MiB |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    speed_rows(args.sizes.split(","), res, args.frames, device)  # type: ignore[arg-type]
+    head = "| encode frames/s | decode frames/s | encode peak MiB | decode peak MiB |"
+    if args.only in ("", "own"):
+        print(f"| VAE | clip | path {head}")
+        print("|---|---|---|---|---|---|---|")
+        speed_rows(args.sizes.split(","), res, args.frames, device)  # type: ignore[arg-type]
+    if args.only in ("", "pretrained"):
+        print(f"\n| pretrained family, width (params) | clip -> latents | path {head}")
+        print("|---|---|---|---|---|---|---|")
+        with tempfile.TemporaryDirectory() as tmp:
+            pretrained_rows(args.pretrained_frames, args.pretrained_side, device, Path(tmp))
+    if args.only not in ("", "quality"):
+        return
     with tempfile.TemporaryDirectory() as tmp:
         vae_dir, clips = trained_vae(args, Path(tmp))
         print(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import webdataset as wds
 
 from trainer.encode import latent_record
-from trainer.vae.config import VAEConfig
 
 
 def write_latent_shards(
@@ -25,7 +25,7 @@ def write_latent_shards(
     g = torch.Generator().manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     keys = []
-    vae_cfg = VAEConfig.named("tiny")
+    vae = SimpleNamespace(mean=[0.0] * 4, std=[1.0] * 4, scale=1.0)  # normalisation metadata
     for s0 in range(0, len(shapes), per_shard):
         n = s0 // per_shard
         rows = []
@@ -42,7 +42,7 @@ def write_latent_shards(
                         text,
                         f"caption {i}",
                         "vae-test",
-                        vae_cfg,
+                        vae,
                         1 + 4 * (t - 1),
                         "test",
                     )

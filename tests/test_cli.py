@@ -24,6 +24,8 @@ SUBCOMMANDS = [
     "launch",
     "demo",
     "config",
+    "vae",
+    "export",
 ]
 
 

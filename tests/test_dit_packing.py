@@ -92,7 +92,7 @@ def test_no_token_attends_across_samples() -> None:
 
 
 def test_zero_init_predicts_zero() -> None:
-    m = DiT(DiTConfig(text_dim=16)).double()
+    m = DiT(DiTConfig(in_channels=4, text_dim=16)).double()
     latents, texts, t = make()
     tokens, batch = pack(latents, texts, (1, 2, 2))
     assert torch.equal(m(tokens, t, batch), torch.zeros_like(tokens))
@@ -131,7 +131,7 @@ def test_every_parameter_gets_a_gradient_when_all_captions_are_dropped() -> None
     from trainer.model.dit import DiT
     from trainer.model.packing import pack
 
-    model = DiT(DiTConfig(size="tiny"))
+    model = DiT(DiTConfig(size="tiny", in_channels=4))
     x, batch = pack(
         [torch.randn(4, 2, 4, 4), torch.randn(4, 1, 2, 6)],
         [torch.zeros(0, 384), torch.zeros(0, 384)],

@@ -148,6 +148,11 @@ def test_two_ranks_match_one_rank(
     for k in w_ref:
         assert torch.allclose(w[k], w_ref[k], rtol=1e-3, atol=1e-5), k
     assert f"ZeRO-{stage}" in log and "world 2" in log
+    # Each rank's measured memory is recorded: at least its weights and Adam's two moments.
+    summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
+    floor = 12 * sum(v.numel() for v in w_ref.values()) // 2
+    assert len(summary["peak_memory_bytes"]) == 2
+    assert all(floor < b < 2**31 for b in summary["peak_memory_bytes"]), summary
 
 
 def test_two_ranks_survive_micro_batches_without_any_caption(latents: Path, tmp_path: Path) -> None:
@@ -719,8 +724,9 @@ def test_sequence_parallel_on_two_ranks_matches_one_rank(
     latents: Path, baseline: tuple[Path, str], tmp_path: Path, stage: int
 ) -> None:
     """SP=2 (each pack split over 2 ranks, Ulysses all-to-all around self-attention) trains the
-    one-rank run's losses and weights, under ZeRO 1, 2 and 3; its checkpoint resumes on one rank
-    (SP=1) and the one-rank run's resumes at SP=2, each continuing on the same global batches."""
+    one-rank run's losses and weights, under ZeRO 1, 2 and 3; killed (-9) at SP=2 it resumes on
+    one rank (SP=1), and the one-rank run's checkpoint resumes at SP=2, each continuing on the
+    same global batches."""
     sp = ("--set", "train.parallel.sequence=2")
     _run(_cmd(2, latents, tmp_path, "sp", stage, *sp))
     got, ref = _history(tmp_path, "sp"), _history(*baseline)
@@ -730,11 +736,13 @@ def test_sequence_parallel_on_two_ranks_matches_one_rank(
         assert torch.allclose(w_sp[k], w_ref[k], rtol=1e-5, atol=1e-6), k
     if stage != 2:
         return
-    # SP=2 -> SP=1: the 2-rank checkpoint of step 6 continues on one rank.
-    step6 = tmp_path / "sp" / "checkpoints" / "step-00000006"
-    log = _run(_cmd(1, latents, tmp_path, "sp", 2, "--resume", str(step6)))
-    assert "resumed from step-00000006" in log
-    again = _history(tmp_path, "sp")
+    # kill -9 at SP=2 (rank 0 SIGKILLs itself with step 6 written, not yet published; its peer
+    # dies with it), then --resume auto at SP=1 on one rank: step 4 continues on the same global
+    # batches.
+    _crash_in_save(_cmd(2, latents, tmp_path, "sp_killed", stage, *sp), 6)
+    log = _run(_cmd(1, latents, tmp_path, "sp_killed", stage, "--resume", "auto"))
+    assert "resumed from step-00000004" in log
+    again = _history(tmp_path, "sp_killed")
     assert torch.allclose(torch.tensor(again), torch.tensor(ref), rtol=1e-5, atol=1e-7)
     # SP=1 -> SP=2: the one-rank run's step 6 continues on an SP group of two.
     shutil.copytree(baseline[0] / baseline[1], tmp_path / "sp_from_one")

@@ -92,10 +92,16 @@ class ParallelConfig:
     """Sequence-parallel degree P: the world is DP x SP, SP groups are consecutive ranks (one node
     on GPU), every rank of a group runs the same micro-batches, each on 1/P of every pack's tokens
     (Ulysses all-to-all around self-attention). The model's head count must divide by P."""
+    device_memory_gb: float = 80.0
+    """For `--dry-run` only: the memory of one device the predicted bytes per rank must fit."""
+    assumed_mfu: float = 0.4
+    """For `--dry-run` only: the model FLOPs utilisation its step time is predicted at."""
 
     def validate(self) -> None:
         if self.sequence < 1:
             raise ValueError(f"parallel.sequence must be >= 1, got {self.sequence}")
+        if not self.device_memory_gb > 0 or not 0 < self.assumed_mfu <= 1:
+            raise ValueError("parallel.device_memory_gb must be > 0 and assumed_mfu in (0, 1]")
 
 
 @dataclass

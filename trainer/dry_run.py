@@ -1,5 +1,6 @@
 """`spacetime train --dry-run`: what a run would be, without training or allocating weights: the
-DeepSpeed config, parameter count, attention backend, precision and the packing of an epoch."""
+DeepSpeed config, parameter count, attention backend, precision, the packing of an epoch, and the
+memory per rank with the step time it predicts (trainer.memory)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import torch
 from infra.storage import Storage
 from kernels.attention import resolve_backend
 from trainer.config import TrainConfig
-from trainer.data.loader import build_loader, training_index
+from trainer.data.loader import adopt_latent_space, build_loader, training_index
 from trainer.data.plan import tokens_of
 from trainer.engine import dit_deepspeed_config, use_bf16
+from trainer.memory import GIB, estimate
 from trainer.model.dit import DiT
+from trainer.vae.pretrained import vae_info
 
 
 def dry_run(cfg: TrainConfig, seed: int, storage: Storage, world_size: int) -> dict[str, Any]:
@@ -24,6 +27,11 @@ def dry_run(cfg: TrainConfig, seed: int, storage: Storage, world_size: int) -> d
             f"parallel.sequence ({sp}) must divide the world size ({world_size}) and the model's "
             f"{heads} attention heads"
         )
+    index = training_index(cfg.data, storage) if cfg.data.latents or cfg.data.clips else None
+    if index is not None:
+        adopt_latent_space(cfg.model, index)
+    elif cfg.model.in_channels == 0:  # no data to take them from: the VAE's, else spacetime's 4
+        cfg.model.in_channels = vae_info(cfg.data.vae).latent_channels if cfg.data.vae else 4
     with torch.device("meta"):
         model = DiT(cfg.model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -43,8 +51,8 @@ def dry_run(cfg: TrainConfig, seed: int, storage: Storage, world_size: int) -> d
             "heads_per_rank": heads // sp,
         },
     }
-    if cfg.data.latents or cfg.data.clips:
-        index = training_index(cfg.data, storage)
+    text_per_pack, seq_len = cfg.data.text_max_length, cfg.data.token_budget
+    if index is not None:
         lengths = [tokens_of(e.shape, cfg.model.patch) for e in index.entries]
         plan = build_loader(cfg, index, storage, 0, world_size, seed, encode=False).plan(0)
         slots = len(plan.steps) * cfg.data.microbatches_per_step * cfg.data.token_budget
@@ -57,4 +65,42 @@ def dry_run(cfg: TrainConfig, seed: int, storage: Storage, world_size: int) -> d
             "budget_fill": round(used / max(1, slots), 4),
             "dropped_samples_per_epoch": plan.dropped_samples,
         }
+        per_pack = cfg.data.token_budget / (sum(lengths) / len(lengths))
+        text_per_pack = round(per_pack * sum(e.text_len for e in index.entries) / len(lengths))
+        seq_len = round(sum(lengths) / len(lengths))
+    out["memory"] = memory_report(cfg, world_size, model, text_per_pack, seq_len)
     return out
+
+
+def memory_report(
+    cfg: TrainConfig, world: int, model: DiT, text_per_pack: int, seq_len: int
+) -> dict[str, Any]:
+    """Bytes per rank (trainer.memory) in GiB, whether they fit `parallel.device_memory_gb`, and the
+    step time at `parallel.assumed_mfu` of `peak_tflops` (`seq_len`: a sample's mean length, for
+    attention's FLOPs)."""
+    bf16 = use_bf16(cfg)
+    ds = dit_deepspeed_config(cfg, world, model.num_params())["zero_optimization"]
+    bucket = ds.get("reduce_bucket_size", 0)
+    est = estimate(cfg, world, model.num_params(), bucket, bf16, text_per_pack)
+    gib = {
+        k: round(v / GIB, 3)
+        for k, v in est.items()
+        if isinstance(v, int) and k != "tokens_per_rank"
+    }
+    cap = cfg.parallel.device_memory_gb
+    report: dict[str, Any] = {
+        "per_rank_gib": gib,
+        "fits": f"{'yes' if est['device_total'] <= cap * 1e9 else 'NO'}: "
+        f"{est['device_total'] / 1e9:.1f} of {cap:g} GB per device",
+        "peak_in": est["peak_phase"],
+        "text_tokens_per_pack": text_per_pack,
+    }
+    if cfg.peak_tflops:
+        tokens = cfg.data.token_budget * cfg.data.microbatches_per_step
+        flops = tokens * model.flops_per_token(seq_len, text_per_pack)
+        per_rank = flops / world / (cfg.peak_tflops * 1e12 * cfg.parallel.assumed_mfu)
+        report["step_time_s"] = round(per_rank, 3)
+        report["step_time_at"] = (
+            f"{cfg.parallel.assumed_mfu:.0%} MFU of {cfg.peak_tflops:g} TFLOP/s"
+        )
+    return report

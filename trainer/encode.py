@@ -44,7 +44,7 @@ from infra.uris import join, normalize, relative_to
 from trainer.data.raw import latent_frames
 from trainer.text.encoder import TextEncoder, TextEncoderConfig, default_model_path
 from trainer.vae.config import EncodeConfig
-from trainer.vae.model import CausalVAE
+from trainer.vae.pretrained import VideoVAE, crop_to_stride, vae_identity
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +52,14 @@ log = logging.getLogger(__name__)
 @functools.lru_cache(maxsize=2)
 def _models(
     vae_dir: str, text_path: str | None, text_max_length: int
-) -> tuple[CausalVAE, TextEncoder]:
-    vae = CausalVAE.from_pretrained(vae_dir).eval()
+) -> tuple[VideoVAE, TextEncoder]:
+    vae = VideoVAE(vae_dir)
     return vae, TextEncoder(TextEncoderConfig(path=text_path, max_length=text_max_length))
 
 
 def vae_tag(vae_dir: str) -> str:
-    """A short id of the VAE (weights and config), so latents of different VAEs never mix."""
-    h = hashlib.sha1((Path(vae_dir) / "model.safetensors").read_bytes())
-    if (Path(vae_dir) / "config.json").is_file():
-        h.update((Path(vae_dir) / "config.json").read_bytes())
-    return f"vae-{h.hexdigest()[:10]}"
+    """A short id of the VAE (class, config and weights), so latents of different VAEs never mix."""
+    return vae_identity(vae_dir)["tag"]
 
 
 def _dir_id(path: str) -> str:
@@ -107,15 +104,17 @@ def latent_record(
     text_states: torch.Tensor,
     caption: str,
     tag: str,
-    vae_cfg: Any,
+    vae: Any,
     frames: int,
     text_encoder: str,
 ) -> dict[str, Any]:
-    """One sample of a latent shard, in the format trainer.data reads."""
+    """One sample of a latent shard, in the format trainer.data reads: the latent is normalised
+    ((z - latent_mean) * latent_scale / latent_std, the VAE family's own rule)."""
     meta = {"vae": tag, "shape": json.dumps(list(latent.shape)), "frames": str(frames)}
     meta |= {
-        "latent_mean": json.dumps(list(vae_cfg.latent_mean)),
-        "latent_std": json.dumps(list(vae_cfg.latent_std)),
+        "latent_mean": json.dumps([float(v) for v in vae.mean]),
+        "latent_std": json.dumps([float(v) for v in vae.std]),
+        "latent_scale": str(vae.scale),
     }
     return {
         "__key__": key,
@@ -182,23 +181,28 @@ def encode_shard(
             except (av.error.FFmpegError, ValueError) as e:  # recorded and skipped, never fatal
                 errors.append({"key": s["__key__"], "shard": clip_shard, "reason": f"decode: {e}"})
                 continue
-            t = latent_frames(frames.shape[0], ecfg.max_frames, vae.cfg.time_stride)
+            t = latent_frames(frames.shape[0], ecfg.max_frames, vae.time_stride)
             x = torch.from_numpy(frames[:t]).permute(3, 0, 1, 2).float()[None] / 127.5 - 1
-            with torch.no_grad():
-                z = vae.encode_chunked(x, ecfg.chunk_latent_frames, tile=ecfg.tile or None)
-                z = vae.normalize(z)[0].contiguous()
+            x = crop_to_stride(x, vae.space_stride)
+            z = vae.encode(x, ecfg.chunk_latent_frames, tile=ecfg.tile or None)[0].contiguous()
             caption = chosen.get(s["__key__"])
             if caption is None:  # no caption set, or this clip's caption failed: the source's
                 caption = s.get("txt", b"").decode("utf-8")
                 fallbacks += bool(captions)
             states = text.encode([caption])[0].contiguous()
             rows.append({"key": s["__key__"], "shape": list(z.shape), "text_len": len(states)})
-            yield latent_record(s["__key__"], z, states, caption, tag, vae.cfg, t, text.path)
+            yield latent_record(s["__key__"], z, states, caption, tag, vae, t, text.path)
 
     write_samples(out_uri, samples(), storage)
     # The index lets the trainer plan packing without reading latents; written after the shard,
     # and a shard without one is redone (or scanned by the loader).
-    report = {"rows": rows, "errors": errors, "fallbacks": fallbacks, "captions_sha256": digest}
+    report = {
+        "rows": rows,
+        "errors": errors,
+        "fallbacks": fallbacks,
+        "captions_sha256": digest,
+        "vae": vae.identity,
+    }
     storage.write_text(index_uri, json.dumps(report))
     return {**report, "shard": name, "clips": len(rows), "skipped": False}
 
@@ -230,7 +234,7 @@ def run_encode(
     captions = normalize(captions) if captions else None
     storage = Storage(storage_cfg)
     clip_shards = list_shards(shards, storage, CLIPS)
-    CausalVAE.from_pretrained(vae_dir)  # fail fast, before any worker starts
+    vae_identity(vae_dir)  # fail fast, before any worker starts (a missing or unknown VAE)
     if rerun.overwrite:  # what this job writes, and only that
         for uri in storage.list(output):
             name = relative_to(output, uri)

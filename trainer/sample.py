@@ -38,7 +38,7 @@ from trainer.model.dit import DiT
 from trainer.model.packing import PackedBatch, pack, patchify, unpack
 from trainer.model.sequence_parallel import SequenceShard, shard_pack
 from trainer.text.encoder import TextEncoder, TextEncoderConfig
-from trainer.vae.model import CausalVAE
+from trainer.vae.pretrained import VideoVAE
 
 # (prompt, width, height, seconds, fps) -> the text the model is conditioned on.
 Rewrite = Callable[[str, int, int, float, float], str]
@@ -73,6 +73,18 @@ def load_model(path: str | Path, use_ema: bool = True) -> tuple[DiT, TrainConfig
     model = DiT(cfg.model)
     model.load_state_dict(sd, strict=True)
     return model.eval().requires_grad_(False), cfg, which
+
+
+def check_vae(train_cfg: TrainConfig, vae: VideoVAE, which: str) -> None:
+    """Refuses a VAE other than the one whose latents the model learned (recorded in its config;
+    models trained before it was recorded accept any VAE with the right channel count)."""
+    want = train_cfg.model.latent_space
+    if want and want != vae.tag:
+        raise ValueError(
+            f"{which} learned latents of {want}; --vae {vae.path} is {vae.tag} "
+            f"({vae.info.family}): its latents mean something else, sample with the VAE the "
+            f"training latents were encoded with"
+        )
 
 
 def guided(
@@ -146,7 +158,7 @@ def conditioning(
     k = 1 if mode == "i2v" else cfg.cond_latent_frames
     if k >= t or (mode == "interpolate" and 2 * k >= t):
         raise ValueError(f"{k} given latent frames leave nothing to generate in {t} latent frames")
-    n_frames = _frames_for_latents(k, vae.cfg.time_stride)
+    n_frames = _frames_for_latents(k, vae.time_stride)
     x0 = torch.zeros(shape)
     mask = torch.zeros(t, dtype=torch.bool)
 
@@ -158,7 +170,7 @@ def conditioning(
                 f"{path}: {video.shape[1]} frames, {n_frames} needed for {k} latent frames"
             )
         with torch.no_grad():
-            return vae.normalize(vae.encode(video[None]).mean)[0]  # (C, k, h, w)
+            return vae.encode(video[None])[0]  # normalised (C, k, h, w)
 
     if mode in ("i2v", "extend", "interpolate"):
         # forward extension continues from the END of the given video
@@ -185,12 +197,12 @@ def generate(
     """Returns (latents (C, T', H', W') per prompt, videos (3, T, H, W) in [-1, 1] per prompt).
     `group`: sample with sequence parallelism over this process group (see `guided`)."""
     inputs = inputs or []
-    if vae.cfg.latent_channels != model.cfg.in_channels:
+    if vae.latent_channels != model.cfg.in_channels:
         raise ValueError(
-            f"the VAE has {vae.cfg.latent_channels} latent channels, the model expects "
+            f"the VAE has {vae.latent_channels} latent channels, the model expects "
             f"{model.cfg.in_channels}"
         )
-    shape = latent_grid(cfg, model.cfg, vae.cfg)
+    shape = latent_grid(cfg, model.cfg, vae)
     n = len(texts)
     noise_lat = [
         torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed + i)) for i in range(n)
@@ -214,7 +226,7 @@ def generate(
         if video.shape[1] < cfg.frames:
             raise ValueError(f"{inputs[0]}: {video.shape[1]} frames, {cfg.frames} needed")
         with torch.no_grad():
-            z = vae.normalize(vae.encode(video[None]).mean)[0]
+            z = vae.encode(video[None])[0]
         start_x0 = (torch.cat([patchify(z, model.cfg.patch)] * n), cfg.strength)
     diffusion = build_diffusion(train_cfg.objective, train_cfg.flow, train_cfg.ddpm)
     denoise = guided(model, cond, uncond, cfg.guidance, group)
@@ -241,7 +253,7 @@ def generate(
         )
     latents = unpack(out, cond, model.cfg.patch)
     with torch.no_grad():
-        videos = [vae.decode_chunked(vae.denormalize(z[None]))[0].clamp(-1, 1) for z in latents]
+        videos = [vae.decode(z[None])[0].clamp(-1, 1) for z in latents]
     return latents, videos
 
 
@@ -285,7 +297,8 @@ def run_sample(
     t0 = time.monotonic()
     torch.manual_seed(cfg.seed)
     model, train_cfg, which = load_model(checkpoint, cfg.use_ema)
-    vae = CausalVAE.from_pretrained(vae_dir).eval()
+    vae = VideoVAE(vae_dir)
+    check_vae(train_cfg, vae, which)
     encoder = TextEncoder(TextEncoderConfig(path=text_encoder or None))
     if encoder.dim != model.cfg.text_dim:
         raise ValueError(

@@ -9,7 +9,6 @@ on any world size.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from trainer.checkpoint import (
     write_state,
 )
 from trainer.config import RunConfig, TrainConfig
-from trainer.data.loader import StepData, build_loader, training_index
+from trainer.data.loader import StepData, adopt_latent_space, build_loader, training_index
 from trainer.diffusion.common import per_sample
 from trainer.diffusion.objectives import build_diffusion
 from trainer.ema import EMA
@@ -49,12 +48,14 @@ from trainer.engine import (
     measure_peak_tflops,
     use_bf16,
 )
+from trainer.memory import PeakMemory
 from trainer.metrics import TrainMetrics
 from trainer.model.dit import DiT
 from trainer.model.packing import drop_tokens, pack
 from trainer.model.sequence_parallel import SequenceShard, shard_pack
 from trainer.preview import preview
 from trainer.rng import load_rank_files, save_rank_files
+from trainer.summary import log_start, write_summary
 from trainer.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -109,12 +110,8 @@ class Trainer:
             timeout_s=cfg.save_timeout_s,
         )
         self.index = training_index(cfg.data, storage)
-        if cfg.model.in_channels != self.index.entries[0].shape[0]:
-            c = self.index.entries[0].shape[0]
-            raise ValueError(
-                f"train.model.in_channels is {cfg.model.in_channels} but the latents have {c} "
-                f"channels; set --set train.model.in_channels={c}"
-            )
+        p = cfg.preview
+        adopt_latent_space(cfg.model, self.index, (p.vae or cfg.data.vae) if p.every else "")
         self.mesh = build_mesh(dinfo, cfg.parallel.sequence, cfg.model.dims[2])
         # The data plan is per data-parallel rank: a sequence-parallel group shares its batches.
         self.loader = build_loader(
@@ -126,6 +123,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.step = self.epoch = self.step_in_epoch = 0
         self.tokens_seen = self.samples_seen = 0
+        self.peak_bytes: int | None = None  # memory of this rank's training steps (PeakMemory)
         self.textless = 0  # micro-batches (all ranks, this run) whose every caption was dropped
 
     # -- setup -----------------------------------------------------------------------------------
@@ -145,6 +143,8 @@ class Trainer:
                 RESUME_FIXED,
                 str(path),
             )
+        self.memory = PeakMemory(self.d.device)
+        self.memory.start()
         torch.manual_seed(self.seed)
         self.model = build_model(self.cfg)
         optimizer = build_optimizer(self.cfg, self.model)
@@ -306,13 +306,14 @@ class Trainer:
             self.peak,
             self.d.world_size,
         )
-        self._log_start()
+        log_start(self)
         if self.step >= cfg.steps:
             log.info("already at step %d of %d: nothing to train", self.step, cfg.steps)
         else:
             dog = Watchdog(cfg.watchdog_s, self.d.rank).start()
             for data in self.loader.iterate(self.epoch, self.step_in_epoch):
                 stats = self.train_step(data)
+                self.peak_bytes = self.memory.peak()  # read before this step's save, if any
                 self._advance(data, stats)
                 dog.beat(f"step {self.step}")
                 metrics.update(self.step, self.epoch, stats)
@@ -325,53 +326,7 @@ class Trainer:
                 if self.step >= cfg.steps:
                     break
             dog.stop()
-        return self._summary(start, metrics.close())
-
-    def _log_start(self) -> None:
-        if self.d.rank == 0:
-            c = self.cfg
-            log.info(
-                "train: DiT-%s %.2fM params, ZeRO-%d, %s, world %d, %d micro-batches of %d tokens "
-                "per step, steps %d -> %d",
-                c.model.size,
-                self.model.num_params() / 1e6,
-                c.zero_stage,
-                "bf16" if self.bf16 else "fp32",
-                self.d.world_size,
-                c.data.microbatches_per_step,
-                c.data.token_budget,
-                self.step,
-                c.steps,
-            )
-
-    def _summary(self, start: int, wall: float) -> dict[str, Any]:
-        summary = {
-            "steps": self.step,
-            "trained_steps": self.step - start,
-            "final_loss": self.history[-1]["loss"] if self.history else None,
-            "tokens_seen": self.tokens_seen,
-            "samples_seen": self.samples_seen,
-            "textless_microbatches": self.textless,
-            "world_size": self.d.world_size,
-            "wall_s": round(wall, 2),
-            "checkpoint": self.ckpt.latest(),
-        }
-        if self.d.rank == 0:
-            (self.local / "train_summary.json").write_text(json.dumps(summary, indent=2))
-            if self.remote:
-                self.storage.upload(
-                    self.local / "train_summary.json", join(self.remote, "train_summary.json")
-                )
-            log.info(
-                "train: %d steps (%d this run) in %.1fs, final loss %s, %d tokens seen; latest %s",
-                summary["steps"],
-                summary["trained_steps"],
-                wall,
-                summary["final_loss"],
-                self.tokens_seen,
-                summary["checkpoint"],
-            )
-        return summary
+        return write_summary(self, start, metrics.close())
 
 
 def train(
@@ -396,4 +351,8 @@ def train(
             raise
         raise JobError(lost) from e
     dist.barrier()
+    # Torn down before the interpreter exits: left to exit-time destructors, gloo's threads
+    # sometimes ended the process with "terminate called without an active exception" (-6)
+    # after a finished run.
+    dist.destroy_process_group()
     return summary

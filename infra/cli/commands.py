@@ -27,6 +27,13 @@ def resolve_config(args: argparse.Namespace) -> SpacetimeConfig:
     return load(SpacetimeConfig, get_preset(args.preset), args.config, args.overrides)
 
 
+def cmd_vae(args: argparse.Namespace) -> int:
+    from trainer.vae.reconstruct import reconstruct
+
+    reconstruct(args.vae, args.input, args.output, args.max_frames, args.max_side, args.tile)
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     if args.action == "presets":
         for name, fn in PRESETS.items():
@@ -116,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         from trainer.dry_run import dry_run
 
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
         report = dry_run(cfg.train, cfg.run.seed, Storage(cfg.storage), world)
         print(dump_yaml(cfg.train), end="")
         print(json.dumps(report, indent=2))

@@ -127,7 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the DeepSpeed config, parameter count, attention backend and packing stats",
+        help="print the DeepSpeed config, parameter count, attention backend, packing stats, the "
+        "memory per rank and the predicted step time",
+    )
+    p.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        help="with --dry-run: the number of ranks to plan for (default: $WORLD_SIZE, else 1)",
     )
     _add_config_args(p)
 
@@ -180,6 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_launch_arguments(p)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="-- train --config ...")
+
+    p = add(
+        "vae",
+        "judge a VAE (spacetime's or a diffusers Wan/HunyuanVideo/CogVideoX/LTX-Video folder)",
+        commands.cmd_vae,
+    )
+    p.add_argument("action", choices=["reconstruct"])
+    p.add_argument("--vae", required=True, help="VAE directory")
+    p.add_argument("--input", required=True, help="a video (or image) file")
+    p.add_argument("--output", required=True, help="folder for side_by_side.mp4 and the scores")
+    p.add_argument("--max-frames", type=int, default=33, help="frames read (cut to 1 + stride k)")
+    p.add_argument(
+        "--max-side", type=int, default=256, help="downscale the longer side (0: native)"
+    )
+    p.add_argument("--tile", type=int, default=0, help="the VAE's spatial tiling, pixels (0: off)")
 
     p = add(
         "demo",

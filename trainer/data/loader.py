@@ -30,7 +30,8 @@ from trainer.data.plan import (
     tokens_of,
 )
 from trainer.data.raw import ClipEncoder, clip_index
-from trainer.vae.model import CausalVAE
+from trainer.model.config import DiTConfig
+from trainer.vae.pretrained import vae_identity, vae_info
 
 log = logging.getLogger(__name__)
 
@@ -233,11 +234,41 @@ class LatentLoader:
             )
 
 
+def adopt_latent_space(model: DiTConfig, index: Index, preview_vae: str = "") -> None:
+    """The model's input follows its data: in_channels 0 becomes the latents' channels, and the
+    latent space is the tag of the VAE that made them; a setting that contradicts the data, or a
+    preview VAE other than the data's, is an error naming both."""
+    c = index.entries[0].shape[0]
+    if model.in_channels == 0:
+        model.in_channels = c
+    elif model.in_channels != c:
+        raise ValueError(
+            f"train.model.in_channels is {model.in_channels} but the latents have {c} channels; "
+            f"leave it at 0 (from the latents) or set --set train.model.in_channels={c}"
+        )
+    if not model.latent_space:
+        model.latent_space = index.vae
+    elif index.vae and model.latent_space != index.vae:
+        raise ValueError(
+            f"the model learns latents of {model.latent_space} (train.model.latent_space) but "
+            f"these latents were made by {index.vae}: latents of different VAEs never mix"
+        )
+    if preview_vae and model.latent_space:
+        tag = vae_identity(preview_vae)["tag"]
+        if tag != model.latent_space:
+            raise ValueError(
+                f"train.preview.vae {preview_vae} is {tag}, but the training latents were made by "
+                f"{model.latent_space}: previews would decode them with the wrong VAE"
+            )
+
+
 def training_index(data: TrainDataConfig, storage: Storage) -> Index:
     """The plan's index: cached latent shards (`data.latents`), or clip shards encoded on the fly
     (`data.clips`, planned from their manifest with the VAE's strides)."""
     if data.clips:
-        return clip_index(data.clips, storage, CausalVAE.config_of(data.vae), data.max_frames)
+        index = clip_index(data.clips, storage, vae_info(data.vae), data.max_frames)
+        index.vae = vae_identity(data.vae)["tag"]
+        return index
     return load_index(data.latents, storage)
 
 

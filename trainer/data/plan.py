@@ -16,6 +16,7 @@ import json
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from infra.shards import LATENTS, iter_samples, list_shards
 from infra.storage import Storage
@@ -38,6 +39,9 @@ class Entry:
 class Index:
     shards: list[str]
     entries: list[Entry]
+    vae: str = ""
+    """Tag of the VAE that made the latents (trainer.vae.pretrained.vae_identity); "" if unknown
+    (latents encoded before it was recorded)."""
 
     def fingerprint(self) -> str:
 
@@ -47,9 +51,13 @@ class Index:
         return h.hexdigest()[:16]
 
 
-def _read_safetensors_shape(blob: bytes, name: str) -> list[int]:
+def _safetensors_header(blob: bytes) -> dict[str, Any]:
     header_len = int.from_bytes(blob[:8], "little")
-    return list(json.loads(blob[8 : 8 + header_len])[name]["shape"])
+    return json.loads(blob[8 : 8 + header_len])
+
+
+def _read_safetensors_shape(blob: bytes, name: str) -> list[int]:
+    return list(_safetensors_header(blob)[name]["shape"])
 
 
 def load_index(latents: str, storage: Storage) -> Index:
@@ -57,28 +65,41 @@ def load_index(latents: str, storage: Storage) -> Index:
     scanned (slower, same result)."""
     shards = list_shards(latents, storage, LATENTS)
     entries: list[Entry] = []
+    vaes: dict[str, str] = {}  # VAE tag -> the first shard made with it
     for i, shard in enumerate(shards):
         index_uri = shard[: -len(".tar")] + ".index.json"
         if storage.exists(index_uri):
-            rows = json.loads(storage.read_text(index_uri))
-            rows = rows["rows"] if isinstance(rows, dict) else rows  # older: a bare list
+            data = json.loads(storage.read_text(index_uri))
+            rows = data["rows"] if isinstance(data, dict) else data  # older: a bare list
+            tags = {data.get("vae", {}).get("tag", "")} if isinstance(data, dict) else set()
         else:
             log.warning("%s: no index.json, scanning the shard", shard)
-            rows = [
-                {
-                    "key": s["__key__"],
-                    "shape": _read_safetensors_shape(s["latent.safetensors"], "latent"),
-                    "text_len": _read_safetensors_shape(s["text.safetensors"], "tokens")[0],
-                }
-                for s in iter_samples(shard, storage)
-            ]
+            rows, tags = [], set()
+            for s in iter_samples(shard, storage):
+                header = _safetensors_header(s["latent.safetensors"])
+                tags.add(header.get("__metadata__", {}).get("vae", ""))
+                rows.append(
+                    {
+                        "key": s["__key__"],
+                        "shape": header["latent"]["shape"],
+                        "text_len": _read_safetensors_shape(s["text.safetensors"], "tokens")[0],
+                    }
+                )
+        for tag in tags - {""}:
+            vaes.setdefault(tag, shard)
+        if len(vaes) > 1:
+            (a, sa), (b, sb) = list(vaes.items())[:2]
+            raise ValueError(
+                f"{latents}: latents of different VAEs never mix: {sa} was made by {a}, {sb} by "
+                f"{b}; encode them all with one VAE (or train on one set)"
+            )
         # Key order within a shard, as trainer.data.raw lists clip shards: the same clips planned
         # from cached latents or encoded on the fly form the same batches.
         rows = sorted(rows, key=lambda r: r["key"])
         entries += [Entry(i, r["key"], tuple(r["shape"]), int(r["text_len"])) for r in rows]  # type: ignore[arg-type]
     if not entries:
         raise FileNotFoundError(f"{latents}: latent shards hold no samples")
-    return Index(shards, entries)
+    return Index(shards, entries, next(iter(vaes), ""))
 
 
 def tokens_of(shape: tuple[int, int, int, int], patch: tuple[int, int, int]) -> int:

@@ -27,7 +27,7 @@ from infra.storage import Storage
 from infra.uris import join
 from trainer.data.plan import Entry, Index
 from trainer.text.encoder import TextEncoder, TextEncoderConfig
-from trainer.vae.model import CausalVAE
+from trainer.vae.pretrained import VideoVAE, crop_to_stride
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,8 @@ def clip_index(clips: str, storage: Storage, vae_cfg: Any, max_frames: int) -> I
     for r in rows:
         if r.shard not in pos:
             raise FileNotFoundError(f"{clips}: the manifest names {r.shard}, which is missing")
-        if r.height % ss or r.width % ss:
-            raise ValueError(
-                f"{clips}/{r.shard}: clip {r.key} is {r.width}x{r.height}, not a multiple of the "
-                f"VAE's {ss}x spatial stride"
-            )
         t = 1 + (latent_frames(int(r.frames), max_frames, ts) - 1) // ts
+        # sides not a multiple of the stride are centre-cropped (trainer.vae.pretrained)
         entries.append(Entry(pos[r.shard], r.key, (c, t, r.height // ss, r.width // ss), 0))
     if not entries:
         raise FileNotFoundError(f"{clips}: the manifest lists no clips")
@@ -84,7 +80,7 @@ class ClipEncoder:
         captions: str,
         storage: Storage,
     ):
-        self.vae = CausalVAE.from_pretrained(vae_dir).eval()
+        self.vae = VideoVAE(vae_dir)
         self.text = TextEncoder(TextEncoderConfig(path=text_path, max_length=text_max_length))
         self.max_frames = max_frames
         self.captions: dict[str, str] = {}
@@ -95,7 +91,7 @@ class ClipEncoder:
     def __call__(
         self, shard: str, s: dict[str, Any], shape: tuple[int, ...]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        ts = self.vae.cfg.time_stride
+        ts = self.vae.time_stride
         want = 1 + ts * (shape[1] - 1)
         frames = decode_frames(s["mp4"], max_frames=want)
         if frames.shape[0] < want:
@@ -104,7 +100,6 @@ class ClipEncoder:
                 f"promised at least {want}"
             )
         x = torch.from_numpy(frames).permute(3, 0, 1, 2).float()[None] / 127.5 - 1
-        with torch.no_grad():
-            z = self.vae.normalize(self.vae.encode_chunked(x))[0].contiguous()
+        z = self.vae.encode(crop_to_stride(x, self.vae.space_stride))[0].contiguous()
         caption = self.captions.get(s["__key__"]) or s.get("txt", b"").decode("utf-8")
         return z, self.text.encode([caption])[0].contiguous()

@@ -21,8 +21,12 @@ class DiTConfig:
 
     size: str = "tiny"
     """Named size (depth, hidden, heads): tiny, S, B, L, XL."""
-    in_channels: int = 4
-    """Latent channels."""
+    in_channels: int = 0
+    """Latent channels; 0: the trainer takes them from the latents (the VAE's latent channels:
+    4 for spacetime's, 16 for Wan's and HunyuanVideo's)."""
+    latent_space: str = ""
+    """Tag of the VAE whose latents the model learns (trainer.vae.pretrained.vae_identity); set by
+    the trainer from the data. Sampling, previews and resumes refuse another VAE."""
     patch: tuple[int, int, int] = (1, 2, 2)
     """Patch size (pt, ph, pw) in latent frames and pixels."""
     text_dim: int = 384
@@ -42,6 +46,10 @@ class DiTConfig:
     """kernels.fused implementation: auto, triton, torch."""
 
     def validate(self) -> None:
+        if self.in_channels < 0:
+            raise ValueError(
+                f"in_channels must be >= 0 (0: from the latents), got {self.in_channels}"
+            )
         if self.size not in SIZES:
             raise ValueError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
         _, hidden, heads = SIZES[self.size]

@@ -158,6 +158,11 @@ class DiT(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         cfg.validate()
+        if cfg.in_channels < 1:
+            raise ValueError(
+                "DiTConfig.in_channels is 0 (take it from the latents): set it to the VAE's latent "
+                "channels before building the model"
+            )
         self.cfg = cfg
         depth, hidden, heads = cfg.dims
         self.hidden = hidden

@@ -86,6 +86,19 @@ def _cu(lengths: list[int]) -> torch.Tensor:
     )
 
 
+def fit_to_patch(latent: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
+    """A latent (C, T, H, W) cut to multiples of the patch: trailing latent frames, and a centred
+    window in space. Clips are cut to multiples of 16 pixels, so only VAEs with a larger stride
+    (LTX-Video's 32: 224 px -> 7 latent pixels) lose an edge here; the plan counts the same
+    (trainer.data.plan.tokens_of floors)."""
+    _, t, h, w = latent.shape
+    pt, ph, pw = patch
+    if not (t % pt or h % ph or w % pw):
+        return latent
+    top, left = (h % ph) // 2, (w % pw) // 2
+    return latent[:, : t - t % pt, top : top + h - h % ph, left : left + w - w % pw]
+
+
 def pack(
     latents: list[torch.Tensor], texts: list[torch.Tensor], patch: tuple[int, int, int]
 ) -> tuple[torch.Tensor, PackedBatch]:
@@ -95,6 +108,7 @@ def pack(
             f"need one text per latent and at least one sample, got {len(latents)} and {len(texts)}"
         )
     tokens, coords, idx, grids, lengths = [], [], [], [], []
+    latents = [fit_to_patch(lat, patch) for lat in latents]
     for i, lat in enumerate(latents):
         grid = (lat.shape[1] // patch[0], lat.shape[2] // patch[1], lat.shape[3] // patch[2])
         tok = patchify(lat, patch)

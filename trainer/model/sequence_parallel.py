@@ -39,8 +39,14 @@ class _SeqAllToAll(torch.autograd.Function):
         return _exchange(grad.contiguous(), ctx.group, not ctx.to_heads), None, None
 
 
+SENT = {"bytes": 0}
+"""Bytes this process has sent to other ranks in the exchanges (forward and backward): the
+benchmark's communication volume, counted where it happens."""
+
+
 def _exchange(x: torch.Tensor, group: Any, to_heads: bool) -> torch.Tensor:
     p = dist.get_world_size(group)
+    SENT["bytes"] += x.numel() * x.element_size() * (p - 1) // p  # 1/P of it stays on this rank
     if to_heads:  # (n, H, Dh) -> (P·n, H/P, Dh): chunk j of my heads goes to rank j
         n, h, d = x.shape
         send = x.reshape(n, p, h // p, d).transpose(0, 1).contiguous()  # (P, n, H/P, Dh)
