@@ -34,7 +34,8 @@ BENCHES: dict[str, list[str]] = {
     "train": [PY, "bench/train.py"],
     "sequence_parallel": [PY, "bench/sequence_parallel.py"],
     "recaption": [PY, "bench/recaption.py"],
-    "vae": [PY, "bench/vae.py"],
+    "vae": [PY, "bench/vae.py", "--only", "own,quality"],
+    "vae_pretrained": [PY, "bench/vae.py", "--only", "pretrained"],
     "demo": [PY, "-m", "infra.cli", "demo", "--workdir", "{tmp}/demo"],
 }
 # Lines some libraries print to stdout that are not results.

@@ -196,8 +196,11 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=96)
     ap.add_argument("--pretrained-frames", type=int, default=9, help="1 + 8k (LTX-Video)")
     ap.add_argument("--pretrained-side", type=int, default=256)
-    ap.add_argument("--only", default="", help="one section: own, pretrained or quality")
+    ap.add_argument(
+        "--only", default="", help="sections, comma-separated: own, pretrained, quality"
+    )
     args = ap.parse_args()
+    only = set(filter(None, args.only.split(","))) or {"own", "pretrained", "quality"}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     exact_heap()
     res = [tuple(int(v) for v in r.split("x")) for r in args.resolutions.split(",")]
@@ -207,16 +210,16 @@ def main() -> None:
         f"{platform.machine()}, {time.strftime('%Y-%m-%d')}\n"
     )
     head = "| encode frames/s | decode frames/s | encode peak MiB | decode peak MiB |"
-    if args.only in ("", "own"):
+    if "own" in only:
         print(f"| VAE | clip | path {head}")
         print("|---|---|---|---|---|---|---|")
         speed_rows(args.sizes.split(","), res, args.frames, device)  # type: ignore[arg-type]
-    if args.only in ("", "pretrained"):
+    if "pretrained" in only:
         print(f"\n| pretrained family, width (params) | clip -> latents | path {head}")
         print("|---|---|---|---|---|---|---|")
         with tempfile.TemporaryDirectory() as tmp:
             pretrained_rows(args.pretrained_frames, args.pretrained_side, device, Path(tmp))
-    if args.only not in ("", "quality"):
+    if "quality" not in only:
         return
     with tempfile.TemporaryDirectory() as tmp:
         vae_dir, clips = trained_vae(args, Path(tmp))

@@ -162,6 +162,9 @@ def test_tiled_encode_within_tolerance_of_whole(vaes: dict[str, Path], videos_di
         assert torch.equal(vae.encode(x, tile=256), whole), family
 
 
+FRAMES = ("--set", "train.data.max_frames=9", "--set", "train.data.workers=0")
+
+
 def _train(latents: Path, out: Path, name: str, *more: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "infra.cli", "train", "--preset", "tiny"]
     cmd += [
@@ -173,7 +176,7 @@ def _train(latents: Path, out: Path, name: str, *more: str) -> subprocess.Comple
         f"run.name={name}",
     ]
     cmd += ["--set", "train.steps=2", "--set", "train.data.token_budget=512"]
-    cmd += ["--set", "train.data.microbatches_per_step=1", *more]
+    cmd += ["--set", "train.data.microbatches_per_step=1", *FRAMES, *more]
     return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
 
 
@@ -185,7 +188,8 @@ def test_dit_trains_on_pretrained_latents_samples_through_the_vae_and_never_mixe
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Per family: encode, train 2 steps (the DiT's input channels follow the VAE: 16 for the
-    Wan-like one), sample through the same VAE. Then every way to mix VAEs is refused, naming
+    Wan-like one), sample through the same VAE; for Wan also train --clips (encoded on the fly),
+    which equals the cached latents' losses. Then every way to mix VAEs is refused, naming
     both: sampling with another VAE, latents of two VAEs in one folder, a preview VAE other than
     the data's."""
     lat = {}
@@ -208,6 +212,22 @@ def test_dit_trains_on_pretrained_latents_samples_through_the_vae_and_never_mixe
         argv += ["--frames", str(info.frames_for(2)), "--height", str(side), "--width", str(side)]
         assert main(argv) == 0
         assert (out / "00-a-red-circle.mp4").is_file()
+    # Encoded on the fly (train --clips --vae WAN) it trains the cached latents' losses.
+    cmd = [sys.executable, "-m", "infra.cli", "train", "--preset", "tiny", "--clips", str(clips)]
+    cmd += [
+        "--vae",
+        str(vaes["wan"]),
+        "--set",
+        f"run.output_dir={tmp_path}",
+        "--set",
+        "run.name=fly",
+    ]
+    cmd += ["--set", "train.steps=2", "--set", "train.data.token_budget=512"]
+    cmd += ["--set", "train.data.microbatches_per_step=1", *FRAMES]
+    p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    got, want = _history(tmp_path, "fly"), _history(tmp_path, "wan")
+    assert len(got) == 2 and got == pytest.approx(want, rel=1e-5)
     # Sampling with another VAE than the one the latents were made with.
     wrong = ["sample", "--checkpoint", str(tmp_path / "hunyuan"), "--vae", str(vaes["cogvideox"])]
     wrong += ["--prompt", "x", "--output", str(tmp_path / "no")]
@@ -231,27 +251,6 @@ def test_dit_trains_on_pretrained_latents_samples_through_the_vae_and_never_mixe
     more = ["--set", "train.preview.every=2", "--set", f"train.preview.vae={vaes['cogvideox']}"]
     p = _train(lat["hunyuan"], tmp_path, "preview", "--set", "train.checkpoint_every=2", *more)
     assert p.returncode != 0 and "previews would decode them with the wrong VAE" in p.stderr
-
-
-def test_on_the_fly_encoding_with_a_pretrained_vae_equals_cached_latents(
-    vaes: dict[str, Path], clips: Path, tmp_path: Path, local_ray: None
-) -> None:
-    """train --clips --vae WAN (encoded on the fly) trains the losses of the cached latents."""
-    lat = tmp_path / "lat"
-    enc = ["encode", "--shards", str(clips), "--vae", str(vaes["wan"]), "--output", str(lat)]
-    assert main([*enc, "--set", "encode.max_frames=9"]) == 0
-    frames = ("--set", "train.data.max_frames=9", "--set", "train.data.workers=0")
-    assert _train(lat, tmp_path, "cached", *frames).returncode == 0
-    cmd = [sys.executable, "-m", "infra.cli", "train", "--preset", "tiny", "--clips", str(clips)]
-    cmd += ["--vae", str(vaes["wan"]), "--set", f"run.output_dir={tmp_path}"]
-    cmd += ["--set", "run.name=fly", "--set", "train.steps=2"]
-    cmd += ["--set", "train.data.token_budget=512", "--set", "train.data.microbatches_per_step=1"]
-    cmd += frames
-    p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-
-    got, want = _history(tmp_path, "fly"), _history(tmp_path, "cached")
-    assert len(got) == 2 and got == pytest.approx(want, rel=1e-5)
 
 
 def test_vae_reconstruct_writes_side_by_side_and_true_scores(
