@@ -351,8 +351,4 @@ def train(
             raise
         raise JobError(lost) from e
     dist.barrier()
-    # Torn down before the interpreter exits: left to exit-time destructors, gloo's threads
-    # sometimes ended the process with "terminate called without an active exception" (-6)
-    # after a finished run.
-    dist.destroy_process_group()
     return summary

@@ -252,7 +252,6 @@ def train_vae(
                 out / "vae",
             )
         dist.barrier()
-        dist.destroy_process_group()  # before exit, as trainer.train does (gloo's threads)
         return summary
 
 
