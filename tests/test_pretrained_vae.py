@@ -10,7 +10,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from infra.cli import main
 from infra.media import decode_frames
 from infra.storage import Storage
 from tests.pretrained_vaes import FAMILIES, save
-from tests.test_train_deepspeed import REPO, _env, _history
+from tests.test_train_deepspeed import REPO, _cmd, _env, _history
 from trainer.vae.pretrained import VideoVAE, vae_info
 
 pytestmark = pytest.mark.slow
@@ -165,18 +164,16 @@ def test_tiled_encode_within_tolerance_of_whole(vaes: dict[str, Path], videos_di
 FRAMES = ("--set", "train.data.max_frames=9", "--set", "train.data.workers=0")
 
 
-def _train(latents: Path, out: Path, name: str, *more: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "infra.cli", "train", "--preset", "tiny"]
-    cmd += [
-        "--latents",
-        str(latents),
-        "--set",
-        f"run.output_dir={out}",
-        "--set",
-        f"run.name={name}",
-    ]
-    cmd += ["--set", "train.steps=2", "--set", "train.data.token_budget=512"]
-    cmd += ["--set", "train.data.microbatches_per_step=1", *FRAMES, *more]
+def _train(
+    data: Path, out: Path, name: str, *more: str, source: tuple[str, ...] = ("--latents",)
+) -> subprocess.CompletedProcess[str]:
+    """The DeepSpeed tests' training command on one rank, 2 steps of one 512-token micro-batch;
+    `source`: the flag(s) that take `data` in place of --latents (e.g. --clips DIR --vae VAE)."""
+    cmd = _cmd(1, data, out, name, 2, "--set", "train.steps=2")
+    at = cmd.index("--latents")
+    cmd[at : at + 2] = [source[0], str(data), *source[1:]]
+    cmd += ["--set", "train.data.token_budget=512", "--set", "train.data.microbatches_per_step=1"]
+    cmd += [*FRAMES, *more]
     return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
 
 
@@ -213,18 +210,7 @@ def test_dit_trains_on_pretrained_latents_samples_through_the_vae_and_never_mixe
         assert main(argv) == 0
         assert (out / "00-a-red-circle.mp4").is_file()
     # Encoded on the fly (train --clips --vae WAN) it trains the cached latents' losses.
-    cmd = [sys.executable, "-m", "infra.cli", "train", "--preset", "tiny", "--clips", str(clips)]
-    cmd += [
-        "--vae",
-        str(vaes["wan"]),
-        "--set",
-        f"run.output_dir={tmp_path}",
-        "--set",
-        "run.name=fly",
-    ]
-    cmd += ["--set", "train.steps=2", "--set", "train.data.token_budget=512"]
-    cmd += ["--set", "train.data.microbatches_per_step=1", *FRAMES]
-    p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    p = _train(clips, tmp_path, "fly", source=("--clips", "--vae", str(vaes["wan"])))
     assert p.returncode == 0, p.stderr[-3000:]
     got, want = _history(tmp_path, "fly"), _history(tmp_path, "wan")
     assert len(got) == 2 and got == pytest.approx(want, rel=1e-5)

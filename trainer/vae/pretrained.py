@@ -19,10 +19,12 @@ model's own config (and, for LTX-Video, its `latents_mean`/`latents_std` buffers
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,31 +232,28 @@ class VideoVAE:
         with self._tiling(tile and tile * self.space_stride):
             return self.model.decode(self.denormalize(z)).sample
 
-    def _tiling(self, tile: int | None) -> Any:
-        """The family's own tiling with `tile`-pixel tiles overlapping by a quarter."""
-        model, ss = self.model, self.space_stride
-
-        class Tiling:
-            def __enter__(self) -> None:
-                if not tile:
-                    return
-                stride = max(ss, tile * 3 // 4 // ss * ss)  # whole latent pixels
-                want = {
-                    "tile_sample_min_height": tile,
-                    "tile_sample_min_width": tile,
-                    "tile_sample_stride_height": stride,
-                    "tile_sample_stride_width": stride,
-                    "tile_overlap_factor_height": 0.25,
-                    "tile_overlap_factor_width": 0.25,
-                }
-                known = inspect.signature(model.enable_tiling).parameters
-                model.enable_tiling(**{k: v for k, v in want.items() if k in known})
-
-            def __exit__(self, *exc: object) -> None:
-                if tile:
-                    model.disable_tiling()
-
-        return Tiling()
+    @contextlib.contextmanager
+    def _tiling(self, tile: int | None) -> Iterator[None]:
+        """The family's own tiling with `tile`-pixel tiles overlapping by about a quarter."""
+        if not tile:
+            yield
+            return
+        ss = self.space_stride
+        stride = max(ss, tile * 3 // 4 // ss * ss)  # whole latent pixels
+        want = {
+            "tile_sample_min_height": tile,
+            "tile_sample_min_width": tile,
+            "tile_sample_stride_height": stride,
+            "tile_sample_stride_width": stride,
+            "tile_overlap_factor_height": 0.25,
+            "tile_overlap_factor_width": 0.25,
+        }
+        known = inspect.signature(self.model.enable_tiling).parameters
+        self.model.enable_tiling(**{k: v for k, v in want.items() if k in known})
+        try:
+            yield
+        finally:
+            self.model.disable_tiling()
 
 
 def _normalisation(model: Any, channels: int) -> tuple[torch.Tensor, torch.Tensor, float]:
