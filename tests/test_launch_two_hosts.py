@@ -186,7 +186,7 @@ def test_two_hosts_train_fail_fast_freeze_and_resume(latents: Path, tmp_path: Pa
         assert rc != 0 and took < 60, (rc, took, out[-3000:])
         assert hosts.addr[1] in out and "lost contact" in out, out[-3000:]
 
-        # 3. The second host freezes (SIGSTOP: alive, silent): the first host's watchdog ends the job.
+        # 3. The second host freezes (SIGSTOP: alive, silent): the first host ends the job.
         job = Job(hosts, logs, "freeze", [*long, "--resume", "auto"])
 
         def freeze() -> None:
@@ -196,7 +196,10 @@ def test_two_hosts_train_fail_fast_freeze_and_resume(latents: Path, tmp_path: Pa
 
         rc, took, out = _hurt_node_1(job, latest, _step(latest) + 1, freeze)
         assert rc != 0 and took < 90, (rc, took, out[-3000:])
-        assert "resumed from step-" in out and "made no training progress" in out, out[-3000:]
+        # Which guard ends it depends on where the freeze lands: between saves the watchdog
+        # (train.watchdog_s), inside a save the save's own collective timeout (dist_timeout_s;
+        # the watchdog's allowance there is save_timeout_s, for uploads). Both must name the cause.
+        assert "resumed from step-" in out and "probably frozen or gone" in out, out[-3000:]
 
         # 4. --max-restarts 1: rank 0 is killed inside a save; both nodes relaunch themselves with
         # --resume auto and the run finishes.

@@ -259,6 +259,22 @@ class Trainer:
 
     # -- checkpointing ---------------------------------------------------------------------------
 
+    def _save_or_explain(self) -> None:
+        """A save's collectives are bounded by train.dist_timeout_s, not the watchdog (the save's
+        allowance is train.save_timeout_s, for the upload): when a peer freezes or dies inside
+        one, gloo/NCCL raise a bare timeout; this names what was happening before it ends the run."""
+        try:
+            self.save()
+        except RuntimeError as e:
+            log.critical(
+                "rank %d: checkpoint save at step %d failed (%s); a peer is probably frozen or "
+                "gone. The previous checkpoint is intact: relaunch with --resume auto.",
+                self.d.rank,
+                self.step,
+                str(e).splitlines()[0][-200:],
+            )
+            raise
+
     def save(self) -> None:
         """Every rank writes its part of checkpoint step-N; it is published (`latest`) once all
         have. Hook points (trainer.hooks) mark where tests inject faults."""
@@ -319,7 +335,7 @@ class Trainer:
                 metrics.update(self.step, self.epoch, stats)
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     with dog.allowance(cfg.save_timeout_s, f"checkpoint at step {self.step}"):
-                        self.save()
+                        self._save_or_explain()
                     if cfg.preview.every and self.step % cfg.preview.every == 0:
                         with dog.allowance(cfg.dist_timeout_s, f"preview at step {self.step}"):
                             preview(self, metrics)
