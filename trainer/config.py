@@ -157,6 +157,9 @@ class TrainConfig:
     """Every token weighs the same, or every sample; normalised over the global batch."""
     ema_decay: float = 0.999
     """EMA of the weights (0: off)."""
+    ema_warmup: bool = True
+    """Ramp the EMA decay up as (1 + step) / (10 + step) until it reaches ema_decay, so early
+    steps (random weights) leave the average quickly."""
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     """Keep the newest N checkpoints (0: keep all)."""

@@ -22,16 +22,24 @@ def _local(p: nn.Parameter) -> torch.Tensor:
 
 
 class EMA:
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False):
+        self.decay, self.warmup = decay, warmup
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.params = dict(model.named_parameters())
         self.shadow = {n: _local(self.params[n]).detach().float().clone() for n in self.names}
 
+    def decay_at(self, step: int) -> float:
+        """The decay of the update after optimizer step `step` (1-based). With warm-up it starts
+        at 0.18 and rises as (1 + step) / (10 + step) to `decay`, so the average never holds
+        more than ~a tenth of the run so far: a fixed 0.99 from step 1 keeps the random
+        initialisation in the average for ~100 steps, a fifth of a short run."""
+        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, step: int) -> None:
+        w = 1 - self.decay_at(step)
         for n in self.names:
-            self.shadow[n].lerp_(_local(self.params[n]).float(), 1 - self.decay)
+            self.shadow[n].lerp_(_local(self.params[n]).float(), w)
 
     @torch.no_grad()
     def full_state(self) -> dict[str, torch.Tensor]:

@@ -157,7 +157,11 @@ class Trainer:
                 self.cfg, self.d.world_size, self.model.num_params(), load_universal=universal
             ),
         )
-        self.ema = EMA(self.engine.module, self.cfg.ema_decay) if self.cfg.ema_decay > 0 else None
+        self.ema = (
+            EMA(self.engine.module, self.cfg.ema_decay, self.cfg.ema_warmup)
+            if self.cfg.ema_decay > 0
+            else None
+        )
         if tag is not None:
             self._restore(tag, path, state)
         self.peak = self.cfg.peak_tflops or measure_peak_tflops(self.d.device, self.bf16)
@@ -236,7 +240,7 @@ class Trainer:
         stats = torch.tensor([float(loss_sum), flops, textless], dtype=torch.float64)
         dist.all_reduce(stats)
         if self.ema is not None:
-            self.ema.update()
+            self.ema.update(self.step + 1)  # self.step counts the steps before this one
         gn = self.engine.get_global_grad_norm()
         return {
             "loss": float(stats[0]) / norm,
