@@ -69,6 +69,32 @@ def test_temporal_chunks_equal_whole_clip(vae: CausalVAE) -> None:
             )
 
 
+@pytest.mark.parametrize("resample", ["average", "learned"])
+def test_time_stride_2_and_learned_resampling_are_causal_and_chunk_exactly(resample: str) -> None:
+    from trainer.vae.config import VAETrainConfig
+
+    cfg = VAETrainConfig(time_stride=2, space_stride=4, temporal_resample=resample).vae_config()
+    torch.manual_seed(0)
+    vae = CausalVAE(cfg).double().eval()
+    x = video(13, 24, 40)
+    with torch.no_grad():
+        z = vae.encode(x).mean
+        assert z.shape == (1, 4, 7, 6, 10) and vae.decode(z).shape == x.shape
+        x2 = x.clone()
+        x2[:, :, 5:] += 0.5  # latent frame j sees input frames <= 2j only
+        assert torch.equal(vae.encode(x2).mean[:, :, :3], z[:, :, :3])
+        for chunk in (1, 2, 3):
+            torch.testing.assert_close(vae.encode_chunked(x, chunk), z, rtol=0, atol=1e-12)
+            torch.testing.assert_close(
+                vae.decode_chunked(z, chunk), vae.decode(z), rtol=0, atol=1e-12
+            )
+        if resample == "learned":  # the pair mixers are there and used
+            mixers = [m for m in vae.modules() if getattr(m, "mix", None) is not None]
+            assert len(mixers) == 1
+            torch.nn.init.zeros_(mixers[0].mix.weight)
+            assert not torch.equal(vae.encode(x).mean, z)
+
+
 def test_spatial_tiling_blends_overlaps_exactly_for_a_local_op() -> None:
     # The tiling machinery itself: an operator with a small receptive field is reproduced exactly
     # away from tile borders' reach, and the blend weights sum to one everywhere.

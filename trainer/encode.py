@@ -5,7 +5,7 @@ and `latents-NNNNNN.index.json` (key, latent shape and text length of each sampl
 `{key}.latent.safetensors` (the normalised posterior mean, (C, T', H', W'), with the VAE's tag and
 latent statistics in its metadata) and `{key}.text.safetensors` (the caption's token states and
 their count). Shards are published atomically, so a rerun after a crash redoes only the missing
-ones. Frames are trimmed to 1 + 4k and encoded in exact temporal chunks to bound memory.
+ones. Frames are trimmed to 1 + (time stride)k and encoded in exact temporal chunks to bound memory.
 """
 
 from __future__ import annotations

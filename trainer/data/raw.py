@@ -4,7 +4,7 @@ cache.
 
 The plan needs every sample's latent shape before anything is decoded; it comes from the shard
 job's manifest.parquet (frames, height, width of each clip) and the VAE's strides, exactly as
-`encode` would produce it (frames cut to `max_frames`, then to 1 + 4k). Captions come from a
+`encode` would produce it (frames cut to `max_frames`, then to 1 + (time stride)k). Captions come from a
 caption set (`spacetime recaption` output) when given, else the clip's own `txt`. Encoding runs
 where the shard reader runs (the training process, or its reader workers), one clip at a time in
 exact temporal chunks. Use cached latents for long runs: encoding every clip every epoch costs a

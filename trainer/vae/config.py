@@ -26,6 +26,9 @@ class VAEConfig:
     """One entry per level; a 2x spatial downsample between levels (four levels: 8x)."""
     temporal_down: tuple[bool, ...] = (True, True, False)
     """Which downsamples (one fewer than levels) also halve time (two: 4x)."""
+    temporal_resample: Literal["average", "learned"] = "average"
+    """How time is halved and doubled: average pairs of frames and repeat them, or stack a pair
+    on channels and mix it with a 1x1 conv (and the reverse), which keeps motion within a pair."""
     latent_mean: list[float] = field(default_factory=list)
     """Per-channel shift for normalising latents (set by train-vae; empty: 0)."""
     latent_std: list[float] = field(default_factory=list)
@@ -81,11 +84,28 @@ class VAETrainConfig:
     """Reconstruction loss. On mostly-flat frames L1's optimum is the background colour; MSE
     penalises a missing small object more and learned the shapes demo's objects where L1 did not."""
 
+    temporal_resample: Literal["average", "learned"] = "average"
+    """VAEConfig.temporal_resample: "learned" keeps a small moving object sharp where averaging
+    leaves ghost trails (BENCHMARKS.md, demo quality)."""
+    time_stride: int = 4
+    """Temporal compression, 1, 2 or 4. A small VAE at 4x smears an object that moves a few
+    pixels per frame into ghost trails; 2x keeps it at the cost of twice the latent frames."""
+    latent_channels: int = 0
+    """Latent channels (0: the size's own). More channels carry sharper outlines at a given
+    stride; the DiT's input width follows (train.model.in_channels 0 reads it from the latents)."""
+
     def vae_config(self) -> VAEConfig:
         levels = {4: 2, 8: 3, 16: 4}[self.space_stride]
         mults = (1, 2, 2, 4, 4)[: levels + 1] if levels > 2 else (1, 2, 4)
+        more: dict[str, object] = {"temporal_resample": self.temporal_resample}
+        if self.latent_channels:
+            more["latent_channels"] = self.latent_channels
+        halvings = {1: 0, 2: 1, 4: 2}[self.time_stride]
         return VAEConfig.named(
-            self.size, channel_mults=mults, temporal_down=(True, True, False, False)[:levels]
+            self.size,
+            channel_mults=mults,
+            temporal_down=tuple(i < halvings for i in range(levels)),
+            **more,
         )
 
     def validate(self) -> None:
@@ -93,16 +113,26 @@ class VAETrainConfig:
             raise ValueError(f"vae_train.zero_stage must be 0, 1 or 2, got {self.zero_stage}")
         if self.space_stride not in (4, 8, 16):
             raise ValueError(f"space_stride must be 4, 8 or 16, got {self.space_stride}")
-        if self.frames < 1 or (self.frames - 1) % 4 or self.crop < 8 or self.crop % 8:
+        if self.time_stride not in (1, 2, 4):
+            raise ValueError(f"time_stride must be 1, 2 or 4, got {self.time_stride}")
+        if (
+            self.frames < 1
+            or (self.frames - 1) % self.time_stride
+            or self.crop % 8
+            or self.crop < 8
+        ):
             raise ValueError(
-                f"frames must be 1 + 4k and crop a multiple of 8, got {self.frames}, {self.crop}"
+                f"frames must be 1 + {self.time_stride}k and crop a multiple of 8, got "
+                f"{self.frames}, {self.crop}"
             )
         if min(self.steps, self.batch_size, self.checkpoint_every) < 1:
             raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if min(self.keep_checkpoints, self.holdout) < 0 or not self.grad_clip >= 0:
-            raise ValueError("keep_checkpoints, holdout and grad_clip must be >= 0")
+        if min(self.keep_checkpoints, self.holdout, self.latent_channels) < 0:
+            raise ValueError("keep_checkpoints, holdout and latent_channels must be >= 0")
+        if not self.grad_clip >= 0:  # also refuses NaN
+            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
 
 
 @dataclass

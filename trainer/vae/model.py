@@ -87,38 +87,55 @@ class ResBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    def __init__(self, ch: int, temporal: bool):
+    def __init__(self, ch: int, temporal: bool, learned: bool = False):
         super().__init__()
         self.temporal = temporal
         self.conv = nn.Conv2d(ch, ch, 3, stride=2)
+        # "learned": a pair of frames is stacked on channels and mixed by a 1x1 conv, so where
+        # the object was in each frame survives; averaging the pair blends the two positions
+        # into one, which the decoder can only unmix as ghost trails.
+        self.mix = nn.Conv3d(2 * ch, ch, 1) if temporal and learned else None
         self.first_chunk = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = per_frame(lambda f: self.conv(F.pad(f, (0, 1, 0, 1))), x)  # type: ignore[arg-type]
         if self.temporal:
-            # The clip's first frame stays alone; the following frames are averaged in pairs.
+            # The clip's first frame stays alone; the following frames are merged in pairs.
             head, rest = (x[:, :, :1], x[:, :, 1:]) if self.first_chunk else (x[:, :, :0], x)
             if rest.shape[2] % 2:
                 raise ValueError(
                     f"frames after the first must come in pairs here, got {rest.shape[2]}"
                 )
             b, c, t, h, w = rest.shape
-            rest = rest.reshape(b, c, t // 2, 2, h, w).mean(3)
+            pairs = rest.reshape(b, c, t // 2, 2, h, w)
+            if self.mix is None or t == 0:  # t == 0: a chunk holding only the first frame
+                rest = pairs.mean(3)
+            else:
+                rest = self.mix(pairs.transpose(2, 3).reshape(b, 2 * c, t // 2, h, w))
             x = torch.cat([head, rest], dim=2)
         return x
 
 
 class Upsample(nn.Module):
-    def __init__(self, ch: int, temporal: bool):
+    def __init__(self, ch: int, temporal: bool, learned: bool = False):
         super().__init__()
         self.temporal = temporal
         self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+        # "learned": a 1x1 conv predicts both frames of a pair (channels to time), instead of
+        # repeating the latent frame and leaving the motion to later layers.
+        self.split = nn.Conv3d(ch, 2 * ch, 1) if temporal and learned else None
         self.first_chunk = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.temporal:
             head, rest = (x[:, :, :1], x[:, :, 1:]) if self.first_chunk else (x[:, :, :0], x)
-            x = torch.cat([head, rest.repeat_interleave(2, dim=2)], dim=2)
+            if self.split is None or rest.shape[2] == 0:
+                rest = rest.repeat_interleave(2, dim=2)
+            else:
+                b, c, t, h, w = rest.shape
+                two = self.split(rest).reshape(b, 2, c, t, h, w)  # (b, pair, c, t, h, w)
+                rest = two.permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
+            x = torch.cat([head, rest], dim=2)
         return per_frame(lambda f: self.conv(F.interpolate(f, scale_factor=2.0, mode="nearest")), x)  # type: ignore[arg-type]
 
 
@@ -134,7 +151,9 @@ class Encoder(nn.Module):
                 layers.append(ResBlock(cin, ch))
                 cin = ch
             if level < len(chs) - 1:
-                layers.append(Downsample(ch, cfg.temporal_down[level]))
+                layers.append(
+                    Downsample(ch, cfg.temporal_down[level], cfg.temporal_resample == "learned")
+                )
         self.body = nn.Sequential(*layers, ResBlock(cin, cin))
         self.norm = frame_norm(cin)
         self.conv_out = CausalConv3d(cin, 2 * cfg.latent_channels)
@@ -156,7 +175,9 @@ class Decoder(nn.Module):
                 layers.append(ResBlock(cin, chs[level]))
                 cin = chs[level]
             if level > 0:
-                layers.append(Upsample(cin, cfg.temporal_down[level - 1]))
+                layers.append(
+                    Upsample(cin, cfg.temporal_down[level - 1], cfg.temporal_resample == "learned")
+                )
         self.body = nn.Sequential(*layers)
         self.norm = frame_norm(cin)
         self.conv_out = CausalConv3d(cin, cfg.in_channels)

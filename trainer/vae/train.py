@@ -56,6 +56,9 @@ RESUME_FIXED = (
     "kl_weight",
     "temporal_weight",
     "recon_loss",
+    "latent_channels",
+    "time_stride",
+    "temporal_resample",
 )
 
 
