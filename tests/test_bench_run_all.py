@@ -39,12 +39,23 @@ def test_demo_tables_from_a_summary(tmp_path: Path) -> None:
             "shape": 1 / 3,
             "n": 4,
             "direction_chance": 0.25,
-            "held_out": {"n": 2, "colour": 1.0, "direction": 0.5, "shape": 0.0},
+            "travel": 0.3,
+            "intact": 0.75,
+            "held_out": {
+                "n": 2,
+                "colour": 1.0,
+                "direction": 0.5,
+                "shape": 0.0,
+                "travel": 0.5,
+                "intact": 1.0,
+            },
         },
     }
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     out = demo_tables(tmp_path)
     assert "| shard | clips 3 | 1.5 |" in out and "| **total** | | **30.2** |" in out
-    assert "| colour | 50% | 100% | 17% | >= 90% (not met) |" in out
-    assert "| direction | 75% | 50% | 25% | >= 75% (met) |" in out
-    assert "| shape | 33% | 0% | 33% | none |" in out and "all 4 prompts | 2 held-out" in out
+    assert "| colour | 50% | 100% | 17% | >= 95% (not met) |" in out
+    assert "| direction | 75% | 50% | 25% | >= 90% (not met) |" in out
+    assert "| shape | 33% | 0% | 33% | >= 80% (not met) |" in out
+    assert "all 4 prompts | 2 held-out" in out
+    assert "| travel (of the frame) | 0.30 | 0.50 |" in out and "| intact | 75% | 100% |" in out

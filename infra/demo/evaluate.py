@@ -2,7 +2,8 @@
 
 K prompts (colour x shape x direction, always including the combinations held out of training)
 are sampled with `spacetime sample`'s code, written as mp4s, decoded back and measured with
-infra.demo.score. Reports accuracy per attribute beside the chance level.
+infra.demo.score. Reports accuracy per attribute beside the chance level, the object's travel and
+how many samples stay intact; writes a scored contact sheet and an animated grid.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from infra.demo.score import measure, score
 from infra.demo.shapes import COLOURS, DIRECTIONS, SHAPES
+from infra.demo.sheet import animated_grid, scored_sheet
 from infra.media import read_frames
 from infra.storage import Storage
 from recaption.upsample import Upsampler
@@ -68,7 +70,8 @@ def evaluate(
     out = Path(output)
     rewrite = Upsampler.from_caption_set(captions, Storage()) if captions else None
     run_sample(checkpoint, vae, prompts, str(out), cfg, rewrite=rewrite)
-    measured = [measure(read_frames(out / f"{i:02d}-{slug(p)}.mp4")) for i, p in enumerate(prompts)]
+    videos = [read_frames(out / f"{i:02d}-{slug(p)}.mp4") for i, p in enumerate(prompts)]
+    measured = [measure(v) for v in videos]
     result = score(measured, rows)
     held = [i for i, r in enumerate(rows) if r["held_out"] == "True"]
     result["held_out"] = score([measured[i] for i in held], [rows[i] for i in held])
@@ -76,9 +79,13 @@ def evaluate(
         r | {"prompt": p, "measured": m} for r, p, m in zip(rows, prompts, measured, strict=True)
     ]
     (out / "eval.json").write_text(json.dumps(result, indent=2))
+    # Replaces run_sample's unlabelled sheet: the same frames, each row with its prompt and verdicts.
+    scored_sheet(result["samples"], videos, out / "contact_sheet.png")
+    animated_grid(videos, out / "samples.gif", cfg.fps)
     log.info(
         "shapes eval (%d prompts, %d held out): colour %.0f%% (chance %.0f%%), direction %.0f%% "
-        "(chance %.0f%%), shape %.0f%% (chance %.0f%%); held-out colour %.0f%%, direction %.0f%%",
+        "(chance %.0f%%), shape %.0f%% (chance %.0f%%); held-out colour %.0f%%, direction %.0f%%, "
+        "shape %.0f%%; travel %.2f of the frame (data 0.61), intact %.0f%%",
         len(rows),
         len(held),
         100 * result["colour"],
@@ -89,5 +96,8 @@ def evaluate(
         100 * result["shape_chance"],
         100 * result["held_out"]["colour"],
         100 * result["held_out"]["direction"],
+        100 * result["held_out"]["shape"],
+        result["travel"],
+        100 * result["intact"],
     )
     return result

@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,42 @@ def _env() -> dict[str, str]:
     return env
 
 
+# Lines of the training log shown on the console as they come (the rest stays in train.log):
+# the trainer's step lines (loss, throughput, ETA), resume and checkpoint notes, and failures.
+_ECHO = re.compile(
+    r"step \d+/\d+ loss|resumed from|checkpoint \\S+ published|watchdog|Error|error:"
+)
+
+
+class _Tee:
+    """Runs a training launch with its output appended to the log file, echoing the lines a
+    newcomer needs to tell a run from a hang (`_ECHO`) to the console as they arrive."""
+
+    def __init__(self, cmd: list[str], log_file: Path, label: str):
+        self.file = log_file.open("a")
+        self.label = label
+        self.proc = subprocess.Popen(
+            cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.file.write(line)
+            self.file.flush()
+            if _ECHO.search(line):
+                # The trainer's own "HH:MM:SS LEVEL logger:" prefix is dropped; ours replaces it.
+                log.info("demo %s: %s", self.label, line.rstrip().split(": ", 1)[-1])
+
+    def wait(self) -> int:
+        rc = self.proc.wait()
+        self.thread.join(timeout=10)
+        self.file.close()
+        return rc
+
+
 def _latest(ckpt: Path) -> str | None:
     return CheckpointStore.reader(ckpt).latest()
 
@@ -71,22 +109,21 @@ def train_with_interruption(
     cfg: SpacetimeConfig, root: Path, latents: Path, deadline: float, log_file: Path
 ) -> dict[str, Any]:
     """Trains in two launches: the first is killed with SIGKILL after its second checkpoint, the
-    second resumes from `latest` and runs the steps that fit before `deadline`."""
+    second resumes from `latest` and runs the steps that fit before `deadline` (or demo.steps)."""
     cfg_file = root / "train_config.yaml"
     cfg_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     ckpt = Path(cfg.run.output_dir) / cfg.run.name / "checkpoints"
     target = tag_for(2 * cfg.train.checkpoint_every)
-    with log_file.open("w") as lf:
-        cmd = _train_cmd(cfg_file, latents, 10**7, 2)
-        proc = subprocess.Popen(cmd, env=_env(), stdout=lf, stderr=subprocess.STDOUT)
-        while (_latest(ckpt) or "") < target and time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise JobError(
-                    f"training exited ({proc.returncode}) before {target}; see {log_file}"
-                )
-            time.sleep(0.2)
-        kill_tree(proc.pid)  # the forced interruption: every process, SIGKILL, mid-step
-        proc.wait()
+    log_file.write_text("")
+    first = _Tee(_train_cmd(cfg_file, latents, 10**7, 2), log_file, "train")
+    while (_latest(ckpt) or "") < target and time.monotonic() < deadline:
+        if first.proc.poll() is not None:
+            raise JobError(
+                f"training exited ({first.proc.returncode}) before {target}; see {log_file}"
+            )
+        time.sleep(0.2)
+    kill_tree(first.proc.pid)  # the forced interruption: every process, SIGKILL, mid-step
+    first.wait()
     killed_at = _latest(ckpt)
     if killed_at is None:
         raise JobError(f"no checkpoint before the time budget ran out; see {log_file}")
@@ -94,7 +131,7 @@ def train_with_interruption(
     step_s = (hist[-1]["wall"] - hist[0]["wall"]) / max(1, len(hist) - 1)
     done = hist[-1]["step"]
     startup_s = 30.0  # DeepSpeed and process start of the second launch
-    steps = done + max(
+    steps = cfg.demo.steps or done + max(
         cfg.train.checkpoint_every, int((deadline - time.monotonic() - startup_s) / step_s)
     )
     log.info(
@@ -103,9 +140,8 @@ def train_with_interruption(
         step_s,
         steps,
     )
-    with log_file.open("a") as lf:
-        cmd = [*_train_cmd(cfg_file, latents, steps, 2), "--resume", "auto"]
-        rc = subprocess.run(cmd, env=_env(), stdout=lf, stderr=subprocess.STDOUT).returncode
+    cmd = [*_train_cmd(cfg_file, latents, steps, 2), "--resume", "auto"]
+    rc = _Tee(cmd, log_file, "train (resumed)").wait()
     if rc != 0:
         raise JobError(f"resumed training failed ({rc}); see {log_file}")
     state = _state(ckpt)
@@ -160,27 +196,31 @@ def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int
         shutil.rmtree(root / "runs" / cfg.run.name)
     stages: dict[str, Any] = {}
 
+    def begin(name: str, what: str) -> float:
+        log.info("demo: %s: %s ...", name, what)
+        return time.monotonic()
+
     def stage(name: str, t: float, **info: Any) -> None:
         stages[name] = {**info, "seconds": round(time.monotonic() - t, 1)}
         log.info("demo: %s done in %.1fs %s", name, stages[name]["seconds"], info)
 
-    t = time.monotonic()
+    t = begin("generate", f"{num_videos} shapes videos")
     manifest = shapes.generate(
         root / "videos", num_videos, seed=cfg.run.seed, exclude=set(HELD_OUT)
     )
     stage("generate", t, videos=num_videos, held_out_combinations=len(HELD_OUT))
 
-    t = time.monotonic()
+    t = begin("shard", "cutting clips into webdataset shards on local Ray")
     sh = run_shard(
         str(manifest), str(root / "clips"), cfg.shard, cfg.storage, rerun=Rerun(overwrite=True)
     )
     stage("shard", t, clips=sh["clips"], shards=sh["shards"], errors=sh["errors"])
 
-    t = time.monotonic()
+    t = begin("recaption", "captioning every clip")
     rc = run_recaption(str(root / "clips"), str(root / "captions"), cfg.recaption, cfg.storage)
     stage("recaption", t, captioned=rc["captioned"], failed=rc["failed"], backend=rc["backend"])
 
-    t = time.monotonic()
+    t = begin("train-vae", f"training the VAE for {cfg.vae_train.steps} steps")
     vae = train_vae(str(root / "clips"), str(root / "vae"), cfg.vae_train, store)
     stage(
         "train-vae",
@@ -190,7 +230,7 @@ def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int
         psnr_after=round(vae["psnr_after"], 2),
     )
 
-    t = time.monotonic()
+    t = begin("encode", "encoding clips to latents and captions to text states")
     enc = run_encode(
         str(root / "clips"),
         str(root / "latents"),
@@ -202,7 +242,9 @@ def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int
     )
     stage("encode", t, clips=enc["clips"], shards=enc["shards"])
 
-    t = time.monotonic()
+    t = begin(
+        "train", "training the DiT in 2 processes (killed with SIGKILL mid-run, then resumed)"
+    )
     tr = train_with_interruption(
         cfg, root, root / "latents", deadline - RESERVE_S, root / "train.log"
     )
@@ -210,7 +252,7 @@ def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int
     plot_loss(history, int(tr["killed_after"].split("-")[1]), root / "loss.png")
     stage("train", t, **tr)
 
-    t = time.monotonic()
+    t = begin("sample+eval", f"sampling {cfg.demo.eval_prompts} prompts and scoring them")
     ev = evaluate(
         str(ckpt.parent),
         str(root / "vae" / "vae"),
@@ -229,6 +271,7 @@ def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int
         "seconds": round(time.monotonic() - start, 1),
         "artefacts": {
             "contact_sheet": str(root / "samples" / "contact_sheet.png"),
+            "animated_grid": str(root / "samples" / "samples.gif"),
             "samples": str(root / "samples"),
             "loss_curve": str(root / "loss.png"),
             "checkpoints": str(ckpt),
@@ -238,8 +281,8 @@ def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int
     store.write_text(str(root / "summary.json"), json.dumps(summary, indent=2))
     log.info(
         "demo: %d videos -> %d clips -> %d training steps (killed after %s, resumed) -> %d samples "
-        "in %.0fs; colour %.0f%%, direction %.0f%%, shape %.0f%% (chance 17/25/33%%); "
-        "contact sheet %s",
+        "in %.0fs; colour %.0f%%, direction %.0f%%, shape %.0f%% (chance 17/25/33%%), travel "
+        "%.2f of the frame (data 0.61), intact %.0f%%; contact sheet %s",
         num_videos,
         sh["clips"],
         tr["steps"],
@@ -249,6 +292,8 @@ def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int
         100 * ev["colour"],
         100 * ev["direction"],
         100 * ev["shape"],
+        ev["travel"],
+        100 * ev["intact"],
         summary["artefacts"]["contact_sheet"],
     )
     return 0

@@ -1,0 +1,198 @@
+"""What makes the demo learn: ablations at a fixed budget, one change at a time (issue 20).
+
+    python bench/demo_quality.py vae [--variants NAME,...] [--workdir DIR]
+    python bench/demo_quality.py dit [--steps 450] [--variants NAME,...] [--vae NAME] [--workdir DIR]
+
+`vae`: trains the demo's VAE per variant and scores its reconstructions of the 24 evaluation
+videos (the prompts the demo samples, held-out combinations included, rendered as ground truth at
+the sampling size) with the demo's scorer: a VAE that cannot carry a shape caps the DiT's shape.
+`dit`: trains the DiT per variant for exactly `--steps` steps (2 processes, ZeRO-2, as the demo)
+on one set of latents, samples the demo's 24 prompts and scores them. The generated data, shards,
+captions and each VAE's latents are made once per workdir and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from data_pipeline.job import run_shard  # noqa: E402
+from infra.config import load, to_dict  # noqa: E402
+from infra.demo import shapes  # noqa: E402
+from infra.demo.evaluate import HELD_OUT, eval_prompts, evaluate  # noqa: E402
+from infra.demo.run import _env, _train_cmd  # noqa: E402
+from infra.demo.score import measure, old_shape_rule, score  # noqa: E402
+from infra.provenance import Rerun  # noqa: E402
+from infra.schema import SpacetimeConfig  # noqa: E402
+from infra.schema.presets import get_preset  # noqa: E402
+from infra.storage import Storage  # noqa: E402
+from recaption.job import run_recaption  # noqa: E402
+from trainer.encode import run_encode  # noqa: E402
+from trainer.vae.pretrained import VideoVAE  # noqa: E402
+from trainer.vae.train import train_vae  # noqa: E402
+
+VAE_VARIANTS: dict[str, list[str]] = {
+    "demo": [],
+    "8 latent channels": ["vae_train.latent_channels=8"],
+    "9-frame crops": ["vae_train.frames=9"],
+    "time stride 2": ["vae_train.time_stride=2"],
+    "time stride 2 + 9-frame crops": ["vae_train.time_stride=2", "vae_train.frames=9"],
+    "time stride 2 + crop 48": ["vae_train.time_stride=2", "vae_train.crop=48"],
+    "time stride 2 + lr 3e-3": ["vae_train.time_stride=2", "vae_train.lr=3e-3"],
+    "time stride 2 + 2400 steps": ["vae_train.time_stride=2", "vae_train.steps=2400"],
+    "learned resample": ["vae_train.temporal_resample=learned"],
+    "time stride 2 + learned resample": [
+        "vae_train.time_stride=2",
+        "vae_train.temporal_resample=learned",
+    ],
+    "time stride 2 + learned resample + 1200 steps": [
+        "vae_train.time_stride=2",
+        "vae_train.temporal_resample=learned",
+        "vae_train.steps=1200",
+    ],
+}
+DIT_VARIANTS: dict[str, list[str]] = {
+    "EMA without warm-up (before)": ["train.ema_warmup=false"],
+    "EMA warm-up": [],
+    "EMA warm-up + cosine lr": ["train.optim.schedule=cosine"],
+    "EMA warm-up + lr 2e-3": ["train.optim.lr=2e-3"],
+}
+
+
+def config(overrides: list[str]) -> SpacetimeConfig:
+    return load(SpacetimeConfig, get_preset("demo"), None, overrides)
+
+
+def prepare(root: Path, cfg: SpacetimeConfig) -> None:
+    """Videos, clip shards and captions, once per workdir."""
+    if (root / "captions").exists():
+        return
+    manifest = shapes.generate(root / "videos", cfg.demo.videos, cfg.run.seed, set(HELD_OUT))
+    run_shard(
+        str(manifest), str(root / "clips"), cfg.shard, cfg.storage, rerun=Rerun(overwrite=True)
+    )
+    run_recaption(str(root / "clips"), str(root / "captions"), cfg.recaption, cfg.storage)
+
+
+def eval_videos() -> tuple[list[dict[str, str]], list[np.ndarray]]:
+    rows = eval_prompts(24)
+    clips = [shapes.ShapeClip(r["colour"], r["shape"], r["direction"], 64, 64, 17) for r in rows]
+    return rows, [shapes.render(c) for c in clips]
+
+
+def vae_scores(vae_dir: Path) -> dict[str, Any]:
+    rows, videos = eval_videos()
+    vae = VideoVAE(vae_dir)
+    measured = []
+    for v in videos:
+        x = torch.from_numpy(v).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        rec = vae.decode(vae.encode(x))[0].clamp(-1, 1)
+        measured.append(measure(((rec + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()))
+    out = score(measured, rows)
+    hits = sum(
+        old_shape_rule(m["outline"]) == r["shape"] for m, r in zip(measured, rows, strict=True)
+    )
+    return out | {"shape_old_rule": hits / len(rows)}
+
+
+def train_vae_variant(root: Path, name: str) -> Path:
+    out = root / "vae" / slug(name)
+    if not (out / "vae").exists():
+        cfg = config(VAE_VARIANTS[name])
+        train_vae(str(root / "clips"), str(out), cfg.vae_train, Storage())
+    return out / "vae"
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def cmd_vae(args: argparse.Namespace) -> None:
+    root = Path(args.workdir)
+    prepare(root, config([]))
+    print("| VAE variant | train s | colour | direction | shape | shape (rule before issue 20) "
+          "| travel | intact |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    truth = score([measure(v) for v in eval_videos()[1]], eval_videos()[0]) | {"shape_old_rule": 1}
+    print(_row("ground truth (no VAE)", 0.0, truth))
+    for name in args.variants.split(",") if args.variants else VAE_VARIANTS:
+        vae_dir = train_vae_variant(root, name)
+        seconds = json.loads((vae_dir.parent / "summary.json").read_text())["seconds"]
+        print(_row(name, seconds, vae_scores(vae_dir)), flush=True)
+
+
+def _row(name: str, seconds: float, s: dict[str, Any]) -> str:
+    return (
+        f"| {name} | {seconds:.0f} | {s['colour']:.0%} | {s['direction']:.0%} | {s['shape']:.0%} "
+        f"| {s['shape_old_rule']:.0%} | {s['travel']:.2f} | {s['intact']:.0%} |"
+    )
+
+
+def cmd_dit(args: argparse.Namespace) -> None:
+    root = Path(args.workdir)
+    prepare(root, config([]))
+    vae_dir = train_vae_variant(root, args.vae)
+    latents = root / "latents" / slug(args.vae)
+    if not latents.exists():
+        cfg = config(VAE_VARIANTS[args.vae])
+        run_encode(
+            str(root / "clips"), str(latents), str(vae_dir), None, cfg.encode, cfg.storage,
+            captions=str(root / "captions"),
+        )  # fmt: skip
+    print(f"DiT ablations: {args.steps} steps each, VAE '{args.vae}'")
+    print("| DiT variant | s/step | final loss | colour | direction | shape | held-out colour "
+          "| held-out direction | held-out shape | travel | intact |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.variants.split(",") if args.variants else DIT_VARIANTS:
+        over = [*VAE_VARIANTS[args.vae], *DIT_VARIANTS[name]]
+        cfg = config(over)
+        run = root / "runs" / f"{slug(args.vae)}--{slug(name)}"
+        cfg.run.output_dir, cfg.run.name = str(run), "dit"
+        run.mkdir(parents=True, exist_ok=True)
+        cfg_file = run / "config.yaml"
+        cfg_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        ckpt = run / "dit" / "checkpoints"
+        if not (ckpt / "latest").exists():
+            cmd = _train_cmd(cfg_file, latents, args.steps, 2)
+            with (run / "train.log").open("w") as f:
+                subprocess.run(cmd, env=_env(), stdout=f, stderr=subprocess.STDOUT, check=True)
+        state = json.loads((ckpt.parent / "train_summary.json").read_text())
+        step_s = state["wall_s"] / max(1, state["trained_steps"])
+        ev = evaluate(
+            str(ckpt.parent), str(vae_dir), str(run / "samples"), 24,
+            str(root / "captions"), cfg.sample,
+        )  # fmt: skip
+        h = ev["held_out"]
+        print(
+            f"| {name} | {step_s:.2f} | {state['final_loss']:.3f} "
+            f"| {ev['colour']:.0%} | {ev['direction']:.0%} | {ev['shape']:.0%} | {h['colour']:.0%} "
+            f"| {h['direction']:.0%} | {h['shape']:.0%} | {ev['travel']:.2f} | {ev['intact']:.0%} |",
+            flush=True,
+        )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=("vae", "dit"))
+    p.add_argument("--workdir", default="/tmp/demo-quality")
+    p.add_argument("--variants", default="", help="comma-separated names (default: all)")
+    p.add_argument("--steps", type=int, default=450)
+    p.add_argument("--vae", default="demo", help="the VAE variant the DiT trains on")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    (cmd_vae if args.what == "vae" else cmd_dit)(args)
+
+
+if __name__ == "__main__":
+    main()
