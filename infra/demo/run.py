@@ -62,9 +62,7 @@ def _env() -> dict[str, str]:
 
 # Lines of the training log shown on the console as they come (the rest stays in train.log):
 # the trainer's step lines (loss, throughput, ETA), resume and checkpoint notes, and failures.
-_ECHO = re.compile(
-    r"step \d+/\d+ loss|resumed from|checkpoint \S+ published|watchdog|Error|error:"
-)
+_ECHO = re.compile(r"step \d+/\d+ loss|resumed from|checkpoint \S+ published|watchdog|Error|error:")
 
 
 class _Tee:
