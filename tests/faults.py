@@ -5,7 +5,8 @@ relaunch of the same command gets past it.
 Use `fault_env("save:written@6")` in a child's environment: tests/fault_site/sitecustomize.py
 installs the hook there. Points: the trainer's `save:begin` (nothing of the checkpoint written yet)
 and `save:written` (every file written, not published), and `save:inside` (rank 0 is killed after
-DeepSpeed wrote its first file of the checkpoint).
+DeepSpeed wrote its first file of the checkpoint), `rollback` (just after the guard rolled the
+run back). `grad:nan@6/1` makes rank 1's gradients NaN in step 6 (GradAt); specs join with ';'.
 """
 
 from __future__ import annotations
@@ -53,6 +54,75 @@ class KillAt(hooks.Hooks):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the gradient times `factor` backward (the loss stays what it was)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return g * ctx.factor, None
+
+
+class GradAt(hooks.Hooks):
+    """Scales one rank's (or every rank's) gradients by `factor` (nan, or a spike) during the
+    given steps, through a forward hook on the model's output; once per step and run directory,
+    so a rollback that trains those step numbers again on other data gets clean gradients."""
+
+    def __init__(self, factor: float, steps: set[int], rank: int | None):
+        self.factor, self.steps, self.rank = factor, steps, rank
+        self.handle: Any = None
+
+    def at(self, point: str, trainer: Any) -> None:
+        if point != "step:begin":
+            return
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+        step = trainer.step + 1  # the step about to run
+        if step not in self.steps or self.rank not in (None, trainer.d.rank):
+            return
+        marker = trainer.ckpt.local / f".fault-grad-{step}-rank{trainer.d.rank}"
+        if marker.exists():
+            return
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        f = self.factor
+        self.handle = trainer.engine.module.register_forward_hook(
+            lambda _m, _i, out: _ScaleGrad.apply(out, f)
+        )
+
+
+class Several(hooks.Hooks):
+    def __init__(self, hooks_: list[hooks.Hooks]):
+        self.hooks = hooks_
+
+    def at(self, point: str, trainer: Any) -> None:
+        for h in self.hooks:
+            h.at(point, trainer)
+
+
+def parse(spec: str) -> hooks.Hooks:
+    """`POINT@STEP` (KillAt), or `grad:FACTOR@S1,S2[/RANK]` (GradAt); several joined by ';'."""
+    parts: list[hooks.Hooks] = []
+    for one in spec.split(";"):
+        point, _, at = one.partition("@")
+        if point.startswith("grad:"):
+            steps, _, rank = at.partition("/")
+            parts.append(
+                GradAt(
+                    float(point[5:]),
+                    {int(x) for x in steps.split(",")},
+                    int(rank) if rank else None,
+                )
+            )
+        else:
+            parts.append(KillAt(point, int(at)))
+    return parts[0] if len(parts) == 1 else Several(parts)
+
+
 def install_from_env() -> None:
-    point, _, step = os.environ["SPACETIME_TEST_FAULT"].partition("@")
-    hooks.install(KillAt(point, int(step)))
+    hooks.install(parse(os.environ["SPACETIME_TEST_FAULT"]))

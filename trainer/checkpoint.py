@@ -22,6 +22,7 @@ randomness from (seed, step, micro-batch), so this does not change the math).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -54,6 +55,7 @@ def tag_for(step: int) -> str:
     return f"step-{step:08d}"
 
 
+@functools.cache  # a git subprocess: once per process, not in every save's snapshot
 def code_version() -> str:
     try:
         here = Path(__file__).resolve().parent.parent

@@ -130,6 +130,31 @@ class OptimConfig:
 
 
 @dataclass
+class GuardConfig:
+    enabled: bool = True
+    """Skip non-finite steps (and spikes, with spike_factor > 0) instead of applying them."""
+    spike_factor: float = 10.0
+    """A step whose loss or gradient norm exceeds this many times the median of the last
+    `median_window` applied steps is skipped (0: only non-finite values are)."""
+    median_window: int = 100
+    min_history: int = 20
+    """Spikes are judged only once this many applied steps are in the window."""
+    max_skips: int = 3
+    skip_window: int = 50
+    """`max_skips` skips within this many steps roll the run back to its last checkpoint."""
+    max_rollbacks: int = 3
+    """More rollbacks than this in one run end it (the data or the settings need a look)."""
+
+    def validate(self) -> None:
+        if not self.spike_factor >= 0 or (self.spike_factor and self.spike_factor <= 1):
+            raise ValueError(f"train.guard.spike_factor must be 0 or > 1, got {self.spike_factor}")
+        if min(self.median_window, self.min_history, self.max_skips, self.skip_window) < 1:
+            raise ValueError("train.guard windows, min_history and max_skips must be >= 1")
+        if self.max_rollbacks < 0:
+            raise ValueError("train.guard.max_rollbacks must be >= 0")
+
+
+@dataclass
 class TrainConfig:
     model: DiTConfig = field(default_factory=DiTConfig)
     objective: Literal["flow", "ddpm"] = "flow"
@@ -176,6 +201,11 @@ class TrainConfig:
     peak_tflops: float = 0.0
     """Peak of one device for MFU (0: measured with a matmul on CPU; 989 for H100 bf16 dense)."""
     preview: PreviewConfig = field(default_factory=lambda: PreviewConfig())
+    checkpoint_async: bool = False
+    """Snapshot the state to host memory and write, upload and publish it in a background thread
+    while training goes on (at most one save in flight; trainer/saving.py)."""
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    """Skip non-finite or spiking steps; roll back when they cluster (trainer/guard.py)."""
 
     def validate(self) -> None:
         if self.preview.every and self.preview.every % self.checkpoint_every:
@@ -185,6 +215,7 @@ class TrainConfig:
             )
         if self.preview.every and not (self.preview.vae or self.data.vae):
             raise ValueError("train.preview.every needs train.preview.vae (or train.data.vae)")
+        self.guard.validate()
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:

@@ -2,8 +2,10 @@
 (a SIGKILL at an exact moment of a save) and for tools that observe a run, without any branch for
 them in the trainer itself.
 
-Points: `save:begin` (before anything of the checkpoint is written), `save:written` (every rank
-wrote its files; nothing is published yet), `save:published` (`latest` points at it).
+Points: `step:begin` (before a step's forward passes), `save:begin` (before anything of the
+checkpoint is written), `save:written` (every rank wrote its files; nothing is published yet),
+`save:published` (`latest` points at it), `rollback` (the guard has just rolled the run back). With
+asynchronous saves the last two run in the saving thread; the trainer they get shows the saved step.
 """
 
 from __future__ import annotations

@@ -73,6 +73,10 @@ class TrainMetrics:
             )
         self._reset()
 
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
     def image(self, tag: str, image: Any, step: int) -> None:
         if self.writer is not None:
             self.writer.add_image(tag, image, step, dataformats="HWC")

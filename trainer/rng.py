@@ -17,10 +17,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 
-def save_rank_files(path: Path, rank: int) -> None:
-    """This rank's RNG states as safetensors plus JSON metadata: loading a checkpoint never
-    unpickles anything of ours (DeepSpeed's own files still are pickles: load only checkpoints
-    you trust)."""
+def rank_state() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """This process's RNG states as (tensors, safetensors metadata): taken at a save's snapshot,
+    written by `write_rank_state`, possibly later (asynchronous saves)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, mt, gauss_next = random.getstate()
     tensors = {
@@ -34,9 +33,20 @@ def save_rank_files(path: Path, rank: int) -> None:
         "numpy": [kind, int(pos), int(has_gauss), float(gauss)],
         "python": [version, gauss_next],
     }
-    save_file(
-        tensors, str(path / f"rng-rank{rank:05d}.safetensors"), metadata={"state": json.dumps(meta)}
-    )
+    return tensors, {"state": json.dumps(meta)}
+
+
+def write_rank_state(
+    path: Path, rank: int, state: tuple[dict[str, torch.Tensor], dict[str, str]]
+) -> None:
+    save_file(state[0], str(path / f"rng-rank{rank:05d}.safetensors"), metadata=state[1])
+
+
+def save_rank_files(path: Path, rank: int) -> None:
+    """This rank's RNG states as safetensors plus JSON metadata: loading a checkpoint never
+    unpickles anything of ours (DeepSpeed's own files still are pickles: load only checkpoints
+    you trust)."""
+    write_rank_state(path, rank, rank_state())
 
 
 def load_rank_files(path: Path, rank: int) -> bool:

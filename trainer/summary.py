@@ -53,6 +53,10 @@ def write_summary(tr: Trainer, start: int, wall: float) -> dict[str, Any]:
         # Per rank, above the level before the model was built, up to the last step (and the
         # saves before it), not its own save (trainer.memory.PeakMemory).
         "peak_memory_bytes": peaks,
+        # Seconds the loop stood still for each save of this run (train.checkpoint_async).
+        "checkpoint_blocked_s": tr.saver.blocked_s,
+        "skipped_steps": [h["step"] for h in tr.history if "skipped" in h],
+        "rollbacks": tr.guard.rollbacks,
     }
     if tr.d.rank == 0:
         (tr.local / "train_summary.json").write_text(json.dumps(summary, indent=2))

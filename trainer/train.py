@@ -17,21 +17,14 @@ from typing import Any
 import deepspeed
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from infra.config import to_dict
 from infra.errors import JobError
 from infra.storage import Storage, StorageConfig
 from infra.uris import is_s3, join
 from trainer import hooks
-from trainer.checkpoint import (
-    CheckpointStore,
-    check_resume,
-    code_version,
-    local_run_dir,
-    tag_for,
-    write_state,
-)
+from trainer.checkpoint import CheckpointStore, check_resume, code_version, local_run_dir
 from trainer.config import RunConfig, TrainConfig
 from trainer.data.loader import StepData, adopt_latent_space, build_loader, training_index
 from trainer.diffusion.common import per_sample
@@ -48,13 +41,16 @@ from trainer.engine import (
     measure_peak_tflops,
     use_bf16,
 )
+from trainer.guard import StepGuard, grad_norm_of, guard_optimizer
 from trainer.memory import PeakMemory
 from trainer.metrics import TrainMetrics
 from trainer.model.dit import DiT
 from trainer.model.packing import drop_tokens, pack
 from trainer.model.sequence_parallel import SequenceShard, shard_pack
 from trainer.preview import preview
-from trainer.rng import load_rank_files, save_rank_files
+from trainer.rng import load_rank_files
+from trainer.rollback import log_skip, read_windows, rollback
+from trainer.saving import Saver
 from trainer.summary import log_start, write_summary
 from trainer.watchdog import Watchdog
 
@@ -125,6 +121,10 @@ class Trainer:
         self.tokens_seen = self.samples_seen = 0
         self.peak_bytes: int | None = None  # memory of this rank's training steps (PeakMemory)
         self.textless = 0  # micro-batches (all ranks, this run) whose every caption was dropped
+        self.guard = StepGuard(cfg.guard)
+        self._pre_norm: float | None = None  # ZeRO-0's gradient norm, taken before its step
+        self.last_skip: str | None = None  # why the last step's update was not applied
+        self.data_position = (0, 0)  # where the running step's data comes from
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -148,6 +148,8 @@ class Trainer:
         torch.manual_seed(self.seed)
         self.model = build_model(self.cfg)
         optimizer = build_optimizer(self.cfg, self.model)
+        self.inner_optimizer = optimizer
+        guard_optimizer(optimizer, self.guard, self._ds_grad_norm)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.model,
@@ -162,11 +164,13 @@ class Trainer:
             if self.cfg.ema_decay > 0
             else None
         )
+        self.saver = Saver(self, self.cfg.checkpoint_async)
+        self.guard.add_windows(read_windows(self))
         if tag is not None:
             self._restore(tag, path, state)
         self.peak = self.cfg.peak_tflops or measure_peak_tflops(self.d.device, self.bf16)
 
-    def _restore(self, tag: str, path: Path, state: dict[str, Any]) -> None:
+    def _restore(self, tag: str, path: Path, state: dict[str, Any], rollback: bool = False) -> None:
         if (
             self.engine.load_checkpoint(str(self.ckpt.local), tag=tag, load_module_strict=True)[0]
             is None
@@ -180,10 +184,24 @@ class Trainer:
         self.tokens_seen, self.samples_seen = state["tokens_seen"], state["samples_seen"]
         if self.ema is not None and (path / "ema.safetensors").exists():
             self.ema.load_full_state(load_file(str(path / "ema.safetensors")))
+        self.guard.load_state_dict(state.get("guard", {}), rollback=rollback)
         if not load_rank_files(path, self.d.rank):
             log.info("rank %d: no RNG state in %s (new rank)", self.d.rank, tag)
         self.history = state.get("history", [])
-        log.info("resumed from %s at step %d (epoch %d)", tag, self.step, self.epoch)
+        if not rollback:
+            log.info("resumed from %s at step %d (epoch %d)", tag, self.step, self.epoch)
+
+    # -- the guard -------------------------------------------------------------------------------
+
+    def _ds_grad_norm(self) -> float | None:
+        """The step's global gradient norm as DeepSpeed's ZeRO (or bf16) optimizer computed it
+        before calling the inner optimizer; without a wrapper (ZeRO-0, fp32), the one taken
+        before the step."""
+        opt = self.engine.optimizer
+        if opt is self.inner_optimizer:
+            return self._pre_norm
+        n = getattr(opt, "_global_grad_norm", None)
+        return None if n is None else float(n)
 
     # -- one optimizer step ------------------------------------------------------------------------
 
@@ -206,7 +224,10 @@ class Trainer:
             norm = data.global_samples
         loss_sum = torch.zeros((), dtype=torch.float64)
         flops, textless = 0.0, 0
-        for samples, mb_id in zip(data.microbatches, data.microbatch_ids, strict=True):
+        last = len(data.microbatches) - 1
+        for i_mb, (samples, mb_id) in enumerate(
+            zip(data.microbatches, data.microbatch_ids, strict=True)
+        ):
             gen = microbatch_generator(self.seed, data.epoch, data.step_in_epoch, mb_id)
             keep_text = torch.rand(len(samples), generator=gen) >= cfg.data.caption_dropout
             texts = [
@@ -232,21 +253,32 @@ class Trainer:
                 else per_sample(per_token, batch).sum()
             )
             self.engine.backward(part * (g_total / norm))
-            self.engine.step()
+            if i_mb < last:  # the last one's step is the optimizer step: after the guard's inputs
+                self.engine.step()
             loss_sum += part.detach().double().cpu()
             for i in range(len(samples) if first else 0):
                 n = int(batch.cu_seqlens[i + 1] - batch.cu_seqlens[i])
                 flops += n * self.model.flops_per_token(n, len(texts[i]))
         stats = torch.tensor([float(loss_sum), flops, textless], dtype=torch.float64)
         dist.all_reduce(stats)
-        if self.ema is not None:
-            self.ema.update(self.step + 1)  # self.step counts the steps before this one
+        loss = float(stats[0]) / norm
+        self.guard.begin(loss)
+        if self.engine.optimizer is self.inner_optimizer:  # whole gradients, already reduced
+            self._pre_norm = grad_norm_of(self.inner_optimizer)
+        self.engine.step()
         gn = self.engine.get_global_grad_norm()
+        gn = float(gn) if gn is not None else (self._pre_norm or float("nan"))
+        self.last_skip = self.guard.veto or None
+        if not self.engine.was_step_applied():  # DeepSpeed dropped it (a non-finite norm)
+            self.last_skip = self.last_skip or self.guard.judge(loss, gn) or "DeepSpeed skipped it"
+            self.scheduler.step()  # a skipped step moves the schedule, as a vetoed one does
+        if self.ema is not None and self.last_skip is None:
+            self.ema.update(self.step + 1)  # self.step counts the steps before this one
         return {
-            "loss": float(stats[0]) / norm,
+            "loss": loss,
             "flops": float(stats[1]),
             "textless_microbatches": float(stats[2]),
-            "grad_norm": float(gn) if gn is not None else float("nan"),
+            "grad_norm": gn,
             "lr": float(self.scheduler.get_last_lr()[0]),
             "tokens": float(data.global_tokens),
             "samples": float(data.global_samples),
@@ -259,16 +291,18 @@ class Trainer:
         self.tokens_seen += int(s["tokens"])
         self.samples_seen += int(s["samples"])
         self.textless += int(s["textless_microbatches"])
-        self.history.append({"step": self.step, "loss": s["loss"], "wall": time.time()})
+        entry = {"step": self.step, "loss": s["loss"], "wall": time.time()}
+        self.history.append(entry | ({"skipped": self.last_skip} if self.last_skip else {}))
 
     # -- checkpointing ---------------------------------------------------------------------------
 
-    def _save_or_explain(self) -> None:
+    def _save_or_explain(self) -> float:
         """A save's collectives are bounded by train.dist_timeout_s, not the watchdog (the save's
         allowance is train.save_timeout_s, for the upload): when a peer freezes or dies inside
-        one, gloo/NCCL raise a bare timeout; this names what was happening before it ends the run."""
+        one, gloo/NCCL raise a bare timeout; this names what was happening before it ends the run.
+        Returns the seconds the loop was blocked."""
         try:
-            self.save()
+            return self.saver.save()
         except RuntimeError as e:
             log.critical(
                 "rank %d: checkpoint save at step %d failed (%s); a peer is probably frozen or "
@@ -279,41 +313,62 @@ class Trainer:
             )
             raise
 
-    def save(self) -> None:
-        """Every rank writes its part of checkpoint step-N; it is published (`latest`) once all
-        have. Hook points (trainer.hooks) mark where tests inject faults."""
-        tag = tag_for(self.step)
-        hooks.active.at("save:begin", self)
-        path = self.ckpt.write_engine(self.engine, tag, self.d.local_rank)
-        save_rank_files(path, self.d.rank)
-        ema = self.ema.full_state() if self.ema is not None else None
-        if self.d.rank == 0:
-            if ema is not None:
-                save_file(ema, str(path / "ema.safetensors"))
-            write_state(
-                path,
-                {
-                    "step": self.step,
-                    "epoch": self.epoch,
-                    "step_in_epoch": self.step_in_epoch,
-                    "tokens_seen": self.tokens_seen,
-                    "samples_seen": self.samples_seen,
-                    "world_size": self.d.world_size,
-                    "zero_stage": self.cfg.zero_stage,
-                    "index": self.index.fingerprint(),
-                    "code_version": code_version(),
-                    "config": to_dict(self.cfg),
-                    "run": to_dict(self.run_cfg),
-                    "history": self.history,
-                },
-            )
-        hooks.active.at("save:written", self)
-        self.ckpt.publish(path, self.cfg.keep_checkpoints, self.d.local_rank)
-        hooks.active.at("save:published", self)
-        if self.d.rank == 0:
-            log.info("checkpoint %s published", tag)
+    def run_state(self) -> dict[str, Any]:
+        """What trainer_state.json holds: the position, counts and settings of the run."""
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "tokens_seen": self.tokens_seen,
+            "samples_seen": self.samples_seen,
+            "world_size": self.d.world_size,
+            "zero_stage": self.cfg.zero_stage,
+            "index": self.index.fingerprint(),
+            "code_version": code_version(),
+            "config": to_dict(self.cfg),
+            "run": to_dict(self.run_cfg),
+            "history": list(self.history),
+            "guard": self.guard.state_dict(),
+        }
 
     # -- the loop --------------------------------------------------------------------------------
+
+    def _train_until_rollback(self, dog: Watchdog, metrics: TrainMetrics) -> bool:
+        """Trains from the current position to the last step; True when it rolled back (the
+        loop starts again from the checkpoint's position)."""
+        cfg = self.cfg
+        for data in self.loader.iterate(self.epoch, self.step_in_epoch):
+            self.data_position = (data.epoch, data.step_in_epoch)
+            if self.guard.excluded(self.data_position):  # rolled back once: never again
+                self.epoch, self.step_in_epoch = data.epoch, data.step_in_epoch + 1
+                if self.d.rank == 0:
+                    log.info("data position %s skipped (a rolled-back window)", self.data_position)
+                continue
+            self.saver.poll()
+            hooks.active.at("step:begin", self)
+            stats = self.train_step(data)
+            self.peak_bytes = self.memory.peak()  # read before this step's save, if any
+            self._advance(data, stats)
+            dog.beat(f"step {self.step}")
+            metrics.update(self.step, self.epoch, stats)
+            if self.last_skip is not None:
+                log_skip(self, stats, data)
+            if self.guard.record(
+                self.step, self.data_position, stats["loss"], stats["grad_norm"], self.last_skip
+            ):
+                with dog.allowance(cfg.save_timeout_s, f"rollback at step {self.step}"):
+                    rollback(self)
+                return True
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                with dog.allowance(cfg.save_timeout_s, f"checkpoint at step {self.step}"):
+                    metrics.scalar("checkpoint/blocked_s", self._save_or_explain(), self.step)
+                if cfg.preview.every and self.step % cfg.preview.every == 0:
+                    with dog.allowance(cfg.save_timeout_s, f"preview at step {self.step}"):
+                        self.saver.wait()  # previews sample the published checkpoint
+                        preview(self, metrics)
+            if self.step >= cfg.steps:
+                break
+        return False
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -331,20 +386,10 @@ class Trainer:
             log.info("already at step %d of %d: nothing to train", self.step, cfg.steps)
         else:
             dog = Watchdog(cfg.watchdog_s, self.d.rank).start()
-            for data in self.loader.iterate(self.epoch, self.step_in_epoch):
-                stats = self.train_step(data)
-                self.peak_bytes = self.memory.peak()  # read before this step's save, if any
-                self._advance(data, stats)
-                dog.beat(f"step {self.step}")
-                metrics.update(self.step, self.epoch, stats)
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                    with dog.allowance(cfg.save_timeout_s, f"checkpoint at step {self.step}"):
-                        self._save_or_explain()
-                    if cfg.preview.every and self.step % cfg.preview.every == 0:
-                        with dog.allowance(cfg.dist_timeout_s, f"preview at step {self.step}"):
-                            preview(self, metrics)
-                if self.step >= cfg.steps:
-                    break
+            while self._train_until_rollback(dog, metrics):
+                pass
+            with dog.allowance(cfg.save_timeout_s, "the last checkpoint save"):
+                self.saver.wait()
             dog.stop()
         return write_summary(self, start, metrics.close())
 
