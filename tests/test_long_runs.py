@@ -1,7 +1,7 @@
 """Long-run safety under the real DeepSpeed engine on CPU (gloo), in real processes: asynchronous
 checkpoints (bit-identical to synchronous ones, kill -9 while one is being written), the step
-guard (a NaN in one rank's gradients, a spike, clustered spikes rolling back), and the EMA under
-ZeRO-3."""
+guard (a NaN in one rank's gradients, a spike, clustered spikes rolling back), the EMA under
+ZeRO-3, and the held-out validation across a resume (its world-size test: test_validation.py)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,20 @@ def latents(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five clips not in the training data, for train.validation."""
+    import random
+
+    from tests.latents import write_latent_shards
+
+    r = random.Random(1)
+    shapes = [(4, r.choice([1, 2, 3]), r.choice([4, 6, 8]), r.choice([4, 6, 8])) for _ in range(5)]
+    out = tmp_path_factory.mktemp("held")
+    write_latent_shards(out, shapes, per_shard=3, seed=7)
+    return out
+
+
 def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -47,6 +61,10 @@ def _ema(run: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(str(run / "checkpoints" / f"step-{step:08d}" / "ema.safetensors"))
 
 
+def _state(run: Path, step: int) -> dict:  # type: ignore[type-arg]
+    return json.loads((run / "checkpoints" / f"step-{step:08d}" / "trainer_state.json").read_text())
+
+
 def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -56,7 +74,7 @@ GUARD = ("--set", "train.guard.spike_factor=5", "--set", "train.guard.min_histor
 
 
 def test_async_saves_equal_sync_saves_and_survive_kill_9_while_writing(
-    latents: Path, tmp_path: Path
+    latents: Path, held_out: Path, tmp_path: Path
 ) -> None:
     """ZeRO-3 on 2 ranks, a checkpoint every step. The asynchronous run is killed (rank 0,
     SIGKILL) in its saving thread after DeepSpeed's first file of step 6 is written, while the
@@ -64,7 +82,14 @@ def test_async_saves_equal_sync_saves_and_survive_kill_9_while_writing(
     synchronous run's at every step, bit for bit: weights, the partitioned EMA, losses. That EMA
     equals the unpartitioned EMA recomputed in this process from the run's initial weights and
     every step's weights."""
-    every = ("--set", "train.checkpoint_every=1")
+    every = (
+        "--set",
+        "train.checkpoint_every=1",
+        "--set",
+        f"train.validation.latents={held_out}",
+        "--set",
+        "train.validation.every=5",
+    )
     _run(_cmd(2, latents, tmp_path, "sync", 3, *KEEP_ALL, *every))
     cmd = _cmd(
         2, latents, tmp_path, "async", 3, *KEEP_ALL, *every, "--set", "train.checkpoint_async=true"
@@ -79,6 +104,10 @@ def test_async_saves_equal_sync_saves_and_survive_kill_9_while_writing(
         assert _equal(_weights(tmp_path / "async", step), _weights(tmp_path / "sync", step)), step
         assert _equal(_ema(tmp_path / "async", step), _ema(tmp_path / "sync", step)), step
     assert _history(tmp_path, "async") == _history(tmp_path, "sync")
+    # The held-out validation (train.validation) after the kill and resume: the same numbers.
+    val = [_state(tmp_path / r, STEPS)["validation"] for r in ("async", "sync")]
+    assert val[0] == val[1] and [v["step"] for v in val[0]] == [5, 10]
+    assert val[0][1]["loss"] < val[0][0]["loss"]  # it learns what generalises to held-out clips
     summary = json.loads((tmp_path / "async" / "train_summary.json").read_text())
     assert len(summary["checkpoint_blocked_s"]) == STEPS - 5  # the resumed launch's saves
 

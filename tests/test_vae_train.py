@@ -55,10 +55,11 @@ def test_train_vae_raises_heldout_psnr(shards: Path, tmp_path: Path) -> None:
 
 def _check_tiled_matches_untiled(vae: CausalVAE, shards: Path) -> None:
     """Stated tolerance for tiled (32 px tiles, 16 px overlap, blended) + chunked encode and decode
-    on a trained VAE: the tiled reconstruction is within 0.15 dB PSNR of the untiled one against
-    the original, and >= 38 dB against the untiled reconstruction itself. Measured on this test's
-    300-step VAE (9 clips, two machines): 41.9-49.4 dB, PSNR differences at most 0.05 dB; the
-    bounds keep ~4 dB and 3x of margin for other CPUs' float results."""
+    on a trained VAE: the tiled reconstruction is at most 0.15 dB PSNR worse than the untiled one
+    against the original, and >= 38 dB against the untiled reconstruction itself. Measured on this
+    test's 300-step VAE (9 clips, two Intel machines): 41.9-49.4 dB, PSNR differences at most
+    0.05 dB; on an AMD EPYC one clip's tiled reconstruction was 0.18 dB better (the VAE trains to
+    other floats there)."""
     import torch
 
     from infra.media import decode_frames
@@ -77,7 +78,9 @@ def _check_tiled_matches_untiled(vae: CausalVAE, shards: Path) -> None:
             whole = vae.decode(vae.encode(x).mean).clamp(-1, 1)
             z = vae.encode_chunked(x, chunk_latent_frames=2, tile=32, overlap=16)
             tiled = vae.decode_chunked(z, chunk_latent_frames=2, tile=4, overlap=2).clamp(-1, 1)
-        assert abs(psnr(tiled[0], x[0]) - psnr(whole[0], x[0])) <= 0.15
+        # One-sided: tiling must not cost quality. On an AMD EPYC the trained VAE's tiled
+        # reconstruction of one clip came out 0.18 dB *better* than the untiled one.
+        assert psnr(tiled[0], x[0]) >= psnr(whole[0], x[0]) - 0.15
         assert psnr(tiled[0], whole[0]) >= 38.0
         checked += 1
     assert checked >= 3

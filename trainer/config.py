@@ -155,6 +155,24 @@ class GuardConfig:
 
 
 @dataclass
+class ValidationConfig:
+    every: int = 0
+    """Compute the held-out loss every N steps (0: off)."""
+    latents: str = ""
+    """Held-out clips: a latents dataset (`spacetime encode` output) not in train.data."""
+    timesteps: int = 8
+    """Equidistant timesteps of the fixed grid (flow: t = (i + 0.5) / n; DDPM: integer steps)."""
+    max_clips: int = 64
+    """Use the first N clips of the held-out set (0: all)."""
+
+    def validate(self) -> None:
+        if self.every < 0 or self.timesteps < 1 or self.max_clips < 0:
+            raise ValueError("train.validation: every >= 0, timesteps >= 1, max_clips >= 0")
+        if self.every and not self.latents:
+            raise ValueError("train.validation.every needs train.validation.latents")
+
+
+@dataclass
 class TrainConfig:
     model: DiTConfig = field(default_factory=DiTConfig)
     objective: Literal["flow", "ddpm"] = "flow"
@@ -206,6 +224,14 @@ class TrainConfig:
     while training goes on (at most one save in flight; trainer/saving.py)."""
     guard: GuardConfig = field(default_factory=GuardConfig)
     """Skip non-finite or spiking steps; roll back when they cluster (trainer/guard.py)."""
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    """Held-out loss at fixed timesteps and noise (trainer/validation.py)."""
+    init: str = ""
+    """Fine-tuning: a new run starts from these weights (run dir, checkpoint or exported folder)
+    instead of a random initialisation; the optimizer starts afresh. Ignored on --resume."""
+    init_weights: Literal["ema", "model"] = "ema"
+    """Which weights of `init`: its EMA (what it samples with; the raw weights when it has none)
+    or its raw weights."""
 
     def validate(self) -> None:
         if self.preview.every and self.preview.every % self.checkpoint_every:
@@ -216,6 +242,7 @@ class TrainConfig:
         if self.preview.every and not (self.preview.vae or self.data.vae):
             raise ValueError("train.preview.every needs train.preview.vae (or train.data.vae)")
         self.guard.validate()
+        self.validation.validate()
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:

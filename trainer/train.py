@@ -41,6 +41,7 @@ from trainer.engine import (
     measure_peak_tflops,
     use_bf16,
 )
+from trainer.finetune import load_init
 from trainer.guard import StepGuard, grad_norm_of, guard_optimizer
 from trainer.memory import PeakMemory
 from trainer.metrics import TrainMetrics
@@ -52,6 +53,7 @@ from trainer.rng import load_rank_files
 from trainer.rollback import log_skip, read_windows, rollback
 from trainer.saving import Saver
 from trainer.summary import log_start, write_summary
+from trainer.validation import Validator
 from trainer.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,7 @@ class Trainer:
         self._pre_norm: float | None = None  # ZeRO-0's gradient norm, taken before its step
         self.last_skip: str | None = None  # why the last step's update was not applied
         self.data_position = (0, 0)  # where the running step's data comes from
+        self.validation: list[dict[str, Any]] = []  # held-out results, as the run state keeps them
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -147,6 +150,8 @@ class Trainer:
         self.memory.start()
         torch.manual_seed(self.seed)
         self.model = build_model(self.cfg)
+        if self.cfg.init and tag is None:
+            load_init(self.model, self.cfg, self.d.rank)
         optimizer = build_optimizer(self.cfg, self.model)
         self.inner_optimizer = optimizer
         guard_optimizer(optimizer, self.guard, self._ds_grad_norm)
@@ -165,6 +170,7 @@ class Trainer:
             else None
         )
         self.saver = Saver(self, self.cfg.checkpoint_async)
+        self.validator = Validator(self) if self.cfg.validation.every else None
         self.guard.add_windows(read_windows(self))
         if tag is not None:
             self._restore(tag, path, state)
@@ -188,6 +194,7 @@ class Trainer:
         if not load_rank_files(path, self.d.rank):
             log.info("rank %d: no RNG state in %s (new rank)", self.d.rank, tag)
         self.history = state.get("history", [])
+        self.validation = state.get("validation", [])
         if not rollback:
             log.info("resumed from %s at step %d (epoch %d)", tag, self.step, self.epoch)
 
@@ -329,6 +336,7 @@ class Trainer:
             "run": to_dict(self.run_cfg),
             "history": list(self.history),
             "guard": self.guard.state_dict(),
+            "validation": list(self.validation),
         }
 
     # -- the loop --------------------------------------------------------------------------------
@@ -359,6 +367,12 @@ class Trainer:
                 with dog.allowance(cfg.save_timeout_s, f"rollback at step {self.step}"):
                     rollback(self)
                 return True
+            if self.validator is not None and self.step % cfg.validation.every == 0:
+                with dog.allowance(cfg.dist_timeout_s, f"validation at step {self.step}"):
+                    self.validation.append(self.validator.run())
+                metrics.scalar("val/loss", self.validation[-1]["loss"], self.step)
+                for t, v in self.validation[-1]["per_t"]:
+                    metrics.scalar(f"val/loss_t{t:g}", v, self.step)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 with dog.allowance(cfg.save_timeout_s, f"checkpoint at step {self.step}"):
                     metrics.scalar("checkpoint/blocked_s", self._save_or_explain(), self.step)

@@ -120,6 +120,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name in ("latents", "clips", "vae", "captions"):
         if getattr(args, name):
             setattr(cfg.train.data, name, getattr(args, name))
+    if args.init:
+        cfg.train.init = args.init
     if args.dry_run:
         from trainer.dry_run import dry_run
 

@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="'auto' (continue from the run's latest checkpoint, or start) or a checkpoint dir",
     )
     p.add_argument(
+        "--init",
+        default=None,
+        help="fine-tune: start a new run from these weights (a run dir, a checkpoint or an "
+        "exported folder; train.init_weights picks EMA or raw)",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="print the DeepSpeed config, parameter count, attention backend, packing stats, the "

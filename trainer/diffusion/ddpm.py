@@ -57,6 +57,10 @@ class GaussianDiffusion:
     def num_timesteps(self) -> int:
         return self.cfg.num_timesteps
 
+    def fixed_t(self, n: int) -> torch.Tensor:
+        """n equidistant integer steps across the schedule (validation)."""
+        return ((torch.arange(n, dtype=torch.float64) + 0.5) * self.num_timesteps / n).long()
+
     def _gather(
         self, table: torch.Tensor, t: torch.Tensor, batch: PackedBatch, like: torch.Tensor
     ) -> torch.Tensor:
@@ -98,11 +102,15 @@ class GaussianDiffusion:
         x0: torch.Tensor,
         batch: PackedBatch,
         generator: torch.Generator | None = None,
+        t: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(N,) per-token MSE for uniformly drawn steps, one per sample."""
-        t = torch.randint(
-            0, self.num_timesteps, (batch.num_samples,), generator=generator, device="cpu"
-        ).to(x0.device)
+        """(N,) per-token MSE for uniformly drawn steps, one per sample; `t`: (B,) fixed integer
+        steps instead (validation)."""
+        if t is None:
+            t = torch.randint(
+                0, self.num_timesteps, (batch.num_samples,), generator=generator, device="cpu"
+            )
+        t = t.long().to(x0.device)
         noise = torch.randn(x0.shape, generator=generator, device="cpu", dtype=x0.dtype).to(
             x0.device
         )

@@ -29,6 +29,10 @@ class RectifiedFlow:
     def _tokens_per_sample(self, batch: PackedBatch) -> torch.Tensor:
         return torch.tensor([g[0] * g[1] * g[2] for g in batch.grids], dtype=torch.float64)
 
+    def fixed_t(self, n: int) -> torch.Tensor:
+        """n equidistant times in (0, 1), unshifted: the same grid for every sample (validation)."""
+        return (torch.arange(n, dtype=torch.float64) + 0.5) / n
+
     def sample_t(
         self, batch: PackedBatch, generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -54,9 +58,11 @@ class RectifiedFlow:
         x0: torch.Tensor,
         batch: PackedBatch,
         generator: torch.Generator | None = None,
+        t: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(N,) per-token MSE between predicted and true velocity."""
-        t = self.sample_t(batch, generator)
+        """(N,) per-token MSE between predicted and true velocity; `t`: (B,) fixed times in (0, 1)
+        instead of drawn ones (validation)."""
+        t = self.sample_t(batch, generator) if t is None else t.to(torch.float64)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         xt = self.interpolate(x0, noise, t, batch)
         out = model(xt, (t * 1000).to(x0.device, x0.dtype), batch)
