@@ -15,22 +15,17 @@ from safetensors.torch import load_file
 
 from tests.conftest import REPO
 from tests.faults import fault_env
-from tests.test_train_deepspeed import STEPS, _cmd, _crash_in_save, _env, _history, _run
+from tests.test_train_deepspeed import (  # noqa: F401 (latents: the same fixture)
+    STEPS,
+    _cmd,
+    _crash_in_save,
+    _env,
+    _history,
+    _run,
+    latents,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
-
-
-@pytest.fixture(scope="module")
-def latents(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import random
-
-    from tests.latents import write_latent_shards
-
-    r = random.Random(0)
-    shapes = [(4, r.choice([1, 2, 3]), r.choice([4, 6, 8]), r.choice([4, 6, 8])) for _ in range(40)]
-    out = tmp_path_factory.mktemp("lat")
-    write_latent_shards(out, shapes, per_shard=10)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +69,9 @@ GUARD = ("--set", "train.guard.spike_factor=5", "--set", "train.guard.min_histor
 
 
 def test_async_saves_equal_sync_saves_and_survive_kill_9_while_writing(
-    latents: Path, held_out: Path, tmp_path: Path
+    latents: Path,  # noqa: F811 (the imported fixture)
+    held_out: Path,
+    tmp_path: Path,
 ) -> None:
     """ZeRO-3 on 2 ranks, a checkpoint every step. The asynchronous run is killed (rank 0,
     SIGKILL) in its saving thread after DeepSpeed's first file of step 6 is written, while the
@@ -131,7 +128,8 @@ def test_async_saves_equal_sync_saves_and_survive_kill_9_while_writing(
 
 
 def test_nan_in_one_ranks_gradients_skips_the_step_on_every_rank(
-    latents: Path, tmp_path: Path
+    latents: Path,  # noqa: F811 (the imported fixture)
+    tmp_path: Path,
 ) -> None:
     """Rank 1's gradients of step 6 are NaN (its loss is not): DeepSpeed's ZeRO-2 drops the update
     on both ranks and the guard books the skip; weights and EMA after step 6 equal those after
@@ -158,7 +156,8 @@ def test_nan_in_one_ranks_gradients_skips_the_step_on_every_rank(
 
 
 def test_clustered_spikes_roll_back_and_a_resume_keeps_the_window(
-    latents: Path, tmp_path: Path
+    latents: Path,  # noqa: F811 (the imported fixture)
+    tmp_path: Path,
 ) -> None:
     """Spikes in steps 6 and 7 (max_skips 2): the run rolls back to step 6's checkpoint and never
     trains on the data of those steps again. The same run killed right after its rollback (before

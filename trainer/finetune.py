@@ -13,8 +13,8 @@ import logging
 from torch import nn
 
 from infra.errors import JobError
-from trainer.checkpoint import load_weights
 from trainer.config import TrainConfig
+from trainer.weights import load_weights
 
 log = logging.getLogger("trainer.train")
 

@@ -30,7 +30,6 @@ from PIL import Image
 
 from infra.config import from_dict, to_dict
 from infra.media import contact_sheet, read_frames, write_mp4
-from trainer.checkpoint import load_weights
 from trainer.config import SampleConfig, TrainConfig
 from trainer.diffusion.objectives import build_diffusion
 from trainer.engine import init_distributed
@@ -39,6 +38,7 @@ from trainer.model.packing import PackedBatch, pack, patchify, unpack
 from trainer.model.sequence_parallel import SequenceShard, shard_pack
 from trainer.text.encoder import TextEncoder, TextEncoderConfig
 from trainer.vae.pretrained import VideoVAE
+from trainer.weights import load_weights
 
 # (prompt, width, height, seconds, fps) -> the text the model is conditioned on.
 Rewrite = Callable[[str, int, int, float, float], str]
@@ -66,7 +66,7 @@ def _known_keys(cls: type, data: dict[str, Any], where: str, path: str = "") -> 
 
 def load_model(path: str | Path, use_ema: bool = True) -> tuple[DiT, TrainConfig, str]:
     """(model in eval mode, its training config, which weights were loaded) from a run dir, a
-    checkpoint or an exported folder (trainer.checkpoint.load_weights)."""
+    checkpoint or an exported folder (trainer.weights.load_weights)."""
     sd, cfg_dict, which = load_weights(path, use_ema)
     cfg = from_dict(TrainConfig, _known_keys(TrainConfig, cfg_dict, which), source=which)
     cfg.model.attn_backend = "auto"  # the machine that samples may differ from the one that trained

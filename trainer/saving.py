@@ -30,8 +30,9 @@ import torch
 from deepspeed.runtime.checkpoint_engine.checkpoint_engine import CheckpointEngine
 from safetensors.torch import save_file
 
+from infra.config import to_dict
 from trainer import hooks
-from trainer.checkpoint import CheckpointStore, tag_for, write_state
+from trainer.checkpoint import CheckpointStore, code_version, tag_for, write_state
 from trainer.rng import rank_state, write_rank_state
 
 log = logging.getLogger("trainer.train")
@@ -126,6 +127,27 @@ class _Pending:
     t0: float
 
 
+def run_state(tr: Any) -> dict[str, Any]:
+    """What trainer_state.json holds: the position, counts and settings of the run (`tr`: a
+    trainer.train.Trainer)."""
+    return {
+        "step": tr.step,
+        "epoch": tr.epoch,
+        "step_in_epoch": tr.step_in_epoch,
+        "tokens_seen": tr.tokens_seen,
+        "samples_seen": tr.samples_seen,
+        "world_size": tr.d.world_size,
+        "zero_stage": tr.cfg.zero_stage,
+        "index": tr.index.fingerprint(),
+        "code_version": code_version(),
+        "config": to_dict(tr.cfg),
+        "run": to_dict(tr.run_cfg),
+        "history": list(tr.history),
+        "guard": tr.guard.state_dict(),
+        "validation": list(tr.validation),
+    }
+
+
 class _StepView:
     """The trainer as hooks see it during a save: its step is the saved one, even when the loop
     has moved on (asynchronous saves)."""
@@ -139,7 +161,7 @@ class _StepView:
 
 class Saver:
     def __init__(self, tr: Any, asynchronous: bool):
-        """`tr`: the trainer (its engine, EMA, store, ranks, and `run_state()` for rank 0)."""
+        """`tr`: the trainer (its engine, EMA, store, ranks, position and counts)."""
         self.tr, self.asynchronous = tr, asynchronous
         self.ckpt: CheckpointStore = tr.ckpt
         self._thread: threading.Thread | None = None
@@ -153,6 +175,25 @@ class Saver:
     def save(self) -> float:
         """Saves the trainer's current step; returns the seconds the loop was blocked (waiting
         for the previous save included)."""
+        try:
+            return self._save()
+        except RuntimeError as e:
+            self._explain(self.tr.step, e)
+            raise
+
+    def _explain(self, step: int, e: BaseException) -> None:
+        """A save's collectives are bounded by train.dist_timeout_s, not the watchdog (the save's
+        allowance is train.save_timeout_s, for the upload): when a peer freezes or dies inside
+        one, gloo/NCCL raise a bare timeout; this names what was happening before the run ends."""
+        log.critical(
+            "rank %d: checkpoint save at step %d failed (%s); a peer is probably frozen or "
+            "gone. The previous checkpoint is intact: relaunch with --resume auto.",
+            self.tr.d.rank,
+            step,
+            str(e).splitlines()[0][-200:] if str(e) else type(e).__name__,
+        )
+
+    def _save(self) -> float:
         tr = self.tr
         t0 = time.monotonic()
         waited = self.wait()
@@ -178,7 +219,7 @@ class Saver:
             real=capture.real if capture is not None else None,
             rng=rank_state(),
             ema=self._ema_state(),
-            state=tr.run_state() if tr.d.rank == 0 else None,
+            state=run_state(tr) if tr.d.rank == 0 else None,
             t0=t0,
         )
         if torch.cuda.is_available():
@@ -226,13 +267,7 @@ class Saver:
         """Raises (in the loop) an error of the background save, once it has ended."""
         if self._error is not None and (self._thread is None or not self._thread.is_alive()):
             e, self._error = self._error, None
-            log.critical(
-                "rank %d: checkpoint save at step %d failed (%s); a peer is probably frozen or "
-                "gone. The previous checkpoint is intact: relaunch with --resume auto.",
-                self.tr.d.rank,
-                self._pending_step,
-                str(e).splitlines()[0][-200:] if str(e) else type(e).__name__,
-            )
+            self._explain(self._pending_step, e)
             raise e
 
     # -- writing and publishing ------------------------------------------------------------------

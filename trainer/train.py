@@ -24,7 +24,7 @@ from infra.errors import JobError
 from infra.storage import Storage, StorageConfig
 from infra.uris import is_s3, join
 from trainer import hooks
-from trainer.checkpoint import CheckpointStore, check_resume, code_version, local_run_dir
+from trainer.checkpoint import CheckpointStore, check_resume, local_run_dir
 from trainer.config import RunConfig, TrainConfig
 from trainer.data.loader import StepData, adopt_latent_space, build_loader, training_index
 from trainer.diffusion.common import per_sample
@@ -274,7 +274,8 @@ class Trainer:
             self._pre_norm = grad_norm_of(self.inner_optimizer)
         self.engine.step()
         gn = self.engine.get_global_grad_norm()
-        gn = float(gn) if gn is not None else (self._pre_norm or float("nan"))
+        gn = float(gn) if gn is not None else self._pre_norm
+        gn = float("nan") if gn is None else gn
         self.last_skip = self.guard.veto or None
         if not self.engine.was_step_applied():  # DeepSpeed dropped it (a non-finite norm)
             self.last_skip = self.last_skip or self.guard.judge(loss, gn) or "DeepSpeed skipped it"
@@ -300,44 +301,6 @@ class Trainer:
         self.textless += int(s["textless_microbatches"])
         entry = {"step": self.step, "loss": s["loss"], "wall": time.time()}
         self.history.append(entry | ({"skipped": self.last_skip} if self.last_skip else {}))
-
-    # -- checkpointing ---------------------------------------------------------------------------
-
-    def _save_or_explain(self) -> float:
-        """A save's collectives are bounded by train.dist_timeout_s, not the watchdog (the save's
-        allowance is train.save_timeout_s, for the upload): when a peer freezes or dies inside
-        one, gloo/NCCL raise a bare timeout; this names what was happening before it ends the run.
-        Returns the seconds the loop was blocked."""
-        try:
-            return self.saver.save()
-        except RuntimeError as e:
-            log.critical(
-                "rank %d: checkpoint save at step %d failed (%s); a peer is probably frozen or "
-                "gone. The previous checkpoint is intact: relaunch with --resume auto.",
-                self.d.rank,
-                self.step,
-                str(e).splitlines()[0][-200:],
-            )
-            raise
-
-    def run_state(self) -> dict[str, Any]:
-        """What trainer_state.json holds: the position, counts and settings of the run."""
-        return {
-            "step": self.step,
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "tokens_seen": self.tokens_seen,
-            "samples_seen": self.samples_seen,
-            "world_size": self.d.world_size,
-            "zero_stage": self.cfg.zero_stage,
-            "index": self.index.fingerprint(),
-            "code_version": code_version(),
-            "config": to_dict(self.cfg),
-            "run": to_dict(self.run_cfg),
-            "history": list(self.history),
-            "guard": self.guard.state_dict(),
-            "validation": list(self.validation),
-        }
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -375,7 +338,7 @@ class Trainer:
                     metrics.scalar(f"val/loss_t{t:g}", v, self.step)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 with dog.allowance(cfg.save_timeout_s, f"checkpoint at step {self.step}"):
-                    metrics.scalar("checkpoint/blocked_s", self._save_or_explain(), self.step)
+                    metrics.scalar("checkpoint/blocked_s", self.saver.save(), self.step)
                 if cfg.preview.every and self.step % cfg.preview.every == 0:
                     with dog.allowance(cfg.save_timeout_s, f"preview at step {self.step}"):
                         self.saver.wait()  # previews sample the published checkpoint

@@ -137,7 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from trainer.checkpoint import CheckpointStore, resolve_checkpoint
+    from trainer.checkpoint import CheckpointStore
+    from trainer.weights import resolve_checkpoint
 
     ckpt = resolve_checkpoint(args.checkpoint)
     out = CheckpointStore.reader(ckpt.parent).export(ckpt.name, Path(args.output))
