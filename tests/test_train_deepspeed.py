@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -133,23 +134,40 @@ def baseline(latents: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     return out, "single"
 
 
+@pytest.fixture(scope="module")
+def two_rank_runs(
+    latents: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[int], tuple[Path, str]]:
+    """The uninterrupted 2-rank run per ZeRO stage, made once: compared with one rank here and
+    with the killed-and-resumed run below (each launch costs ~15 s of process start-up)."""
+    made: dict[int, tuple[Path, str]] = {}
+
+    def get(stage: int) -> tuple[Path, str]:
+        if stage not in made:
+            out = tmp_path_factory.mktemp(f"two-{stage}")
+            made[stage] = (out, _run(_cmd(2, latents, out, "two", stage)))
+        return made[stage]
+
+    return get
+
+
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_two_ranks_match_one_rank(
-    latents: Path, baseline: tuple[Path, str], tmp_path: Path, stage: int
+    baseline: tuple[Path, str], two_rank_runs: Callable[[int], tuple[Path, str]], stage: int
 ) -> None:
-    log = _run(_cmd(2, latents, tmp_path, "two", stage))
+    out, log = two_rank_runs(stage)
     ref = _history(*baseline)
-    got = _history(tmp_path, "two")
+    got = _history(out, "two")
     assert len(got) == len(ref) == STEPS
     assert ref[-1] < ref[0]  # it learns (the synthetic latents carry their text's signal)
     # Same global batches, same noise per micro-batch; only the reduction order differs.
     assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-4, atol=1e-6), (got, ref)
-    w_ref, w = _weights(*baseline), _weights(tmp_path, "two")
+    w_ref, w = _weights(*baseline), _weights(out, "two")
     for k in w_ref:
         assert torch.allclose(w[k], w_ref[k], rtol=1e-3, atol=1e-5), k
     assert f"ZeRO-{stage}" in log and "world 2" in log
     # Each rank's measured memory is recorded: at least its weights and Adam's two moments.
-    summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
+    summary = json.loads((out / "two" / "train_summary.json").read_text())
     floor = 12 * sum(v.numel() for v in w_ref.values()) // 2
     assert len(summary["peak_memory_bytes"]) == 2
     assert all(floor < b < 2**31 for b in summary["peak_memory_bytes"]), summary
@@ -187,8 +205,10 @@ def _wait_latest(path: Path, tag: str, proc: subprocess.Popen[str], timeout: flo
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_kill_9_then_resume_is_bit_exact(latents: Path, tmp_path: Path, stage: int) -> None:
-    _run(_cmd(2, latents, tmp_path, "straight", stage))
+def test_kill_9_then_resume_is_bit_exact(
+    latents: Path, two_rank_runs: Callable[[int], tuple[Path, str]], tmp_path: Path, stage: int
+) -> None:
+    straight, _ = two_rank_runs(stage)  # the same run, uninterrupted
     # Same run, killed with SIGKILL (every process) at a random moment after step 4's checkpoint.
     cmd = _cmd(2, latents, tmp_path, "killed", stage)
     proc = subprocess.Popen(
@@ -208,8 +228,8 @@ def test_kill_9_then_resume_is_bit_exact(latents: Path, tmp_path: Path, stage: i
     assert killed_at < f"step-{STEPS:08d}", "the kill came too late to test anything"
     log = _run([*cmd, "--resume", "auto"])
     assert f"resumed from {killed_at}" in log
-    assert _history(tmp_path, "killed") == _history(tmp_path, "straight")  # bit-exact
-    w_a, w_b = _weights(tmp_path, "straight"), _weights(tmp_path, "killed")
+    assert _history(tmp_path, "killed") == _history(straight, "two")  # bit-exact
+    w_a, w_b = _weights(straight, "two"), _weights(tmp_path, "killed")
     assert all(torch.equal(w_a[k], w_b[k]) for k in w_a)
 
 
