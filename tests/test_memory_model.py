@@ -71,7 +71,8 @@ def test_memory_model_within_20_percent_of_measured_peaks(tmp_path: Path) -> Non
     """The two ends of the matrix: ZeRO-0 on SP 1 without activation checkpointing, and ZeRO-3 on
     SP 2 with it: predicted bytes per rank within 20% of the peak measured on DiT-S training steps.
     bench/sequence_parallel.py runs all 16 combinations (BENCHMARKS.md: 0.90-1.15); CI runs two
-    (each is a 2-rank training launch plus a dry run, ~60 s on a 2-core machine)."""
+    (each is a 2-rank training launch, ~55 s on a 2-core machine; the prediction is computed
+    in this process)."""
     from bench.sequence_parallel import memory_matrix
 
     combos = [(0, 1, False), (3, 2, True)]
