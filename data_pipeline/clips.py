@@ -1,8 +1,9 @@
 """Encoding planned clips at native resolution: one decode pass writes every clip of a source.
 
-Each output frame is scaled in the coded orientation (so non-square pixels are corrected by the
-same resize), then rotated as the display matrix says, then encoded with libx264 (yuv420p, CRF,
-one thread and settings chosen so the bytes are the same on every run and host).
+Each output frame is cropped to the picture (letterbox bars away) and scaled in the coded
+orientation (so non-square pixels are corrected by the same resize), then rotated as the display
+matrix says, then scored (data_pipeline/scores.py) and encoded with libx264 (yuv420p, CRF, one
+thread and settings chosen so the bytes are the same on every run and host).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import io
 import time
 from collections.abc import Iterator
 from fractions import Fraction
+from typing import Any
 
 import av
 import numpy as np
@@ -18,6 +20,7 @@ import numpy as np
 from data_pipeline.config import ShardConfig
 from data_pipeline.probe import InputError, Probe
 from data_pipeline.scenes import ClipPlan
+from data_pipeline.scores import ClipScorer
 
 
 def _encoder(
@@ -49,8 +52,10 @@ def encode_clips(
     rate: Fraction,
     cfg: ShardConfig,
     deadline: float,
-) -> Iterator[tuple[ClipPlan, bytes]]:
-    """Yields (plan, mp4 bytes) for each plan, in order. `size` is the displayed (width, height)."""
+    crop: tuple[int, int, int, int] | None = None,
+) -> Iterator[tuple[ClipPlan, bytes, dict[str, Any]]]:
+    """Yields (plan, mp4 bytes, scores) for each plan, in order. `size` is the displayed (width,
+    height) of the output, `crop` the (x0, y0, x1, y1) picture box in coded pixels."""
     if not plans:
         return
     out_w, out_h = size
@@ -67,6 +72,7 @@ def encode_clips(
     last_needed = max(need)
     cur: int | None = None
     enc = None
+    scorer: ClipScorer | None = None
     written = 0
     with av.open(path) as container:
         stream = container.streams.video[0]
@@ -87,16 +93,20 @@ def encode_clips(
                 uses = need.get(i)
                 if not uses:
                     continue
+                if crop is not None:
+                    frame = _crop(frame, crop)
                 planes = _yuv_planes(
                     frame.reformat(width=sw, height=sh, format="yuv420p", interpolation="AREA")
                 )
                 if k:
-                    planes = [np.rot90(p, k) for p in planes]
+                    planes = [np.ascontiguousarray(np.rot90(p, k)) for p in planes]
                 for ci in uses:
                     if cur != ci:
                         if enc is not None:
-                            yield order[cur], _finish(*enc)  # type: ignore[index]
+                            yield order[cur], _finish(*enc), scorer.result()  # type: ignore[index,union-attr]
                         cur, enc, written = ci, _encoder(out_w, out_h, rate, cfg), 0
+                        scorer = ClipScorer(len(order[ci].src_frames), float(rate), cfg.scores)
+                    scorer.add(planes)
                     vf = _frame_from_planes(planes)
                     vf.pts = written
                     written += 1
@@ -105,7 +115,17 @@ def encode_clips(
         except av.error.FFmpegError as e:
             raise InputError("encode", f"decode/encode error at frame {i}: {e}") from None
     if enc is not None:
-        yield order[cur], _finish(*enc)  # type: ignore[index]
+        yield order[cur], _finish(*enc), scorer.result()  # type: ignore[index,union-attr]
+
+
+def _crop(frame: av.VideoFrame, box: tuple[int, int, int, int]) -> av.VideoFrame:
+    """The picture inside `box` (even coordinates) as a new yuv420p frame. Cropping the planes by
+    hand: PyAV's reformat scales but does not crop, and a filter graph per source costs more code."""
+    x0, y0, x1, y1 = box
+    planes = _yuv_planes(frame.reformat(format="yuv420p"))
+    return _frame_from_planes(
+        [planes[0][y0:y1, x0:x1]] + [p[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] for p in planes[1:]]
+    )
 
 
 def _yuv_planes(frame: av.VideoFrame) -> list[np.ndarray]:

@@ -9,23 +9,21 @@ killed job resumes: staged sources are not processed again and published shards 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
-import re
 import sys
 import time
 from collections import Counter
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from data_pipeline.config import ShardConfig
 from data_pipeline.process import load_record, process_source, staged_paths
 from data_pipeline.shards import PlanLog, Shard, ShardPlanner, next_index, write_shard
 from data_pipeline.sources import Source, list_sources
+from data_pipeline.tables import write_tables
+from infra.config import from_dict
 from infra.errors import JobError
 from infra.provenance import RESUME, Rerun, check_or_record, finish_job
 from infra.ray_cluster import local_work_dir, ray_session
@@ -35,7 +33,7 @@ from infra.uris import join, normalize, relative_to
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FILES = ("manifest.parquet", "errors.jsonl", "summary.json")
+OUTPUT_FILES = ("manifest.parquet", "rejected.parquet", "errors.jsonl", "summary.json")
 # Settings that change what is written; the others (parallelism, timeouts) may differ on a rerun.
 _NOT_RECORDED = {"num_workers", "file_timeout_s"}
 
@@ -50,7 +48,9 @@ def _process_row(
 ) -> dict[str, Any]:
     """Ray Data UDF: one source row in, one record row out (as JSON, to keep the schema flat)."""
     source = Source(row["uri"], row["rel"], row.get("caption"), version=row["version"])
-    record = process_source(source, ShardConfig(**cfg), Storage(StorageConfig(**storage)), staging)
+    record = process_source(
+        source, from_dict(ShardConfig, cfg), Storage(StorageConfig(**storage)), staging
+    )
     import ray  # Ray takes seconds to import; workers get it from Ray anyway
 
     return {"pos": row["pos"], "record": json.dumps(record), "node": ray.util.get_node_ip_address()}
@@ -259,84 +259,3 @@ def run_shard(
         else f"shard: none of the {s['sources']} "
         f"inputs gave a clip ({s['errors_by_reason']}); see {join(output, 'errors.jsonl')}",
     )
-
-
-def _reason_class(err: dict[str, str]) -> str:
-    head = err["reason"].split(":")[0].split(" (")[0]
-    return f"{err['stage']}: {re.sub(r'[0-9]+', 'N', head)}"
-
-
-def write_tables(
-    storage: Storage, output: str, records: list[dict[str, Any]], shard_of: dict[str, str]
-) -> dict[str, Any]:
-    """manifest.parquet and errors.jsonl from the records; returns the summary's counts."""
-
-    rows = [
-        {**c, "source": rec["source"], "source_id": rec["source_id"]}
-        for rec in records
-        for c in rec["clips"]
-    ]
-    columns = [
-        "key",
-        "shard",
-        "frames",
-        "fps",
-        "height",
-        "width",
-        "seconds",
-        "source",
-        "sha256",
-        "source_id",
-        "scene",
-        "clip",
-        "start_s",
-        "end_s",
-        "bytes",
-    ]
-    table = pa.table(
-        {col: [shard_of[r["key"]] if col == "shard" else r[col] for r in rows] for col in columns}
-    )
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    storage.write_bytes(join(output, "manifest.parquet"), buf.getvalue())
-
-    errors = sorted(
-        (
-            {"path": r["source"], "stage": r["error"]["stage"], "reason": r["error"]["reason"]}
-            for r in records
-            if r["error"]
-        ),
-        key=lambda e: e["path"],
-    )
-    storage.write_text(
-        join(output, "errors.jsonl"), "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors)
-    )
-
-    dropped: Counter[str] = Counter()
-    for r in records:
-        dropped.update(r["dropped"])
-    order = ("read", "probe", "analyse", "encode", "filter")
-    stage_counts: Counter[str] = Counter()
-    for r in records:
-        failed_at = r["error"]["stage"] if r["error"] else None
-        # A timeout, crash or internal error may have struck at any stage: count no stage passed.
-        upto = (
-            len(order)
-            if failed_at is None
-            else (order.index(failed_at) if failed_at in order else 0)
-        )
-        stage_counts.update(f"passed_{stage}" for stage in order[:upto])
-    return {
-        "sources": len(records),
-        "sources_with_clips": sum(1 for r in records if r["clips"]),
-        "errors": len(errors),
-        "errors_by_reason": dict(Counter(_reason_class(r["error"]) for r in records if r["error"])),
-        "stages": dict(stage_counts),
-        "scenes": sum(r["scenes"] for r in records),
-        "clips": len(rows),
-        "clips_dropped": dict(dropped),
-        "seconds_in": round(sum(r["seconds_in"] for r in records), 3),
-        "seconds_out": round(sum(c["seconds"] for c in rows), 3),
-        "shards": len(set(shard_of.values())),
-        "bytes_out": sum(c["bytes"] for c in rows),
-    }

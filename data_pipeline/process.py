@@ -20,11 +20,13 @@ from typing import Any
 
 import av
 
+from data_pipeline.borders import BorderFinder
 from data_pipeline.clips import encode_clips
 from data_pipeline.config import ShardConfig
 from data_pipeline.isolate import Overrun, run_isolated
-from data_pipeline.probe import InputError, Probe, output_size, probe
+from data_pipeline.probe import InputError, Probe, display_size, output_size, probe
 from data_pipeline.scenes import analyse, find_scenes, plan_clips
+from data_pipeline.scores import rejection
 from data_pipeline.sources import Source
 from infra.shards import iter_samples, write_samples
 from infra.storage import Storage
@@ -32,7 +34,7 @@ from infra.uris import is_s3, join
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: curation scores and the border crop
 
 
 def staged_paths(staging: str, source_id: str) -> tuple[str, str]:
@@ -94,6 +96,8 @@ def _new_record(source: Source) -> dict[str, Any]:
         "scenes": 0,
         "dropped": {},
         "clips": [],
+        "rejected": [],
+        "crop": None,
     }
 
 
@@ -116,7 +120,7 @@ def stage_source(
     if record["error"] is not None:
         # Never half a source: clips encoded before a failure (a timeout at the second clip) are
         # not staged, so the record must not list them either.
-        record["clips"] = []
+        record["clips"], record["rejected"] = [], []
     if not samples and record["error"] is None:
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(record["dropped"].items())) or "no scenes"
         record["error"] = {"stage": "filter", "reason": f"no clips kept ({reasons})"}
@@ -156,7 +160,13 @@ def _process_local(
     p: Probe = probe(path, cfg.max_input_pixels)
     record["probe"] = p.to_dict()
     record["seconds_in"] = p.duration
-    a = analyse(path, p, cfg, deadline)
+    borders = (
+        BorderFinder(p.width, p.height, p.duration, cfg.scores.border_luma)
+        if cfg.scores.crop_borders
+        else None
+    )
+    a = analyse(path, p, cfg, deadline, borders)
+    crop = borders.box() if borders is not None else None
     fps = p.fps
     if a.vfr or fps <= 0:
         # Resample to the average rate of the whole source (its duration includes the last frame's).
@@ -178,15 +188,21 @@ def _process_local(
     record["cuts"], record["scenes"], record["timing"] = cuts, len(scenes), timing
     record["seconds_in"] = float(a.times[-1] + 1.0 / fps)
     plans, dropped = plan_clips(a, float(rate), cfg)
-    width, height = output_size(
-        p.display_width, p.display_height, cfg.max_pixels, cfg.size_multiple
-    )
+    shown = (p.display_width, p.display_height)
+    if crop is not None:
+        sar = Fraction(*map(int, p.sar.split(":")))
+        shown = display_size(crop[2] - crop[0], crop[3] - crop[1], sar, p.rotation)
+    width, height = output_size(*shown, cfg.max_pixels, cfg.size_multiple)
     if plans and min(width, height) < cfg.min_side:
         dropped["too_small"] = dropped.get("too_small", 0) + len(plans)
         plans = []
     record["dropped"] = dropped
+    record["crop"] = list(crop) if crop is not None else None
+    record["rejected"] = []
     samples = []
-    for plan, data in encode_clips(path, p, plans, (width, height), rate, cfg, deadline):
+    for plan, data, scores in encode_clips(
+        path, p, plans, (width, height), rate, cfg, deadline, crop
+    ):
         key = f"{source.source_id}-s{plan.scene:03d}-c{plan.index:02d}"
         frames = len(plan.src_frames)
         meta = {
@@ -206,10 +222,24 @@ def _process_local(
             "seconds": round(frames / float(rate), 6),
             "width": width,
             "height": height,
-            "scores": {"motion": round(plan.motion, 6), "luma": round(plan.luma, 3)},
+            # motion: mean absolute frame difference (the shard.min_motion filter); the rest:
+            # data_pipeline/scores.py
+            "scores": {"motion": round(plan.motion, 6), "luma": round(plan.luma, 3), **scores},
+            "crop": record["crop"],
             "timing": timing,
             "probe": p.to_dict(),
         }
+        rejected = rejection(scores, cfg.filters)
+        if rejected is not None:
+            # Not staged, but kept with its scores: rejected.parquet, and `curate` can see why.
+            dropped["filtered"] = dropped.get("filtered", 0) + 1
+            record["rejected"].append(
+                {k: meta[k] for k in ("key", "frames", "seconds", "width", "height")}
+                | {"start_s": meta["start_s"], "end_s": meta["end_s"]}
+                | {"rule": rejected[0], "reason": rejected[1]}
+                | {"scores": meta["scores"]}
+            )
+            continue
         sha = hashlib.sha256(data).hexdigest()
         record["clips"].append(
             {
@@ -230,6 +260,7 @@ def _process_local(
                 },
                 "bytes": len(data),
                 "sha256": sha,
+                "scores": meta["scores"],
             }
         )
         sample = {"__key__": key, "mp4": data, "json": json.dumps(meta, sort_keys=True).encode()}

@@ -18,6 +18,7 @@ import numpy as np
 from scenedetect import FrameTimecode
 from scenedetect.detectors import ContentDetector
 
+from data_pipeline.borders import BorderFinder
 from data_pipeline.config import ShardConfig
 from data_pipeline.probe import InputError, Probe
 
@@ -66,8 +67,15 @@ class ClipPlan:
     luma: float = 0.0
 
 
-def analyse(path: str, probe: Probe, cfg: ShardConfig, deadline: float) -> Analysis:
-    """Decodes every frame once at low resolution; raises InputError for truncated/corrupt input."""
+def analyse(
+    path: str,
+    probe: Probe,
+    cfg: ShardConfig,
+    deadline: float,
+    borders: BorderFinder | None = None,
+) -> Analysis:
+    """Decodes every frame once at low resolution (and offers each to `borders` at full size);
+    raises InputError for truncated/corrupt input."""
     aw = cfg.analysis_width
     ah = max(2, round(aw * probe.height / probe.width / 2) * 2)
     fps = probe.fps if probe.fps > 0 else 25.0
@@ -93,6 +101,8 @@ def analyse(path: str, probe: Probe, cfg: ShardConfig, deadline: float) -> Analy
                 bgr = frame.reformat(width=aw, height=ah, format="bgr24").to_ndarray()
                 grey = bgr.mean(axis=2, dtype=np.float32)
                 times.append(float(frame.time) if frame.time is not None else i / fps)
+                if borders is not None:
+                    borders.offer(times[-1] - times[0], frame)
                 luma.append(float(grey.mean()))
                 motion.append(0.0 if prev is None else float(np.abs(grey - prev).mean() / 255.0))
                 prev = grey

@@ -6,6 +6,10 @@ Every stage reads and writes webdataset tars through this module, so the format 
     captions-NNNNNN.tar   {key}.caption.json                         (`spacetime recaption`)
     latents-NNNNNN.tar    {key}.latent.safetensors {key}.text.safetensors   (`spacetime encode`)
 
+A `spacetime curate` selection is a folder with `selection.parquet` (one row per kept clip: `key`,
+`shard_uri`, and its manifest columns); every stage that reads clip shards accepts it in place of
+the shard folder (`open_clips`) and reads only the selected clips.
+
 A caption or latent shard is a sidecar of the clip shard with the same number. Shards are
 published atomically (written under a temporary name, then renamed or uploaded whole), so a shard
 that is listed is whole. Reading goes through webdataset's own tar iterator and key grouping; a
@@ -14,12 +18,16 @@ truncated or malformed tar raises `ShardError` naming the shard.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import pyarrow.parquet as pq
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
@@ -27,6 +35,7 @@ from infra.storage import Storage
 from infra.uris import join, relative_to
 
 CLIPS, CAPTIONS, LATENTS = "clips", "captions", "latents"
+SELECTION = "selection.parquet"
 
 
 class ShardError(ValueError):
@@ -117,3 +126,47 @@ def caption_texts(captions: str, storage: Storage) -> dict[str, str]:
 def sidecar_uri(root: str, shard: str, kind: str) -> str:
     """Where `shard`'s sidecar of `kind` lives under `root`."""
     return join(root, sidecar(shard, kind))
+
+
+@dataclass(frozen=True)
+class ClipSet:
+    """The clip shards a stage reads, and which of their clips (None: all of them)."""
+
+    shards: list[str]
+    selected: dict[str, frozenset[str]] | None = None
+    """Shard URI -> the keys selected in it."""
+
+    def keys(self, shard: str) -> frozenset[str] | None:
+        return None if self.selected is None else self.selected.get(shard, frozenset())
+
+    @property
+    def fingerprint(self) -> str:
+        """'' for whole shards, else a digest of the selected keys: recorded in a job's settings,
+        so a rerun over another selection is not mistaken for the same job."""
+        if self.selected is None:
+            return ""
+        h = hashlib.sha256()
+        for shard in sorted(self.selected):
+            for key in sorted(self.selected[shard]):
+                h.update(f"{shard}\t{key}\n".encode())
+        return h.hexdigest()[:16]
+
+
+def open_clips(root: str, storage: Storage) -> ClipSet:
+    """The clips of `root`: a `spacetime shard` output, or a `spacetime curate` selection."""
+    uri = join(root, SELECTION)
+    if not storage.exists(uri):
+        return ClipSet(list_shards(root, storage, CLIPS))
+    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=["key", "shard_uri"])
+    selected: dict[str, set[str]] = {}
+    for key, shard in zip(table["key"].to_pylist(), table["shard_uri"].to_pylist(), strict=True):
+        selected.setdefault(shard, set()).add(key)
+    if not selected:
+        raise FileNotFoundError(f"{uri}: the selection is empty")
+    return ClipSet(sorted(selected), {s: frozenset(k) for s, k in selected.items()})
+
+
+def selection_setting(clips: ClipSet) -> dict[str, str]:
+    """What a job records about its clip selection (nothing for whole shards, so the settings of
+    jobs over whole shards read as before)."""
+    return {"selection": clips.fingerprint} if clips.selected is not None else {}

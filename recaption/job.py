@@ -28,11 +28,12 @@ from infra.provenance import RESUME, Rerun, check_or_record, finish_job
 from infra.ray_cluster import local_work_dir, ray_session
 from infra.shards import (
     CAPTIONS,
-    CLIPS,
+    SELECTION,
     is_shard_name,
     iter_samples,
-    list_shards,
+    open_clips,
     read_captions,
+    selection_setting,
     sidecar,
     write_samples,
 )
@@ -118,10 +119,16 @@ class CaptionWorker:
         return [r for it in items for r in self._caption_batch([it])]
 
     def run_shard(
-        self, clip_shard: str, out_uri: str, scenes: dict[str, int], retry: bool = False
+        self,
+        clip_shard: str,
+        out_uri: str,
+        scenes: dict[str, int],
+        retry: bool = False,
+        selected: frozenset[str] | None = None,
     ) -> dict[str, Any]:
-        """Captions one clip shard into its caption shard. With `retry`, only the clips whose
-        caption failed in the published caption shard are captioned again; the others are kept."""
+        """Captions one clip shard into its caption shard (only the `selected` clips, when given).
+        With `retry`, only the clips whose caption failed in the published caption shard are
+        captioned again; the others are kept."""
 
         kept = (
             {k: r for k, r in read_captions(out_uri, self.storage).items() if r["text"]}
@@ -152,6 +159,8 @@ class CaptionWorker:
 
         keys: list[str] = []
         for s in iter_samples(clip_shard, self.storage):
+            if selected is not None and s["__key__"] not in selected:
+                continue
             keys.append(s["__key__"])
             if s["__key__"] in kept:
                 continue
@@ -219,6 +228,8 @@ def source_scene_counts(shards: str, storage: Storage) -> dict[str, int]:
     """Scenes per source video (at least: highest scene index with a kept clip, plus one)."""
     uri = join(shards, "manifest.parquet")
     if not storage.exists(uri):
+        uri = join(shards, SELECTION)  # a curated selection carries the manifest's columns
+    if not storage.exists(uri):
         return {}
 
     try:
@@ -249,7 +260,8 @@ def run_recaption(
     shards, output = normalize(shards), normalize(output)
     storage = Storage(storage_cfg)
     prompt = get_prompt(cfg.prompt)
-    clip_shards = list_shards(shards, storage, CLIPS)
+    clip_set = open_clips(shards, storage)
+    clip_shards = clip_set.shards
     if cfg.backend == "hf":
         from recaption.hf import check_model_dir
 
@@ -263,7 +275,13 @@ def run_recaption(
             name = relative_to(output, uri)
             if is_shard_name(name, CAPTIONS) or name in _OUTPUT_FILES:
                 storage.delete(uri)
-    check_or_record(storage, join(output, "job.json"), settings(shards, cfg), output, "--overwrite")
+    check_or_record(
+        storage,
+        join(output, "job.json"),
+        settings(shards, cfg) | selection_setting(clip_set),
+        output,
+        "--overwrite",
+    )
     scenes = source_scene_counts(shards, storage)
     done: dict[str, list[dict[str, Any]]] = {}  # caption shard name -> index rows
     todo: list[tuple[str, bool]] = []  # (clip shard, retry)
@@ -298,7 +316,7 @@ def run_recaption(
             )
             results = pool.map_unordered(
                 lambda a, j: a.run_shard.remote(
-                    j[0], join(output, caption_shard_name(j[0])), scenes, j[1]
+                    j[0], join(output, caption_shard_name(j[0])), scenes, j[1], clip_set.keys(j[0])
                 ),
                 todo,
             )

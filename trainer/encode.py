@@ -29,12 +29,12 @@ from infra.provenance import RESUME, Rerun, check_or_record, finish_job
 from infra.ray_cluster import local_work_dir, ray_session
 from infra.shards import (
     CAPTIONS,
-    CLIPS,
     LATENTS,
     is_shard_name,
     iter_samples,
-    list_shards,
+    open_clips,
     read_captions,
+    selection_setting,
     sidecar,
     sidecar_uri,
     write_samples,
@@ -152,9 +152,11 @@ def encode_shard(
     cfg: dict[str, Any],
     storage_cfg: dict[str, Any],
     captions: str | None = None,
+    selected: frozenset[str] | None = None,
 ) -> dict[str, Any]:
-    """Ray task: one clip shard in, one latent shard out. Skipped when already published from
-    the same caption shard; its report (clips, errors, fallbacks) then comes from its index."""
+    """Ray task: one clip shard in (its `selected` clips, when given), one latent shard out.
+    Skipped when already published from the same caption shard; its report (clips, errors,
+    fallbacks) then comes from its index."""
     storage = Storage(StorageConfig(**storage_cfg))
     ecfg = EncodeConfig(**cfg)
     name = sidecar(clip_shard, LATENTS)
@@ -176,6 +178,8 @@ def encode_shard(
     def samples() -> Any:
         nonlocal fallbacks
         for s in iter_samples(clip_shard, storage):
+            if selected is not None and s["__key__"] not in selected:
+                continue
             try:
                 frames = decode_frames(s["mp4"], max_frames=ecfg.max_frames)
             except (av.error.FFmpegError, ValueError) as e:  # recorded and skipped, never fatal
@@ -233,7 +237,7 @@ def run_encode(
     shards, output = normalize(shards), normalize(output)
     captions = normalize(captions) if captions else None
     storage = Storage(storage_cfg)
-    clip_shards = list_shards(shards, storage, CLIPS)
+    clip_set = open_clips(shards, storage)
     vae_identity(vae_dir)  # fail fast, before any worker starts (a missing or unknown VAE)
     if rerun.overwrite:  # what this job writes, and only that
         for uri in storage.list(output):
@@ -247,7 +251,7 @@ def run_encode(
     check_or_record(
         storage,
         join(output, "job.json"),
-        settings(shards, vae_dir, text_path, captions, cfg, storage),
+        settings(shards, vae_dir, text_path, captions, cfg, storage) | selection_setting(clip_set),
         output,
         "--overwrite",
     )
@@ -265,8 +269,9 @@ def run_encode(
                 dataclasses.asdict(cfg),
                 dataclasses.asdict(storage_cfg),
                 captions,
+                clip_set.keys(s),
             )
-            for s in clip_shards
+            for s in clip_set.shards
         ]
 
         for ref in tqdm(refs, desc="encode", unit="shard"):

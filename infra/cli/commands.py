@@ -186,3 +186,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args)
     return run_demo(cfg, workdir=args.workdir, minutes=args.minutes)
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    from data_pipeline.curate import run_curate
+
+    cfg = resolve_config(args)
+    run_curate(args.shards, args.output, cfg.curate, cfg.storage)
+    return 0

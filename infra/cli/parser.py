@@ -60,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     p = add(
+        "curate",
+        "select clips by their stored scores (no re-encoding); a selection for the next stages",
+        commands.cmd_curate,
+    )
+    p.add_argument("--shards", required=True, help="output of `spacetime shard`")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="selection folder: give it as --shards (or train --clips) to the next stages",
+    )
+    _add_config_args(p)
+
+    p = add(
         "recaption", "write detailed captions for every clip with a VLM", commands.cmd_recaption
     )
     p.add_argument("--shards", required=True, help="output of `spacetime shard`")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from data_pipeline.config import ShardConfig
+from data_pipeline.config import CurateConfig, ShardConfig
 from infra.storage import StorageConfig
 from recaption.config import RecaptionConfig
 from trainer.config import RunConfig, SampleConfig, TrainConfig
@@ -32,6 +32,7 @@ class SpacetimeConfig:
     run: RunConfig = field(default_factory=RunConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
     recaption: RecaptionConfig = field(default_factory=RecaptionConfig)
     vae_train: VAETrainConfig = field(default_factory=VAETrainConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from infra.media import decode_frames
-from infra.shards import CLIPS, caption_texts, list_shards
+from infra.shards import SELECTION, caption_texts, open_clips
 from infra.storage import Storage
 from infra.uris import join
 from trainer.data.plan import Entry, Index
@@ -39,11 +39,14 @@ def latent_frames(frames: int, max_frames: int, time_stride: int) -> int:
 
 
 def clip_index(clips: str, storage: Storage, vae_cfg: Any, max_frames: int) -> Index:
-    """The plan's index for raw clip shards, from manifest.parquet (no video is read)."""
-    uri = join(clips, "manifest.parquet")
+    """The plan's index for raw clip shards, from manifest.parquet (or a `spacetime curate`
+    selection's selection.parquet, which has the manifest's columns); no video is read."""
+    uri = join(clips, SELECTION)
+    if not storage.exists(uri):
+        uri = join(clips, "manifest.parquet")
     if not storage.exists(uri):
         raise FileNotFoundError(
-            f"{uri}: not found; train.data.clips must be `spacetime shard` output"
+            f"{uri}: not found; train.data.clips must be `spacetime shard` or `curate` output"
         )
     try:
         table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
@@ -53,7 +56,7 @@ def clip_index(clips: str, storage: Storage, vae_cfg: Any, max_frames: int) -> I
     if missing:
         raise ValueError(f"{uri}: the manifest lacks column(s) {', '.join(missing)}")
     rows = sorted((SimpleNamespace(**r) for r in table.to_pylist()), key=lambda r: (r.shard, r.key))
-    shards = list_shards(clips, storage, CLIPS)
+    shards = open_clips(clips, storage).shards
     pos = {s.rsplit("/", 1)[-1]: i for i, s in enumerate(shards)}
     ts, ss, c = vae_cfg.time_stride, vae_cfg.space_stride, vae_cfg.latent_channels
     entries = []

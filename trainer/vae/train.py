@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from infra.errors import JobError
 from infra.media import decode_frames, write_mp4
-from infra.shards import iter_samples, list_shards
+from infra.shards import iter_samples, open_clips
 from infra.storage import Storage
 from trainer.checkpoint import CheckpointStore, check_resume, code_version, tag_for, write_state
 from trainer.engine import DistInfo, deepspeed_config, distributed
@@ -77,8 +77,12 @@ def load_clips(
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(train clips, held-out clips) as frame arrays; clips smaller than a crop are skipped."""
     clips = []
-    for shard in list_shards(src, storage):
+    clip_set = open_clips(src, storage)
+    for shard in clip_set.shards:
+        selected = clip_set.keys(shard)
         for s in iter_samples(shard, storage):
+            if selected is not None and s["__key__"] not in selected:
+                continue
             frames = decode_frames(s["mp4"], max_frames=64)
             if frames.shape[0] >= cfg.frames and min(frames.shape[1:3]) >= cfg.crop:
                 clips.append((s["__key__"], frames))
