@@ -30,6 +30,9 @@ CAMERAS = ("static", "pan", "tilt", "zoom_in", "zoom_out")
 class ScoreConfig:
     """What `shard` measures on every clip it keeps (data_pipeline/scores.py)."""
 
+    enabled: bool = True
+    """Off: no curation scores (manifest columns stay null; `curate` can then only use `where`)."""
+
     sample_frames: int = 3
     """Evenly spaced frames per clip for sharpness and the perceptual hash."""
     text_frames: int = 1
@@ -162,7 +165,13 @@ class CurateConfig:
     bits on average (measured on a 256x144 clip: re-encoded or rescaled copies 1.3, cropped 3%
     per side 3.3, 5% per side 8; a static shot and a slow pan over the same picture 10.7)."""
 
+    dedup_partitions: int = 0
+    """0: the near-duplicate search runs in this process; N: as a Ray Data group-by over N
+    partitions (on --ray-address, or a local Ray), for manifests too big for one machine's time."""
+
     def validate(self) -> None:
         self.filters.validate()
+        if self.dedup_partitions < 0:
+            raise ValueError("curate.dedup_partitions must be >= 0")
         if not 0 <= self.dedup_distance <= 64:
             raise ValueError(f"curate.dedup_distance must be in [0, 64], got {self.dedup_distance}")

@@ -7,11 +7,8 @@ recaption, encode, train-vae and `train --clips` read in place of the shard fold
 `removed.parquet` (each removed clip with the rule and reason) and `summary.json`. Each clip is
 charged to the first rule that removed it, so the summary's rows add up.
 
-Near-duplicates: each clip carries a 64-bit perceptual hash per sampled frame. Candidate pairs
-share one 16-bit band of a frame hash exactly (locality-sensitive hashing: a pair within a few
-bits almost surely shares a band, and unrelated clips rarely do), are confirmed by the mean
-Hamming distance, and clips of the same source are never paired (the parts of one long shot look
-alike and are not copies). Each group of duplicates keeps its largest, longest copy.
+Near-duplicates (data_pipeline/dedup.py) are searched among the clips the other rules kept, so
+a copy whose better twin was filtered out stays.
 """
 
 from __future__ import annotations
@@ -29,74 +26,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_pipeline.config import CurateConfig
+from data_pipeline.dedup import near_duplicates
 from data_pipeline.scores import rejection
 from infra.errors import JobError
+from infra.ray_cluster import local_work_dir, ray_session
 from infra.shards import SELECTION
 from infra.storage import Storage, StorageConfig
 from infra.uris import join, normalize
 
 log = logging.getLogger(__name__)
 SCORE_NAMES = ("flow", "camera", "text", "sharpness", "dark", "bright")
-
-
-def near_duplicates(df: pd.DataFrame, max_distance: float) -> dict[str, str]:
-    """{removed key: the kept key it duplicates} over clips with a perceptual hash."""
-    rows = df[df["phash"].notna() & (df["phash"].str.len() > 0)].reset_index(drop=True)
-    if len(rows) < 2:
-        return {}
-    bands = [
-        (i, f"{len(h)}:{j}:{h[j : j + 4]}")
-        for i, h in enumerate(rows["phash"])
-        for j in range(0, len(h), 4)
-    ]
-    buckets = pd.DataFrame(bands, columns=["row", "band"]).groupby("band")["row"].unique()
-    parent = list(range(len(rows)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    hashes = rows["phash"].tolist()
-    sources = rows["source_id"].tolist()
-    checked: set[tuple[int, int]] = set()
-    for members in buckets:
-        if len(members) < 2:
-            continue
-        for a_i, a in enumerate(members):
-            for b in members[a_i + 1 :]:
-                pair = (min(a, b), max(a, b))
-                if pair in checked or sources[a] == sources[b]:
-                    continue
-                checked.add(pair)
-                if _distance(hashes[a], hashes[b]) <= max_distance:
-                    parent[find(a)] = find(b)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(rows)):
-        groups.setdefault(find(i), []).append(i)
-    out: dict[str, str] = {}
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        best = max(
-            members,
-            key=lambda i: (
-                rows.at[i, "width"] * rows.at[i, "height"],
-                rows.at[i, "seconds"],
-                # the smallest key wins ties, so the choice does not depend on row order
-                [-ord(c) for c in rows.at[i, "key"]],
-            ),
-        )
-        out |= {rows.at[i, "key"]: rows.at[best, "key"] for i in members if i != best}
-    return out
-
-
-def _distance(a: str, b: str) -> float:
-    """Mean Hamming distance per 64-bit frame hash."""
-    if len(a) != len(b):
-        return 64.0
-    return (int(a, 16) ^ int(b, 16)).bit_count() / (len(a) // 16)
 
 
 def curate(df: pd.DataFrame, cfg: CurateConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -121,7 +60,8 @@ def curate(df: pd.DataFrame, cfg: CurateConfig) -> tuple[pd.DataFrame, pd.DataFr
     if cfg.dedup:
         live = df[rule == ""]
         index_of = dict(zip(live["key"], live.index, strict=True))
-        for key, kept in near_duplicates(live, cfg.dedup_distance).items():
+        found = near_duplicates(live, cfg.dedup_distance, cfg.dedup_partitions)
+        for key, kept in found.items():
             rule[index_of[key]], reason[index_of[key]] = "duplicate", f"duplicate of {kept}"
     removed = df[rule != ""].assign(rule=rule[rule != ""], reason=reason[rule != ""])
     return df[rule == ""], removed
@@ -132,7 +72,11 @@ def _missing(v: Any) -> bool:
 
 
 def run_curate(
-    shards: str, output: str, cfg: CurateConfig, storage_cfg: StorageConfig
+    shards: str,
+    output: str,
+    cfg: CurateConfig,
+    storage_cfg: StorageConfig,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     t0 = time.monotonic()
     shards, output = normalize(shards), normalize(output)
@@ -147,7 +91,11 @@ def run_curate(
     if "phash" not in df.columns:
         raise JobError(f"{shards}: manifest.parquet has no scores; shard again with this version")
     df["shard_uri"] = [join(shards, s) for s in df["shard"]]
-    kept, removed = curate(df, cfg)
+    if cfg.dedup and cfg.dedup_partitions:
+        with ray_session(ray_address, local_work_dir(output)):
+            kept, removed = curate(df, cfg)
+    else:
+        kept, removed = curate(df, cfg)
     for name, table in ((SELECTION, kept), ("removed.parquet", removed)):
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(table, preserve_index=False), buf)

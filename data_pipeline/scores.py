@@ -16,6 +16,7 @@ border crop, the resize and the rotation), so a score describes the clip a model
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from data_pipeline.config import ScoreConfig
 FLOW_WIDTH = 128
 # Limited-range luma (what yuv420p holds): black is 16 and white 235, a little headroom each way.
 DARK_Y, BRIGHT_Y = 20, 231
+SCORERS = ("flow", "exposure", "sharpness", "phash", "text")
 STATIC_SPEED = 0.02
 """Below this (frame widths per second of camera pan and of zoom) the camera is static."""
 
@@ -130,28 +132,44 @@ class ClipScorer:
         self.sharp: list[float] = []
         self.hashes: list[int] = []
         self.text: list[float] = []
+        self.cost: dict[str, float] = dict.fromkeys(SCORERS, 0.0)
+        """CPU seconds spent per scorer (bench/curation.py reads it)."""
 
     def add(self, planes: list[np.ndarray]) -> None:
+        if not self.cfg.enabled:
+            return
         y = planes[0]
         h, w = y.shape
+        t0 = time.process_time()
         small = cv2.resize(y, (FLOW_WIDTH, max(8, round(FLOW_WIDTH * h / w))), cv2.INTER_AREA)
         if self.prev is not None:
             flow = cv2.calcOpticalFlowFarneback(self.prev, small, None, 0.5, 3, 15, 3, 5, 1.2, 0)
             self.moves.append(fit_camera(flow))
         self.prev = small
+        t1 = time.process_time()
         sub = y[::2, ::2]
         self.dark.append(float((sub <= DARK_Y).mean()))
         self.bright.append(float((sub >= BRIGHT_Y).mean()))
+        t2 = time.process_time()
         if self.i in self.samples:
             self.sharp.append(float(cv2.Laplacian(y, cv2.CV_64F).var()))
+            t3 = time.process_time()
             self.hashes.append(phash(y))
+            self.cost["sharpness"] += t3 - t2
+            self.cost["phash"] += time.process_time() - t3
+        t4 = time.process_time()
         if self.i in self.text_at:
             i420 = np.concatenate([y.ravel(), planes[1].ravel(), planes[2].ravel()])
             bgr = cv2.cvtColor(i420.reshape(h * 3 // 2, w), cv2.COLOR_YUV2BGR_I420)
             self.text.append(text_area(bgr, self.cfg.text_max_side))
+            self.cost["text"] += time.process_time() - t4
+        self.cost["flow"] += t1 - t0
+        self.cost["exposure"] += t2 - t1
         self.i += 1
 
     def result(self) -> dict[str, Any]:
+        if not self.cfg.enabled:
+            return {}
         m = np.asarray(self.moves) if self.moves else np.zeros((1, 4))
         pan, tilt = np.abs(m[:, 0]).mean() * self.fps, np.abs(m[:, 1]).mean() * self.fps
         zoom = m[:, 2].mean() * self.fps

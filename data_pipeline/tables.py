@@ -70,7 +70,7 @@ def write_tables(
     """manifest.parquet and errors.jsonl from the records; returns the summary's counts."""
 
     rows = [
-        {**c, "source": rec["source"], "source_id": rec["source_id"]}
+        {**c, "source": rec["source"], "source_id": rec["source_id"], "caption": rec["caption"]}
         for rec in records
         for c in rec["clips"]
     ]
@@ -93,6 +93,7 @@ def write_tables(
     ]
     table = pa.table(
         {col: [shard_of[r["key"]] if col == "shard" else r[col] for r in rows] for col in columns}
+        | {"caption": pa.array([r["caption"] for r in rows], pa.string())}  # the source caption
         | _score_columns(rows)
     )
     _write_parquet(storage, join(output, "manifest.parquet"), table)

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline.config import CurateConfig, FilterConfig, ShardConfig
-from data_pipeline.curate import curate, near_duplicates
+from data_pipeline.curate import curate
+from data_pipeline.dedup import near_duplicates
 from data_pipeline.process import process_source
 from data_pipeline.sources import Source
 from infra.shards import open_clips
@@ -136,6 +137,16 @@ def test_near_duplicates_keep_the_largest_copy_and_never_merge_one_source(
     assert len(near_duplicates(_manifest(scored, ["two_scenes", "slow"]), 6.0)) == 1
 
 
+def test_the_ray_dedup_stage_finds_the_same_duplicates(
+    scored: dict[str, Any], local_ray: None
+) -> None:
+    """The all-to-all on Ray Data (partitions of bands) and the in-process search agree."""
+    df = _manifest(scored, [k for k in scored if k != "two_scenes"])
+    local = near_duplicates(df, 6.0)
+    assert len(local) >= 6  # slow's copies: letterbox (cropped), blur, rescaled, cropped, ...
+    assert near_duplicates(df, 6.0, partitions=3) == local
+
+
 def test_curate_filters_charge_each_clip_to_its_first_rule(scored: dict[str, Any]) -> None:
     df = _manifest(scored, ["slow", "text64", "blur", "static", "rescaled", "zoom_in"])
     cfg = CurateConfig(
@@ -191,6 +202,10 @@ def test_shard_filters_reject_into_a_table_and_curate_selects_for_the_next_stage
     assert rejected.at[0, "rule"] == "max_text" and rejected.at[0, "text"] > 0.1
     manifest = pq.read_table(shards / "manifest.parquet").to_pandas()
     assert len(manifest) == 4 and manifest["phash"].str.len().eq(48).all()
+    # nothing lost: every planned clip is in a shard or in rejected.parquet
+    staged = [json.loads(p.read_text()) for p in (shards / "_work" / "staging").glob("*.json")]
+    planned = {c["key"] for r in staged for c in r["clips"] + r["rejected"]}
+    assert planned == set(manifest["key"]) | set(rejected["key"]) and len(planned) == 5
     summary = json.loads((shards / "summary.json").read_text())
     assert summary["clips_rejected"] == {"max_text": 1}
 
@@ -206,6 +221,12 @@ def test_shard_filters_reject_into_a_table_and_curate_selects_for_the_next_stage
     assert by_src == ["b_slow.mp4", "d_tilt.mp4"], by_src
     removed = json.loads((sel / "summary.json").read_text())["removed_by_rule"]
     assert {k: v["clips"] for k, v in removed.items()} == {"cameras": 1, "duplicate": 1}
+    first = {n: (sel / n).read_bytes() for n in ("selection.parquet", "removed.parquet")}
+    r = _cli(
+        "curate", "--shards", str(shards), "--output", str(sel),
+        "--set", "curate.filters.cameras=[pan, tilt]",
+    )  # fmt: skip
+    assert r.returncode == 0 and first == {n: (sel / n).read_bytes() for n in first}
 
     clip_set = open_clips(str(sel), Storage())
     assert {k for s in clip_set.shards for k in clip_set.keys(s) or ()} == set(chosen["key"])
@@ -214,6 +235,19 @@ def test_shard_filters_reject_into_a_table_and_curate_selects_for_the_next_stage
     assert r.returncode == 0, r.stderr[-3000:]
     index = pq.read_table(caps / "index.parquet").to_pandas()
     assert set(index["key"]) == set(chosen["key"])
+
+    from trainer.data.plan import load_index
+    from trainer.vae.config import VAEConfig
+    from trainer.vae.model import CausalVAE
+
+    vae, lat = tmp_path / "vae", tmp_path / "latents"
+    CausalVAE(VAEConfig.named("tiny")).save_pretrained(vae)
+    r = _cli(
+        "encode", "--shards", str(sel), "--vae", str(vae), "--output", str(lat),
+        "--set", "encode.max_frames=9",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {e.key for e in load_index(str(lat), Storage()).entries} == set(chosen["key"])
 
 
 def test_a_selection_is_an_index_for_train_clips(tmp_path: Path) -> None:
