@@ -35,6 +35,8 @@ BENCHES: dict[str, list[str]] = {
     "checkpoint": [PY, "bench/checkpoint.py"],
     "sequence_parallel": [PY, "bench/sequence_parallel.py"],
     "recaption": [PY, "bench/recaption.py"],
+    "curation": [PY, "bench/curation.py"],
+    "browse": [PY, "bench/browse.py"],
     "vae": [PY, "bench/vae.py", "--only", "own,quality"],
     "vae_pretrained": [PY, "bench/vae.py", "--only", "pretrained"],
     "demo": [PY, "-m", "infra.cli", "demo", "--workdir", "{tmp}/demo"],

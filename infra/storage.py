@@ -246,6 +246,17 @@ class Storage:
     def read_text(self, uri: str) -> str:
         return self.read_bytes(uri).decode("utf-8")
 
+    def read_range(self, uri: str, start: int, length: int) -> bytes:
+        """`length` bytes from offset `start` (an HTTP Range GET on S3)."""
+        if not is_s3(uri):
+            with _local(uri).open("rb") as f:
+                f.seek(start)
+                return f.read(length)
+        bucket, key = split_s3(uri)
+        span = f"bytes={start}-{start + length - 1}"
+        resp = self._call(uri, lambda: self.s3.get_object(Bucket=bucket, Key=key, Range=span))
+        return resp["Body"].read()
+
     @contextlib.contextmanager
     def open_read(self, uri: str) -> Iterator[IO[bytes]]:
         """A binary stream; for S3 the object body is streamed, not buffered whole."""

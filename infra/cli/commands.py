@@ -192,5 +192,13 @@ def cmd_curate(args: argparse.Namespace) -> int:
     from data_pipeline.curate import run_curate
 
     cfg = resolve_config(args)
-    run_curate(args.shards, args.output, cfg.curate, cfg.storage)
+    run_curate(args.shards, args.output, cfg.curate, cfg.storage, args.ray_address)
+    return 0
+
+
+def cmd_browse(args: argparse.Namespace) -> int:
+    from infra.browse.serve import run
+
+    cfg = resolve_config(args)
+    run(args.paths, args.host, args.port, cfg.storage)
     return 0

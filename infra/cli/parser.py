@@ -70,6 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="selection folder: give it as --shards (or train --clips) to the next stages",
     )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="with curate.dedup_partitions > 0: the Ray cluster (default: start a local one)",
+    )
+    _add_config_args(p)
+
+    p = add(
+        "browse",
+        "a local read-only web page over shards, selections, caption sets and runs",
+        commands.cmd_browse,
+    )
+    p.add_argument("paths", nargs="+", help="folders or s3:// prefixes, recognised by contents")
+    p.add_argument("--host", default="127.0.0.1", help="default: loopback only")
+    p.add_argument("--port", type=int, default=8765, help="0: any free port")
     _add_config_args(p)
 
     p = add(
