@@ -161,3 +161,16 @@ def _finish(
         out.mux(pkt)
     out.close()
     return buf.getvalue()
+
+
+def encode_still(rgb: np.ndarray, cfg: ShardConfig) -> tuple[bytes, list[np.ndarray]]:
+    """A still image (H, W, 3 uint8, sides even) as a 1-frame clip: (mp4 bytes, its yuv420p
+    planes, which the scorer reads), encoded exactly like video clips."""
+    h, w = rgb.shape[:2]
+    planes = _yuv_planes(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p"))
+    enc = _encoder(w, h, Fraction(1), cfg)
+    vf = _frame_from_planes(planes)
+    vf.pts = 0
+    for pkt in enc[1].encode(vf):
+        enc[0].mux(pkt)
+    return _finish(*enc), planes

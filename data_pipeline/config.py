@@ -21,6 +21,7 @@ VIDEO_EXTENSIONS = [
     ".3gp",
     ".ogv",
 ]
+IMAGE_EXTENSIONS = [".jpg", ".jpeg", ".png", ".webp"]  # still images become 1-frame clips
 
 
 CAMERAS = ("static", "pan", "tilt", "zoom_in", "zoom_out")
@@ -74,7 +75,9 @@ class FilterConfig:
 class ShardConfig:
     """Cutting videos into clips and writing webdataset shards."""
 
-    extensions: list[str] = field(default_factory=lambda: list(VIDEO_EXTENSIONS))
+    extensions: list[str] = field(
+        default_factory=lambda: list(VIDEO_EXTENSIONS) + list(IMAGE_EXTENSIONS)
+    )
     """File suffixes taken from a folder or prefix (case-insensitive); empty: every file."""
     max_input_bytes: int = 20 * 1024**3
     """Inputs larger than this are rejected as too large."""

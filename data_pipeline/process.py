@@ -8,7 +8,6 @@ clips, then a JSON record written last as the done-marker), so a rerun skips fin
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import tempfile
@@ -23,18 +22,17 @@ import av
 from data_pipeline.borders import BorderFinder
 from data_pipeline.clips import encode_clips
 from data_pipeline.config import ShardConfig
+from data_pipeline.images import is_image, process_image
 from data_pipeline.isolate import Overrun, run_isolated
 from data_pipeline.probe import InputError, Probe, display_size, output_size, probe
+from data_pipeline.samples import SCHEMA_VERSION, keep_or_reject
 from data_pipeline.scenes import analyse, find_scenes, plan_clips
-from data_pipeline.scores import rejection
 from data_pipeline.sources import Source
 from infra.shards import iter_samples, write_samples
 from infra.storage import Storage
 from infra.uris import is_s3, join
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 2  # 2: curation scores and the border crop
 
 
 def staged_paths(staging: str, source_id: str) -> tuple[str, str]:
@@ -157,6 +155,8 @@ def _process_local(
     path: str, source: Source, cfg: ShardConfig, record: dict[str, Any], deadline: float
 ) -> list[dict[str, Any]]:
     av.logging.set_level(av.logging.ERROR)
+    if is_image(source.rel):
+        return process_image(path, source, cfg, record)
     p: Probe = probe(path, cfg.max_input_pixels)
     record["probe"] = p.to_dict()
     record["seconds_in"] = p.duration
@@ -229,44 +229,9 @@ def _process_local(
             "timing": timing,
             "probe": p.to_dict(),
         }
-        rejected = rejection(scores, cfg.filters)
-        if rejected is not None:
-            # Not staged, but kept with its scores: rejected.parquet, and `curate` can see why.
-            dropped["filtered"] = dropped.get("filtered", 0) + 1
-            record["rejected"].append(
-                {k: meta[k] for k in ("key", "frames", "seconds", "width", "height")}
-                | {"start_s": meta["start_s"], "end_s": meta["end_s"]}
-                | {"rule": rejected[0], "reason": rejected[1]}
-                | {"scores": meta["scores"]}
-            )
-            continue
-        sha = hashlib.sha256(data).hexdigest()
-        record["clips"].append(
-            {
-                **{
-                    k: meta[k]
-                    for k in (
-                        "key",
-                        "scene",
-                        "clip",
-                        "frames",
-                        "fps",
-                        "seconds",
-                        "width",
-                        "height",
-                        "start_s",
-                        "end_s",
-                    )
-                },
-                "bytes": len(data),
-                "sha256": sha,
-                "scores": meta["scores"],
-            }
-        )
-        sample = {"__key__": key, "mp4": data, "json": json.dumps(meta, sort_keys=True).encode()}
-        if source.caption:
-            sample["txt"] = source.caption.encode("utf-8")
-        samples.append(sample)
+        sample = keep_or_reject(meta, data, source, cfg, record)
+        if sample is not None:
+            samples.append(sample)
     return samples
 
 
