@@ -37,9 +37,27 @@ class RunConfig:
 
 
 @dataclass
+class DataSource:
+    """One dataset of a weighted mixture (`train.data.sources`)."""
+
+    latents: str = ""
+    """Latent shards (output of `spacetime encode`) of this source."""
+    weight: float = 1.0
+    """Relative share of the samples drawn (normalised over the sources)."""
+    name: str = ""
+    """Shown in logs and the dry run (default: the folder name)."""
+
+
+@dataclass
 class TrainDataConfig:
     latents: str = ""
     """Latent shards (output of `spacetime encode`), local folder or s3:// prefix."""
+    sources: list[DataSource] = field(default_factory=list)
+    """Instead of `latents`: a weighted mixture of latent sets. Each epoch-equivalent (as many
+    samples as all sources hold together) draws weight-proportional samples from each source,
+    going through each source in a fresh order per pass (a small source with a big weight is
+    repeated, a big one with a small weight is seen over several epochs); the draw is a pure
+    function of (seed, epoch), so exact resume and world-size changes hold."""
     clips: str = ""
     """Instead of `latents`: clip shards (output of `spacetime shard`), encoded on the fly with
     `vae` and the text encoder (trainer/data/raw.py)."""
@@ -72,10 +90,16 @@ class TrainDataConfig:
     """How micro-batches are spread across ranks: by compute cost (tokens and sum of L^2) or tokens."""
 
     def validate(self) -> None:
-        if self.latents and self.clips:
+        if sum(map(bool, (self.latents, self.clips, self.sources))) > 1:
             raise ValueError(
-                "train.data: set latents (cached) or clips (encoded on the fly), not both"
+                "train.data: set one of latents (cached), clips (encoded on the fly) or sources "
+                "(a weighted mixture of latent sets)"
             )
+        for i, src in enumerate(self.sources):
+            if not src.latents or src.weight < 0:
+                raise ValueError(f"train.data.sources[{i}]: needs latents and a weight >= 0")
+        if self.sources and not sum(s.weight for s in self.sources) > 0:
+            raise ValueError("train.data.sources: the weights sum to 0")
         if self.clips and not self.vae:
             raise ValueError("train.data.clips needs train.data.vae (the VAE to encode them with)")
         if self.token_budget < 1 or self.microbatches_per_step < 1 or self.shuffle_shards < 1:

@@ -12,6 +12,7 @@ from infra.storage import Storage
 from kernels.attention import resolve_backend
 from trainer.config import TrainConfig
 from trainer.data.loader import adopt_latent_space, build_loader, training_index
+from trainer.data.mixture import shares
 from trainer.data.plan import tokens_of
 from trainer.engine import dit_deepspeed_config, use_bf16
 from trainer.memory import GIB, estimate
@@ -27,7 +28,11 @@ def dry_run(cfg: TrainConfig, seed: int, storage: Storage, world_size: int) -> d
             f"parallel.sequence ({sp}) must divide the world size ({world_size}) and the model's "
             f"{heads} attention heads"
         )
-    index = training_index(cfg.data, storage) if cfg.data.latents or cfg.data.clips else None
+    index = (
+        training_index(cfg.data, storage)
+        if cfg.data.latents or cfg.data.clips or cfg.data.sources
+        else None
+    )
     if index is not None:
         adopt_latent_space(cfg.model, index)
     elif cfg.model.in_channels == 0:  # no data to take them from: the VAE's, else spacetime's 4
@@ -65,6 +70,17 @@ def dry_run(cfg: TrainConfig, seed: int, storage: Storage, world_size: int) -> d
             "budget_fill": round(used / max(1, slots), 4),
             "dropped_samples_per_epoch": plan.dropped_samples,
         }
+        if index.source_of is not None:
+            draws = shares(index.weights, len(index.entries))
+            out["packing"]["mixture"] = [
+                {
+                    "name": name,
+                    "weight": w,
+                    "samples": index.source_of.count(s),
+                    "drawn_per_epoch": draws[s],
+                }
+                for s, (name, w) in enumerate(zip(index.names, index.weights, strict=True))
+            ]
         per_pack = cfg.data.token_budget / (sum(lengths) / len(lengths))
         text_per_pack = round(per_pack * sum(e.text_len for e in index.entries) / len(lengths))
         seq_len = round(sum(lengths) / len(lengths))

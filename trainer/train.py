@@ -375,10 +375,11 @@ def train(
     cfg: TrainConfig, run: RunConfig, storage: StorageConfig, resume: str | None = None
 ) -> dict[str, Any]:
     """The entry function for every launcher: one rank's share of the run."""
-    if not cfg.data.latents and not cfg.data.clips:
+    if not cfg.data.latents and not cfg.data.clips and not cfg.data.sources:
         raise ValueError(
             "train.data.latents is empty: point it at the output of `spacetime encode` (or set "
-            "train.data.clips and train.data.vae to encode clip shards on the fly)"
+            "train.data.clips and train.data.vae to encode clip shards on the fly, or "
+            "train.data.sources for a weighted mixture)"
         )
     cfg.data.validate()
     dinfo = init_distributed(cfg.dist_timeout_s)

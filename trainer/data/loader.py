@@ -9,6 +9,7 @@ within its shuffle window, that is at most about one window of samples. Local or
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from infra.shards import iter_samples
 from infra.storage import Storage
 from trainer.config import TrainConfig, TrainDataConfig
+from trainer.data.mixture import epoch_entries, mixture_index
 from trainer.data.plan import (
     EpochPlan,
     Index,
@@ -146,6 +148,11 @@ class LatentLoader:
             )
 
     def plan(self, epoch: int) -> EpochPlan:
+        chosen = (
+            epoch_entries(self.index, epoch, self.seed)
+            if self.index.source_of is not None
+            else None
+        )
         p = plan_epoch(
             self.index,
             epoch,
@@ -154,6 +161,7 @@ class LatentLoader:
             self.budget,
             self.g,
             self.shuffle_shards,
+            chosen,
         )
         if not p.steps:
             raise ValueError(
@@ -207,6 +215,22 @@ class LatentLoader:
             else reader
         )
         arrived: dict[tuple[int, str], Sample] = {}
+        # A mixture can draw one sample more than once in an epoch: it is read once and handed
+        # out as often as the plan uses it.
+        uses = Counter(
+            (self.index.entries[i].shard, self.index.entries[i].key)
+            for s, mbs in mine
+            for m in mbs
+            for i in plan.steps[s][m]
+        )
+
+        def take(i: int) -> Sample:
+            e = self.index.entries[i]
+            uses[(e.shard, e.key)] -= 1
+            if uses[(e.shard, e.key)]:
+                return arrived[(e.shard, e.key)]
+            return arrived.pop((e.shard, e.key))
+
         it = iter(stream)
         for s, mbs in mine:
             need = [
@@ -221,13 +245,7 @@ class LatentLoader:
             yield StepData(
                 epoch=plan.epoch,
                 step_in_epoch=s,
-                microbatches=[
-                    [
-                        arrived.pop((self.index.entries[i].shard, self.index.entries[i].key))
-                        for i in plan.steps[s][m]
-                    ]
-                    for m in mbs
-                ],
+                microbatches=[[take(i) for i in plan.steps[s][m]] for m in mbs],
                 microbatch_ids=mbs,
                 step_lengths=[self.lengths[i] for mb in plan.steps[s] for i in mb],
                 global_samples=plan.step_samples(s),
@@ -269,6 +287,8 @@ def training_index(data: TrainDataConfig, storage: Storage) -> Index:
         index = clip_index(data.clips, storage, vae_info(data.vae), data.max_frames)
         index.vae = vae_identity(data.vae)["tag"]
         return index
+    if data.sources:
+        return mixture_index(data.sources, storage)
     return load_index(data.latents, storage)
 
 

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from infra.shards import LATENTS, iter_samples, list_shards
@@ -42,12 +42,18 @@ class Index:
     vae: str = ""
     """Tag of the VAE that made the latents (trainer.vae.pretrained.vae_identity); "" if unknown
     (latents encoded before it was recorded)."""
+    source_of: list[int] | None = None
+    """A mixture (trainer/data/mixture.py): the source of each entry; None: one dataset."""
+    weights: list[float] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
 
     def fingerprint(self) -> str:
 
         h = hashlib.sha1()
         for e in self.entries:
             h.update(f"{self.shards[e.shard].rsplit('/', 1)[-1]}/{e.key}/{e.shape};".encode())
+        if self.source_of is not None:
+            h.update(f"mixture {self.weights} {self.source_of}".encode())
         return h.hexdigest()[:16]
 
 
@@ -135,13 +141,15 @@ def plan_epoch(
     token_budget: int,
     microbatches_per_step: int,
     shuffle_shards: int,
+    chosen: list[int] | None = None,
 ) -> EpochPlan:
+    """`chosen`: the entries this epoch draws (a mixture's, repeats allowed); default all once."""
     rng = random.Random(f"{seed}/{epoch}")
     order = list(range(len(index.shards)))
     rng.shuffle(order)
     by_shard: dict[int, list[int]] = {}
-    for i, e in enumerate(index.entries):
-        by_shard.setdefault(e.shard, []).append(i)
+    for i in range(len(index.entries)) if chosen is None else sorted(chosen):
+        by_shard.setdefault(index.entries[i].shard, []).append(i)
     lengths = [tokens_of(e.shape, patch) for e in index.entries]
     microbatches: list[list[int]] = []
     for w in range(0, len(order), shuffle_shards):
