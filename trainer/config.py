@@ -6,6 +6,7 @@ by hand.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -46,6 +47,29 @@ class DataSource:
     """Relative share of the samples drawn (normalised over the sources)."""
     name: str = ""
     """Shown in logs and the dry run (default: the folder name)."""
+
+
+@dataclass
+class StageConfig:
+    """A change of recipe from step `start` on (`train.stages`); unset fields keep the previous
+    stage's values (the first stage's are train.data and train.optim.lr)."""
+
+    start: int = 0
+    """Steps trained before this stage begins (>= 1, increasing): step start + 1 is its first."""
+    name: str = ""
+    sources: list[DataSource] = field(default_factory=list)
+    """The data from this stage on (a weighted mixture); empty: keep."""
+    latents: str = ""
+    """Or one latent set from this stage on; empty: keep."""
+    token_budget: int = 0
+    """Tokens per micro-batch from this stage on; 0: keep."""
+    max_latent_frames: int = 0
+    """Samples with more latent frames than this are skipped in this stage (counted in the dry
+    run); 0: no limit (or keep the previous stage's)."""
+    max_latent_pixels: int = 0
+    """Samples with a larger latent height x width are skipped in this stage; 0: as above."""
+    lr: float = 0.0
+    """Peak learning rate from this stage on (the schedule's shape is kept); 0: keep."""
 
 
 @dataclass
@@ -249,6 +273,9 @@ class TrainConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     """Skip non-finite or spiking steps; roll back when they cluster (trainer/guard.py)."""
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+    """Recipe changes at given steps (data, token budget, resolution/duration limits, learning
+    rate): trainer/data/stages.py."""
     """Held-out loss at fixed timesteps and noise (trainer/validation.py)."""
     init: str = ""
     """Fine-tuning: a new run starts from these weights (run dir, checkpoint or exported folder)
@@ -256,6 +283,15 @@ class TrainConfig:
     init_weights: Literal["ema", "model"] = "ema"
     """Which weights of `init`: its EMA (what it samples with; the raw weights when it has none)
     or its raw weights."""
+
+    def peak_lr(self, step: int) -> float:
+        """The peak learning rate after `step` finished steps: the last stage begun with an lr of
+        its own, else optim.lr."""
+        lr = self.optim.lr
+        for st in self.stages:
+            if st.start <= step and st.lr:
+                lr = st.lr
+        return lr
 
     def validate(self) -> None:
         if self.preview.every and self.preview.every % self.checkpoint_every:
@@ -267,6 +303,16 @@ class TrainConfig:
             raise ValueError("train.preview.every needs train.preview.vae (or train.data.vae)")
         self.guard.validate()
         self.validation.validate()
+        starts = [st.start for st in self.stages]
+        if starts and (starts[0] < 1 or any(b <= a for a, b in itertools.pairwise(starts))):
+            raise ValueError(f"train.stages: starts must be >= 1 and increasing, got {starts}")
+        if self.stages and self.data.clips:
+            raise ValueError("train.stages work on cached latents (data.latents or data.sources)")
+        for i, st in enumerate(self.stages):
+            if st.sources and st.latents:
+                raise ValueError(f"train.stages[{i}]: set sources or latents, not both")
+            if min(st.token_budget, st.max_latent_frames, st.max_latent_pixels, st.lr) < 0:
+                raise ValueError(f"train.stages[{i}]: limits and lr must be >= 0")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:

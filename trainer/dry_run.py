@@ -14,6 +14,7 @@ from trainer.config import TrainConfig
 from trainer.data.loader import adopt_latent_space, build_loader, training_index
 from trainer.data.mixture import shares
 from trainer.data.plan import tokens_of
+from trainer.data.stages import StagedLoader
 from trainer.engine import dit_deepspeed_config, use_bf16
 from trainer.memory import GIB, estimate
 from trainer.model.dit import DiT
@@ -84,6 +85,8 @@ def dry_run(cfg: TrainConfig, seed: int, storage: Storage, world_size: int) -> d
         per_pack = cfg.data.token_budget / (sum(lengths) / len(lengths))
         text_per_pack = round(per_pack * sum(e.text_len for e in index.entries) / len(lengths))
         seq_len = round(sum(lengths) / len(lengths))
+    if cfg.stages and index is not None:
+        out["stages"] = stage_table(cfg, storage, world_size, seed, index)
     out["memory"] = memory_report(cfg, world_size, model, text_per_pack, seq_len)
     return out
 
@@ -120,3 +123,32 @@ def memory_report(
             f"{cfg.parallel.assumed_mfu:.0%} MFU of {cfg.peak_tflops:g} TFLOP/s"
         )
     return report
+
+
+def stage_table(
+    cfg: TrainConfig, storage: Storage, world: int, seed: int, index: Any
+) -> list[dict[str, Any]]:
+    """Each stage's settings and what its plan holds (samples kept and skipped by its limits)."""
+    staged = StagedLoader(
+        cfg, storage, lambda c, idx: build_loader(c, idx, storage, 0, world, seed, False), index
+    )
+    rows = []
+    for st in staged.stages:
+        plan = staged.loader(st.number).plan(0)
+        idx = staged.loader(st.number).index
+        rows.append(
+            {
+                "stage": st.number,
+                "name": st.name,
+                "from_step": st.start + 1,
+                "data": st.data.latents or [s.name or s.latents for s in st.data.sources],
+                "token_budget": st.data.token_budget,
+                "max_latent_frames": st.max_latent_frames or None,
+                "max_latent_pixels": st.max_latent_pixels or None,
+                "peak_lr": st.lr,
+                "samples": len(idx.entries),
+                "skipped_by_limits": staged.skipped[st.number],
+                "steps_per_epoch": len(plan.steps),
+            }
+        )
+    return rows

@@ -204,7 +204,7 @@ def dit_deepspeed_config(
 def lr_lambda(cfg: TrainConfig) -> Any:
     o = cfg.optim
 
-    def f(step: int) -> float:
+    def shape(step: int) -> float:
         if o.warmup_steps and step < o.warmup_steps:
             return (step + 1) / o.warmup_steps
         if o.schedule == "constant":
@@ -212,6 +212,9 @@ def lr_lambda(cfg: TrainConfig) -> Any:
         span = max(1, cfg.steps - o.warmup_steps)
         progress = min(1.0, (step - o.warmup_steps) / span)
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def f(step: int) -> float:  # a stage's own peak learning rate scales the schedule
+        return shape(step) * cfg.peak_lr(step) / o.lr
 
     return f
 

@@ -27,6 +27,7 @@ from trainer import hooks
 from trainer.checkpoint import CheckpointStore, check_resume, local_run_dir
 from trainer.config import RunConfig, TrainConfig
 from trainer.data.loader import StepData, adopt_latent_space, build_loader, training_index
+from trainer.data.stages import STAGE_EPOCHS, StagedLoader, stage_at, stages
 from trainer.diffusion.common import per_sample
 from trainer.diffusion.objectives import build_diffusion
 from trainer.ema import EMA
@@ -75,6 +76,7 @@ RESUME_FIXED = (
     "train.data.token_drop",
     "train.data.max_frames",
     "train.data.text_max_length",
+    "train.stages",
 )
 
 
@@ -112,8 +114,20 @@ class Trainer:
         adopt_latent_space(cfg.model, self.index, (p.vae or cfg.data.vae) if p.every else "")
         self.mesh = build_mesh(dinfo, cfg.parallel.sequence, cfg.model.dims[2])
         # The data plan is per data-parallel rank: a sequence-parallel group shares its batches.
-        self.loader = build_loader(
-            cfg, self.index, storage, self.mesh.dp_rank, self.mesh.dp, run.seed
+        dp_rank, dp = self.mesh.dp_rank, self.mesh.dp
+
+        def make_loader(c: TrainConfig, index: Any) -> Any:
+            if index.vae and cfg.model.latent_space and index.vae != cfg.model.latent_space:
+                raise ValueError(
+                    f"train.stages: a stage's latents were made by {index.vae}, the run's by "
+                    f"{cfg.model.latent_space}: latents of different VAEs never mix"
+                )
+            return build_loader(c, index, storage, dp_rank, dp, run.seed)
+
+        self.loader = (
+            StagedLoader(cfg, storage, make_loader, self.index)
+            if cfg.stages
+            else make_loader(cfg, self.index)
         )
         self.diffusion = build_diffusion(cfg.objective, cfg.flow, cfg.ddpm)
         self.bf16 = use_bf16(cfg)
@@ -308,6 +322,13 @@ class Trainer:
         """Trains from the current position to the last step; True when it rolled back (the
         loop starts again from the checkpoint's position)."""
         cfg = self.cfg
+        if cfg.stages and stage_at(cfg, self.step) != self.epoch // STAGE_EPOCHS:
+            # A stage's plan starts at its first position (a run that just crossed a boundary,
+            # or one resumed from the last checkpoint of the previous stage).
+            k = stage_at(cfg, self.step)
+            self.epoch, self.step_in_epoch = k * STAGE_EPOCHS, 0
+            if self.d.rank == 0:
+                log.info("stage %d (%s) from step %d", k, stages(cfg)[k].name, self.step + 1)
         for data in self.loader.iterate(self.epoch, self.step_in_epoch):
             self.data_position = (data.epoch, data.step_in_epoch)
             if self.guard.excluded(self.data_position):  # rolled back once: never again
@@ -345,6 +366,8 @@ class Trainer:
                         preview(self, metrics)
             if self.step >= cfg.steps:
                 break
+            if cfg.stages and stage_at(cfg, self.step) != self.epoch // STAGE_EPOCHS:
+                return True  # the next stage's plan: iterate again from its first position
         return False
 
     def run(self) -> dict[str, Any]:

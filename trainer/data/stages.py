@@ -1,0 +1,120 @@
+"""Training stages (`train.stages`): the recipe changes at given steps (data, token budget,
+resolution and duration limits, learning rate), as Wan and HunyuanVideo go image -> low -> high
+resolution.
+
+Stage 0 is train.data and train.optim.lr; stage k applies stages[k-1] on top of stage k-1. Each
+stage has its own data plan, started afresh at its first step. Its epochs are numbered from
+k * STAGE_EPOCHS, so a data position (epoch, step in epoch) names its stage too: a checkpoint's
+position resumes inside the right stage's plan, the noise generators (seeded by epoch) differ
+between stages, and the step guard's excluded windows never collide. The plans stay pure
+functions of (seed, epoch), so exact resume and world-size changes hold in every stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+from infra.storage import Storage
+from trainer.config import TrainConfig, TrainDataConfig
+from trainer.data.loader import training_index
+from trainer.data.plan import Index
+
+STAGE_EPOCHS = 1_000_000
+
+
+@dataclasses.dataclass
+class Stage:
+    number: int
+    start: int
+    name: str
+    data: TrainDataConfig
+    max_latent_frames: int
+    max_latent_pixels: int
+    lr: float
+
+
+def stages(cfg: TrainConfig) -> list[Stage]:
+    """Every stage with its settings resolved (stage 0 first)."""
+    data = cfg.data
+    out = [Stage(0, 0, "base", data, 0, 0, cfg.optim.lr)]
+    for k, st in enumerate(cfg.stages, start=1):
+        prev = out[-1]
+        d = dataclasses.replace(prev.data)
+        if st.sources:
+            d = dataclasses.replace(d, sources=list(st.sources), latents="")
+        elif st.latents:
+            d = dataclasses.replace(d, latents=st.latents, sources=[])
+        if st.token_budget:
+            d = dataclasses.replace(d, token_budget=st.token_budget)
+        out.append(
+            Stage(
+                k,
+                st.start,
+                st.name or f"stage {k}",
+                d,
+                st.max_latent_frames or prev.max_latent_frames,
+                st.max_latent_pixels or prev.max_latent_pixels,
+                st.lr or prev.lr,
+            )
+        )
+    return out
+
+
+def stage_at(cfg: TrainConfig, step: int) -> int:
+    """The stage that trains step `step` + 1 (the run's position counts finished steps)."""
+    return sum(1 for st in cfg.stages if st.start <= step)
+
+
+def limit(index: Index, stage: Stage) -> tuple[Index, int]:
+    """The stage's index without the samples above its limits, and how many were skipped."""
+    keep = [
+        i
+        for i, e in enumerate(index.entries)
+        if (not stage.max_latent_frames or e.shape[1] <= stage.max_latent_frames)
+        and (not stage.max_latent_pixels or e.shape[2] * e.shape[3] <= stage.max_latent_pixels)
+    ]
+    if len(keep) == len(index.entries):
+        return index, 0
+    if not keep:
+        raise ValueError(
+            f"train.stages: {stage.name} skips every sample (max_latent_frames "
+            f"{stage.max_latent_frames}, max_latent_pixels {stage.max_latent_pixels})"
+        )
+    out = dataclasses.replace(index, entries=[index.entries[i] for i in keep])
+    if index.source_of is not None:
+        out.source_of = [index.source_of[i] for i in keep]
+    return out, len(index.entries) - len(keep)
+
+
+class StagedLoader:
+    """The per-stage loaders behind one iterate(epoch, step_in_epoch), epochs offset by stage."""
+
+    def __init__(self, cfg: TrainConfig, storage: Storage, make: Any, first_index: Index):
+        """`make(stage_cfg, index)` builds a LatentLoader for a TrainConfig and an index."""
+        self.cfg, self.storage, self.make = cfg, storage, make
+        self.stages = stages(cfg)
+        self.loaders: dict[int, Any] = {}
+        self.skipped: dict[int, int] = {}
+        self._first = first_index
+
+    def index(self, k: int) -> Index:
+        st = self.stages[k]
+        base = self._first if k == 0 else training_index(st.data, self.storage)
+        index, self.skipped[k] = limit(base, st)
+        return index
+
+    def loader(self, k: int) -> Any:
+        if k not in self.loaders:
+            cfg = dataclasses.replace(self.cfg, data=self.stages[k].data)
+            self.loaders[k] = self.make(cfg, self.index(k))
+        return self.loaders[k]
+
+    def plan(self, epoch: int) -> Any:
+        return self.loader(epoch // STAGE_EPOCHS).plan(epoch % STAGE_EPOCHS)
+
+    def iterate(self, epoch: int, step_in_epoch: int) -> Iterator[Any]:
+        k, base = epoch // STAGE_EPOCHS, (epoch // STAGE_EPOCHS) * STAGE_EPOCHS
+        for data in self.loader(k).iterate(epoch - base, step_in_epoch):
+            yield dataclasses.replace(data, epoch=data.epoch + base)
