@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Installs spacetime and its CPU stack into ./.venv (idempotent; a second run only checks).
+# `--test` also installs what the test suite needs outside Python: Debian's chromium, which the
+# browser tests of `spacetime browse` drive through Playwright (apt-get, as root or with sudo).
 # GPU machines: install your CUDA torch first, then `pip install -e '.[gpu,dev]'` (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null; then
+    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium
+fi
 PY=${PYTHON:-python3.11}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
