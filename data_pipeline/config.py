@@ -85,6 +85,10 @@ class ShardConfig:
     """Inputs with more pixels per frame than this are rejected as too large."""
     file_timeout_s: float = 600.0
     """Seconds one input may take (checked between frames); past it the input is an error."""
+    worker_max_files: int = 500
+    """Each Ray worker's decoding child is replaced after this many inputs (0: never)."""
+    worker_max_rss_mb: int = 3072
+    """...or as soon as its resident memory passes this many MiB after an input (0: no bound)."""
 
     # Scene detection (PySceneDetect's ContentDetector for hard cuts, brightness for fades).
     cut_threshold: float = 27.0
@@ -148,6 +152,8 @@ class ShardConfig:
             raise ValueError("max_input_bytes and max_input_pixels must be >= 1, num_workers >= 0")
         if not self.file_timeout_s > 0 or self.min_side < 1 or self.analysis_width < 16:
             raise ValueError("file_timeout_s must be > 0, min_side >= 1 and analysis_width >= 16")
+        if self.worker_max_files < 0 or self.worker_max_rss_mb < 0:
+            raise ValueError("worker_max_files and worker_max_rss_mb must be >= 0 (0: no bound)")
         if self.scores.sample_frames < 1 or self.scores.text_frames < 0:
             raise ValueError("scores.sample_frames must be >= 1 and scores.text_frames >= 0")
         self.filters.validate()

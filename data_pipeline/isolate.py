@@ -2,8 +2,10 @@
 
 FFmpeg can hang or crash inside C code on a pathological file, where no Python-level deadline check
 runs. Each Ray worker keeps one child process (started by a forkserver, so it is forked from a clean
-single-threaded parent); a call that overruns its limit, or kills the child, becomes an error for
-that input only, and the child is replaced.
+single-threaded parent) and reuses it across inputs, so PyAV, OpenCV and PySceneDetect are imported
+once per worker, not per file; a call that overruns its limit, or kills the child, becomes an error
+for that input only, and the child is replaced. So is a child that served `shard.worker_max_files`
+inputs or grew past `shard.worker_max_rss_mb`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from infra.procs import exit_when_gone
@@ -19,6 +22,7 @@ from infra.procs import exit_when_gone
 R = TypeVar("R")
 
 _pool: cf.ProcessPoolExecutor | None = None
+_calls = 0  # calls served by the current child
 
 
 class Overrun(Exception):
@@ -49,7 +53,8 @@ def _get_pool() -> cf.ProcessPoolExecutor:
 
 
 def _discard_pool() -> None:
-    global _pool
+    global _pool, _calls
+    _calls = 0
     if _pool is not None:
         for p in list(getattr(_pool, "_processes", {}).values()):
             p.kill()
@@ -57,15 +62,47 @@ def _discard_pool() -> None:
         _pool = None
 
 
-def run_isolated(fn: Callable[..., R], *args: Any, timeout: float) -> R:
-    """`fn(*args)` in the child process; raises Overrun on timeout or a dead child."""
+def child_pid() -> int | None:
+    """The current child's pid (None before the first call or after a replacement)."""
+    procs = list(getattr(_pool, "_processes", None) or {})
+    return procs[0] if procs else None
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0  # not Linux, or already gone: nothing to bound
+
+
+def run_isolated(
+    fn: Callable[..., R],
+    *args: Any,
+    timeout: float,
+    max_calls: int = 0,
+    max_rss_mb: float = 0,
+) -> R:
+    """`fn(*args)` in the child process; raises Overrun on timeout or a dead child. The child is
+    reused (its imports are paid once) and replaced after `max_calls` calls or once its resident
+    memory passes `max_rss_mb` (0: no bound), so a leak in a decoder cannot grow without end."""
+    global _calls
     pool = _get_pool()
     future = pool.submit(fn, *args)
     try:
-        return future.result(timeout=timeout)
+        result = future.result(timeout=timeout)
     except cf.TimeoutError:
         _discard_pool()
         raise Overrun(f"timeout: no result after {timeout:.0f}s (process killed)") from None
     except cf.process.BrokenProcessPool:
         _discard_pool()
         raise Overrun("crash: the decoding process died (e.g. a segfault in FFmpeg)") from None
+    _calls += 1
+    pid = child_pid()
+    if (max_calls and _calls >= max_calls) or (
+        max_rss_mb and pid is not None and _rss_mb(pid) > max_rss_mb
+    ):
+        _discard_pool()  # idle between calls: nothing is lost
+    return result

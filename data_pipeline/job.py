@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 OUTPUT_FILES = ("manifest.parquet", "rejected.parquet", "errors.jsonl", "summary.json")
 # Settings that change what is written; the others (parallelism, timeouts) may differ on a rerun.
-_NOT_RECORDED = {"num_workers", "file_timeout_s"}
+_NOT_RECORDED = {"num_workers", "file_timeout_s", "worker_max_files", "worker_max_rss_mb"}
 
 
 def _settings(input_uri: str, cfg: ShardConfig) -> dict[str, Any]:

@@ -68,7 +68,14 @@ def process_source(
     t0 = time.monotonic()
     try:
         return run_isolated(
-            stage_source, source, cfg, storage, staging, timeout=cfg.file_timeout_s * 1.1 + 10
+            stage_source,
+            source,
+            cfg,
+            storage,
+            staging,
+            timeout=cfg.file_timeout_s * 1.1 + 10,
+            max_calls=cfg.worker_max_files,
+            max_rss_mb=cfg.worker_max_rss_mb,
         )
     except Overrun as e:
         record = _new_record(source)

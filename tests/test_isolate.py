@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from data_pipeline import isolate
 from data_pipeline.isolate import Overrun, run_isolated
 
 
@@ -32,6 +33,46 @@ def test_result_timeout_and_crash() -> None:
     with pytest.raises(Overrun, match="crash: the decoding process died"):
         run_isolated(_segfault, timeout=30)
     assert run_isolated(_sleep, 0.0, timeout=30) == "done"  # a fresh child replaces the dead one
+
+
+_held: list[bytes] = []
+
+
+def _leak(mb: int) -> int:
+    """Keeps `mb` MiB written (resident) in the child, as a leaking decoder would."""
+    _held.append(b"x" * (mb << 20))
+    return os.getpid()
+
+
+def test_hang_and_crash_in_a_batch_of_good_inputs_cost_only_themselves() -> None:
+    jobs = [(_sleep, 0.0)] * 4 + [(_sleep, 60.0)] + [(_sleep, 0.0)] * 4 + [(_segfault,)]
+    jobs += [(_sleep, 0.0)] * 4
+    results = []
+    for fn, *args in jobs:
+        try:
+            results.append(run_isolated(fn, *args, timeout=2))
+        except Overrun as e:
+            results.append(e.reason.split(":")[0])
+    assert results == ["done"] * 4 + ["timeout"] + ["done"] * 4 + ["crash"] + ["done"] * 4
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads resident memory from /proc (Linux)")
+def test_the_reused_child_is_replaced_after_n_inputs_and_past_its_memory_bound() -> None:
+    isolate._discard_pool()
+    pids = [run_isolated(os.getpid, timeout=30, max_calls=50) for _ in range(200)]
+    assert sorted(pids.count(p) for p in set(pids)) == [50, 50, 50, 50]
+    isolate._discard_pool()
+    base = isolate._rss_mb(run_isolated(os.getpid, timeout=30))
+    bound = base + 64
+    peak, children = 0.0, set()
+    for _ in range(200):  # 200 inputs, each leaving 8 MiB behind
+        children.add(run_isolated(_leak, 8, timeout=30, max_rss_mb=bound))
+        pid = isolate.child_pid()
+        if pid is not None:  # still in use: under its bound
+            peak = max(peak, isolate._rss_mb(pid))
+    assert 0 < peak <= bound, (peak, bound)
+    assert len(children) >= 15  # ~8 inputs per child before it passes the bound
+    isolate._discard_pool()
 
 
 def _alive(pid: int) -> bool:
