@@ -14,7 +14,7 @@ from trainer.config import TrainConfig
 from trainer.data.loader import adopt_latent_space, build_loader, training_index
 from trainer.data.mixture import shares
 from trainer.data.plan import tokens_of
-from trainer.data.stages import StagedLoader
+from trainer.data.stages import run_loader
 from trainer.engine import dit_deepspeed_config, use_bf16
 from trainer.memory import GIB, estimate
 from trainer.model.dit import DiT
@@ -129,9 +129,7 @@ def stage_table(
     cfg: TrainConfig, storage: Storage, world: int, seed: int, index: Any
 ) -> list[dict[str, Any]]:
     """Each stage's settings and what its plan holds (samples kept and skipped by its limits)."""
-    staged = StagedLoader(
-        cfg, storage, lambda c, idx: build_loader(c, idx, storage, 0, world, seed, False), index
-    )
+    staged = run_loader(cfg, index, storage, 0, world, seed, encode=False)
     rows = []
     for st in staged.stages:
         plan = staged.loader(st.number).plan(0)

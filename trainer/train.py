@@ -26,8 +26,8 @@ from infra.uris import is_s3, join
 from trainer import hooks
 from trainer.checkpoint import CheckpointStore, check_resume, local_run_dir
 from trainer.config import RunConfig, TrainConfig
-from trainer.data.loader import StepData, adopt_latent_space, build_loader, training_index
-from trainer.data.stages import STAGE_EPOCHS, StagedLoader, stage_at, stages
+from trainer.data.loader import StepData, adopt_latent_space, training_index
+from trainer.data.stages import STAGE_EPOCHS, run_loader, stage_entry, stages
 from trainer.diffusion.common import per_sample
 from trainer.diffusion.objectives import build_diffusion
 from trainer.ema import EMA
@@ -114,20 +114,8 @@ class Trainer:
         adopt_latent_space(cfg.model, self.index, (p.vae or cfg.data.vae) if p.every else "")
         self.mesh = build_mesh(dinfo, cfg.parallel.sequence, cfg.model.dims[2])
         # The data plan is per data-parallel rank: a sequence-parallel group shares its batches.
-        dp_rank, dp = self.mesh.dp_rank, self.mesh.dp
-
-        def make_loader(c: TrainConfig, index: Any) -> Any:
-            if index.vae and cfg.model.latent_space and index.vae != cfg.model.latent_space:
-                raise ValueError(
-                    f"train.stages: a stage's latents were made by {index.vae}, the run's by "
-                    f"{cfg.model.latent_space}: latents of different VAEs never mix"
-                )
-            return build_loader(c, index, storage, dp_rank, dp, run.seed)
-
-        self.loader = (
-            StagedLoader(cfg, storage, make_loader, self.index)
-            if cfg.stages
-            else make_loader(cfg, self.index)
+        self.loader = run_loader(
+            cfg, self.index, storage, self.mesh.dp_rank, self.mesh.dp, run.seed
         )
         self.diffusion = build_diffusion(cfg.objective, cfg.flow, cfg.ddpm)
         self.bf16 = use_bf16(cfg)
@@ -322,10 +310,8 @@ class Trainer:
         """Trains from the current position to the last step; True when it rolled back (the
         loop starts again from the checkpoint's position)."""
         cfg = self.cfg
-        if cfg.stages and stage_at(cfg, self.step) != self.epoch // STAGE_EPOCHS:
-            # A stage's plan starts at its first position (a run that just crossed a boundary,
-            # or one resumed from the last checkpoint of the previous stage).
-            k = stage_at(cfg, self.step)
+        k = stage_entry(cfg, self.step, self.epoch)
+        if k is not None:
             self.epoch, self.step_in_epoch = k * STAGE_EPOCHS, 0
             if self.d.rank == 0:
                 log.info("stage %d (%s) from step %d", k, stages(cfg)[k].name, self.step + 1)
@@ -366,7 +352,7 @@ class Trainer:
                         preview(self, metrics)
             if self.step >= cfg.steps:
                 break
-            if cfg.stages and stage_at(cfg, self.step) != self.epoch // STAGE_EPOCHS:
+            if stage_entry(cfg, self.step, self.epoch) is not None:
                 return True  # the next stage's plan: iterate again from its first position
         return False
 

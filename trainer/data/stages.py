@@ -18,7 +18,7 @@ from typing import Any
 
 from infra.storage import Storage
 from trainer.config import TrainConfig, TrainDataConfig
-from trainer.data.loader import training_index
+from trainer.data.loader import build_loader, training_index
 from trainer.data.plan import Index
 
 STAGE_EPOCHS = 1_000_000
@@ -118,3 +118,35 @@ class StagedLoader:
         k, base = epoch // STAGE_EPOCHS, (epoch // STAGE_EPOCHS) * STAGE_EPOCHS
         for data in self.loader(k).iterate(epoch - base, step_in_epoch):
             yield dataclasses.replace(data, epoch=data.epoch + base)
+
+
+def run_loader(
+    cfg: TrainConfig,
+    index: Index,
+    storage: Storage,
+    rank: int,
+    world: int,
+    seed: int,
+    encode: bool = True,
+) -> Any:
+    """The run's loader: a StagedLoader with `train.stages`, else the one LatentLoader. Every
+    stage's latents must be in the run's latent space."""
+
+    def make(c: TrainConfig, idx: Index) -> Any:
+        space = cfg.model.latent_space
+        if idx.vae and space and idx.vae != space:
+            raise ValueError(
+                f"train.stages: a stage's latents were made by {idx.vae}, the run's by {space}: "
+                "latents of different VAEs never mix"
+            )
+        return build_loader(c, idx, storage, rank, world, seed, encode)
+
+    return StagedLoader(cfg, storage, make, index) if cfg.stages else make(cfg, index)
+
+
+def stage_entry(cfg: TrainConfig, step: int, epoch: int) -> int | None:
+    """The stage whose plan must start now (its first epoch is stage * STAGE_EPOCHS), when the
+    data position `epoch` is still in another stage's: a run that just crossed a boundary, or one
+    resumed from the last checkpoint of the previous stage. None otherwise."""
+    k = stage_at(cfg, step)
+    return k if cfg.stages and epoch // STAGE_EPOCHS != k else None
