@@ -96,6 +96,26 @@ class GradAt(hooks.Hooks):
         )
 
 
+class DumpAt(hooks.Hooks):
+    """At `save:begin` of step `step`, every rank gathers the whole module (ZeRO-3 partitions
+    included, frozen weights too, which checkpoints of LoRA runs leave out) and rank 0 writes it
+    to {run}/weights-step-N.pt: what the engine really holds, not what a checkpoint kept."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def at(self, point: str, trainer: Any) -> None:
+        if point != "save:begin" or trainer.step != self.step:
+            return
+        import deepspeed
+
+        module = trainer.engine.module
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            if trainer.d.rank == 0:
+                sd = {k: v.detach().float().clone() for k, v in module.state_dict().items()}
+                torch.save(sd, trainer.local / f"weights-step-{self.step}.pt")
+
+
 class Several(hooks.Hooks):
     def __init__(self, hooks_: list[hooks.Hooks]):
         self.hooks = hooks_
@@ -106,11 +126,14 @@ class Several(hooks.Hooks):
 
 
 def parse(spec: str) -> hooks.Hooks:
-    """`POINT@STEP` (KillAt), or `grad:FACTOR@S1,S2[/RANK]` (GradAt); several joined by ';'."""
+    """`POINT@STEP` (KillAt), `grad:FACTOR@S1,S2[/RANK]` (GradAt) or `dump@STEP` (DumpAt);
+    several joined by ';'."""
     parts: list[hooks.Hooks] = []
     for one in spec.split(";"):
         point, _, at = one.partition("@")
-        if point.startswith("grad:"):
+        if point == "dump":
+            parts.append(DumpAt(int(at)))
+        elif point.startswith("grad:"):
             steps, _, rank = at.partition("/")
             parts.append(
                 GradAt(

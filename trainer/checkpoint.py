@@ -167,12 +167,14 @@ class CheckpointStore:
             tag = tag + "-universal"
         return path, state, tag, universal
 
-    def write_engine(self, engine: Any, tag: str, local_rank: int) -> Path:
+    def write_engine(
+        self, engine: Any, tag: str, local_rank: int, adapters_only: bool = False
+    ) -> Path:
         """Every rank writes its part of DeepSpeed's state for `tag` (with the client state a later
         universal conversion needs) under a fresh `tag.partial-<id>/`, the id drawn by rank 0 and
         shared: a save never writes into what a crashed one left, and nodes that share a folder
         (a shared filesystem) never clear each other's files. Returns that directory. Collective;
-        `publish` makes it the latest."""
+        `publish` makes it the latest. `adapters_only` (LoRA): frozen weights are left out."""
         self.local.mkdir(parents=True, exist_ok=True)
         ids = [uuid.uuid4().hex[:8] if self.rank == 0 else ""]
         self._barrier()
@@ -188,6 +190,7 @@ class CheckpointStore:
             tag=partial,
             save_latest=False,
             client_state={"universal_checkpoint_info": {}},
+            exclude_frozen_parameters=adapters_only,
         )
         return self.local / partial
 
@@ -351,6 +354,8 @@ def export_weights(ckpt_dir: Path, tag: str, out_dir: Path) -> Path:
     if (ckpt_dir / tag / "ema.safetensors").exists():
         shutil.copy2(ckpt_dir / tag / "ema.safetensors", out_dir / "ema.safetensors")
     (out_dir / "config.json").write_text(json.dumps(state["config"], indent=2))
+    if state.get("lora_base"):  # adapters only: where their base is, and its digest
+        (out_dir / "lora_base.json").write_text(json.dumps(state["lora_base"], indent=2))
     return out_dir
 
 

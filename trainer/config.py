@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from trainer.diffusion.config import DDPMConfig, FlowConfig
-from trainer.model.config import DiTConfig
+from trainer.model.config import DiTConfig, LoraConfig
 
 
 @dataclass
@@ -273,16 +273,19 @@ class TrainConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     """Skip non-finite or spiking steps; roll back when they cluster (trainer/guard.py)."""
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    """Held-out loss at fixed timesteps and noise (trainer/validation.py)."""
     stages: list[StageConfig] = field(default_factory=list)
     """Recipe changes at given steps (data, token budget, resolution/duration limits, learning
     rate): trainer/data/stages.py."""
-    """Held-out loss at fixed timesteps and noise (trainer/validation.py)."""
     init: str = ""
     """Fine-tuning: a new run starts from these weights (run dir, checkpoint or exported folder)
     instead of a random initialisation; the optimizer starts afresh. Ignored on --resume."""
     init_weights: Literal["ema", "model"] = "ema"
     """Which weights of `init`: its EMA (what it samples with; the raw weights when it has none)
     or its raw weights."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Fine-tune low-rank adapters on `init`'s frozen weights instead of every weight: only the
+    adapters train, and checkpoints hold only them (the base is read from `init` again)."""
 
     def peak_lr(self, step: int) -> float:
         """The peak learning rate after `step` finished steps: the last stage begun with an lr of
@@ -303,6 +306,7 @@ class TrainConfig:
             raise ValueError("train.preview.every needs train.preview.vae (or train.data.vae)")
         self.guard.validate()
         self.validation.validate()
+        self.lora.validate()
         starts = [st.start for st in self.stages]
         if starts and (starts[0] < 1 or any(b <= a for a, b in itertools.pairwise(starts))):
             raise ValueError(f"train.stages: starts must be >= 1 and increasing, got {starts}")

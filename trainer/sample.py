@@ -12,13 +12,11 @@ or an exported directory, without DeepSpeed's engine.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import re
 import time
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from infra.config import from_dict, to_dict
+from infra.config import to_dict
 from infra.media import contact_sheet, read_frames, write_mp4
 from trainer.config import SampleConfig, TrainConfig
 from trainer.diffusion.objectives import build_diffusion
@@ -38,41 +36,12 @@ from trainer.model.packing import PackedBatch, pack, patchify, unpack
 from trainer.model.sequence_parallel import SequenceShard, shard_pack
 from trainer.text.encoder import TextEncoder, TextEncoderConfig
 from trainer.vae.pretrained import VideoVAE
-from trainer.weights import load_weights
+from trainer.weights import load_model
 
 # (prompt, width, height, seconds, fps) -> the text the model is conditioned on.
 Rewrite = Callable[[str, int, int, float, float], str]
 
 log = logging.getLogger(__name__)
-
-
-def _known_keys(cls: type, data: dict[str, Any], where: str, path: str = "") -> dict[str, Any]:
-    """Drops keys a newer version of the config no longer has (a checkpoint outlives its code),
-    with a warning naming them; everything else is still checked strictly."""
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for k, v in data.items():
-        if k not in hints:
-            log.warning("%s: ignoring config key %s%s (not in this version)", where, path, k)
-            continue
-        tp = hints[k]
-        out[k] = (
-            _known_keys(tp, v, where, f"{path}{k}.")
-            if dataclasses.is_dataclass(tp) and isinstance(v, dict)
-            else v
-        )
-    return out
-
-
-def load_model(path: str | Path, use_ema: bool = True) -> tuple[DiT, TrainConfig, str]:
-    """(model in eval mode, its training config, which weights were loaded) from a run dir, a
-    checkpoint or an exported folder (trainer.weights.load_weights)."""
-    sd, cfg_dict, which = load_weights(path, use_ema)
-    cfg = from_dict(TrainConfig, _known_keys(TrainConfig, cfg_dict, which), source=which)
-    cfg.model.attn_backend = "auto"  # the machine that samples may differ from the one that trained
-    model = DiT(cfg.model)
-    model.load_state_dict(sd, strict=True)
-    return model.eval().requires_grad_(False), cfg, which
 
 
 def check_vae(train_cfg: TrainConfig, vae: VideoVAE, which: str) -> None:

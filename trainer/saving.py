@@ -145,6 +145,7 @@ def run_state(tr: Any) -> dict[str, Any]:
         "history": list(tr.history),
         "guard": tr.guard.state_dict(),
         "validation": list(tr.validation),
+        "lora_base": {"digest": tr.lora_base, "init": tr.cfg.init} if tr.lora_base else None,
     }
 
 
@@ -207,7 +208,9 @@ class Saver:
         if capture is not None:
             real, tr.engine.checkpoint_engine = tr.engine.checkpoint_engine, capture
         try:
-            path = self.ckpt.write_engine(tr.engine, tag, tr.d.local_rank)
+            path = self.ckpt.write_engine(
+                tr.engine, tag, tr.d.local_rank, adapters_only=bool(tr.cfg.lora.rank)
+            )
         finally:
             if capture is not None:
                 tr.engine.checkpoint_engine = real

@@ -42,7 +42,7 @@ from trainer.engine import (
     measure_peak_tflops,
     use_bf16,
 )
-from trainer.finetune import load_init
+from trainer.finetune import load_init, prepare_lora
 from trainer.guard import StepGuard, grad_norm_of, guard_optimizer
 from trainer.memory import PeakMemory
 from trainer.metrics import TrainMetrics
@@ -77,6 +77,7 @@ RESUME_FIXED = (
     "train.data.max_frames",
     "train.data.text_max_length",
     "train.stages",
+    "train.lora.",
 )
 
 
@@ -130,6 +131,7 @@ class Trainer:
         self.last_skip: str | None = None  # why the last step's update was not applied
         self.data_position = (0, 0)  # where the running step's data comes from
         self.validation: list[dict[str, Any]] = []  # held-out results, as the run state keeps them
+        self.lora_base: str | None = None  # digest of a LoRA run's frozen base weights
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -152,7 +154,9 @@ class Trainer:
         self.memory.start()
         torch.manual_seed(self.seed)
         self.model = build_model(self.cfg)
-        if self.cfg.init and tag is None:
+        if self.cfg.lora.rank:  # the base from init on a resume too: checkpoints hold adapters
+            self.lora_base = prepare_lora(self.model, self.cfg, self.d.rank, state if tag else None)
+        elif self.cfg.init and tag is None:
             load_init(self.model, self.cfg, self.d.rank)
         optimizer = build_optimizer(self.cfg, self.model)
         self.inner_optimizer = optimizer
@@ -180,7 +184,9 @@ class Trainer:
 
     def _restore(self, tag: str, path: Path, state: dict[str, Any], rollback: bool = False) -> None:
         if (
-            self.engine.load_checkpoint(str(self.ckpt.local), tag=tag, load_module_strict=True)[0]
+            self.engine.load_checkpoint(
+                str(self.ckpt.local), tag=tag, load_module_strict=not self.cfg.lora.rank
+            )[0]
             is None
         ):
             raise JobError(f"{self.ckpt.local / tag}: DeepSpeed could not load the checkpoint")

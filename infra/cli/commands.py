@@ -138,9 +138,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from trainer.checkpoint import CheckpointStore
-    from trainer.weights import resolve_checkpoint
+    from trainer.weights import lora_base, resolve_checkpoint
 
     ckpt = resolve_checkpoint(args.checkpoint)
+    if args.merge_lora:
+        from trainer.weights import export_merged
+
+        out = export_merged(ckpt, Path(args.output))
+        log.info("export: %s -> %s (LoRA adapters merged into the base)", ckpt, out)
+        return 0
+    if lora_base(ckpt):
+        log.info("export: %s holds LoRA adapters only; --merge-lora writes a plain model", ckpt)
     out = CheckpointStore.reader(ckpt.parent).export(ckpt.name, Path(args.output))
     log.info("export: %s -> %s (model.safetensors, ema.safetensors, config.json)", ckpt, out)
     return 0

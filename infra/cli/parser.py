@@ -213,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="run dir, checkpoints dir or checkpoint dir")
     p.add_argument("--output", required=True, help="folder for the exported weights")
+    p.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="a LoRA run: fold the adapters into its base and write a plain model",
+    )
 
     p = add(
         "launch",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # DiT's named sizes (depth, hidden, heads), plus a tiny one for tests.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -63,3 +63,28 @@ class DiTConfig:
     @property
     def patch_dim(self) -> int:
         return self.in_channels * self.patch[0] * self.patch[1] * self.patch[2]
+
+
+# The DiT's projections by their module names: attention (self and cross) and the MLP.
+LORA_TARGETS = ("q", "kv", "out", "mlp.0", "mlp.2")
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters on the DiT's projections (`train.lora`; trainer/lora.py, via peft)."""
+
+    rank: int = 0
+    """Adapter rank; 0: off (a full fine-tune or training from scratch)."""
+    alpha: float = 0.0
+    """Scale numerator: the update is (alpha / rank) * B @ A; 0: alpha = rank (scale 1)."""
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    """Module names (or name suffixes) of the linears that get adapters: q, kv, out (attention,
+    self and cross), mlp.0, mlp.2."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input (0: none; nonzero draws from the global RNG)."""
+
+    def validate(self) -> None:
+        if self.rank < 0 or self.alpha < 0 or not 0 <= self.dropout < 1:
+            raise ValueError("train.lora: rank >= 0, alpha >= 0, 0 <= dropout < 1")
+        if self.rank and not self.targets:
+            raise ValueError("train.lora.targets: name at least one projection")
