@@ -70,7 +70,7 @@ DIT_VARIANTS: dict[str, list[str]] = {
     "no EMA (raw weights)": ["train.ema_decay=0"],
     "logit-normal timesteps": ["train.flow.timestep_sampling=logit_normal"],
     "patch 1x1x1": ["train.model.patch=[1,1,1]"],
-    "lr 2e-3, no EMA": ["train.optim.lr=2e-3", "train.ema_decay=0"],
+    "lr 2e-3 without EMA": ["train.optim.lr=2e-3", "train.ema_decay=0"],
 }
 
 
