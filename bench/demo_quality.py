@@ -71,7 +71,10 @@ DIT_VARIANTS: dict[str, list[str]] = {
     "logit-normal timesteps": ["train.flow.timestep_sampling=logit_normal"],
     "patch 1x1x1": ["train.model.patch=[1,1,1]"],
     "lr 2e-3 without EMA": ["train.optim.lr=2e-3", "train.ema_decay=0"],
+    "videos + stills (half the samples)": [],
 }
+# Variants that train on a mixture of the videos and still images: the stills' share of samples.
+STILLS_VARIANTS: dict[str, float] = {"videos + stills (half the samples)": 0.5}
 
 
 def config(overrides: list[str]) -> SpacetimeConfig:
@@ -87,6 +90,40 @@ def prepare(root: Path, cfg: SpacetimeConfig) -> None:
         str(manifest), str(root / "clips"), cfg.shard, cfg.storage, rerun=Rerun(overwrite=True)
     )
     run_recaption(str(root / "clips"), str(root / "captions"), cfg.recaption, cfg.storage)
+
+
+def prepare_stills(root: Path, cfg: SpacetimeConfig, vae_dir: Path, n: int) -> Path:
+    """n still images of shapes (a random frame of a random shapes clip, captioned "a {colour}
+    {shape}": a still shows no direction), sharded, captioned and encoded like the videos (issue
+    21's images as 1-frame clips); returns their latents."""
+    latents = root / "latents-stills" / vae_dir.parent.name
+    if latents.exists():
+        return latents
+    from PIL import Image
+
+    stills = root / "stills"
+    if not (stills / "manifest.jsonl").exists():
+        stills.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(1)
+        rows = []
+        for i, clip in enumerate(shapes.sample_clips(n, 1, set(HELD_OUT))):
+            frames = shapes.render(clip)
+            name = f"still-{i:05d}.png"
+            Image.fromarray(frames[rng.integers(len(frames))]).save(stills / name)
+            rows.append({"path": name, "caption": f"a {clip.colour} {clip.shape}"})
+        (stills / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_shard(
+        str(stills / "manifest.jsonl"), str(root / "clips-stills"), cfg.shard, cfg.storage,
+        rerun=Rerun(overwrite=True),
+    )  # fmt: skip
+    run_recaption(
+        str(root / "clips-stills"), str(root / "captions-stills"), cfg.recaption, cfg.storage
+    )
+    run_encode(
+        str(root / "clips-stills"), str(latents), str(vae_dir), None, cfg.encode, cfg.storage,
+        captions=str(root / "captions-stills"),
+    )  # fmt: skip
+    return latents
 
 
 def eval_videos() -> tuple[list[dict[str, str]], list[np.ndarray]]:
@@ -160,6 +197,13 @@ def cmd_dit(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.variants.split(",") if args.variants else DIT_VARIANTS:
         over = [*VAE_VARIANTS[args.vae], *DIT_VARIANTS[name]]
+        share = STILLS_VARIANTS.get(name)
+        if share is not None:  # a mixture of the videos and still images, by sample share
+            stills = prepare_stills(root, config(VAE_VARIANTS[args.vae]), vae_dir, 2 * 192)
+            over.append(
+                f"train.data.sources=[{{latents: {latents}, weight: {1 - share}}}, "
+                f"{{latents: {stills}, weight: {share}}}]"
+            )
         cfg = config(over)
         run = root / "runs" / f"{slug(args.vae)}--{slug(name)}"
         cfg.run.output_dir, cfg.run.name = str(run), "dit"
@@ -169,6 +213,9 @@ def cmd_dit(args: argparse.Namespace) -> None:
         ckpt = run / "dit" / "checkpoints"
         if not (ckpt / "latest").exists():
             cmd = _train_cmd(cfg_file, latents, args.steps, 2)
+            if share is not None:  # the mixture names its latents itself
+                i = cmd.index("--latents")
+                del cmd[i : i + 2]
             with (run / "train.log").open("w") as f:
                 subprocess.run(cmd, env=_env(), stdout=f, stderr=subprocess.STDOUT, check=True)
         state = json.loads((ckpt.parent / "train_summary.json").read_text())
