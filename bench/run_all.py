@@ -32,6 +32,7 @@ BENCHES: dict[str, list[str]] = {
     "kernels": [PY, "bench/kernels.py"],
     "packing": [PY, "bench/packing.py"],
     "train": [PY, "bench/train.py"],
+    "train_profile": [PY, "bench/train_profile.py"],
     "checkpoint": [PY, "bench/checkpoint.py"],
     "sequence_parallel": [PY, "bench/sequence_parallel.py"],
     "recaption": [PY, "bench/recaption.py"],
