@@ -37,7 +37,7 @@ def plain_loop(input_dir: str, out: Path, cfg: ShardConfig) -> dict[str, float]:
     t0 = time.perf_counter()
     planner = ShardPlanner(cfg.shard_max_bytes, cfg.shard_max_clips)
     clips = seconds = 0.0
-    for src in list_sources(input_dir, store, cfg.extensions):
+    for src in list_sources(input_dir, store, cfg.extensions).sources:
         rec = process_source(src, cfg, store, staging)
         clips += len(rec["clips"])
         seconds += rec["seconds_in"]

@@ -12,6 +12,8 @@ much of the lost MFU is outside the matmuls.
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,9 +103,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--sizes", default="small,base")
+    ap.add_argument("--sizes", default="small")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--token-budget", type=int, default=1024)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     import torch
 
@@ -111,7 +114,15 @@ def main() -> None:
 
     SIZES.setdefault("base", "B")
     torch.set_num_threads(2)
-    results = [profile(s, args.steps, args.token_budget) for s in args.sizes.split(",")]
+    if args.one:  # one size per process: DeepSpeed's process group is set up once per process
+        print("RESULT " + json.dumps(profile(args.one, args.steps, args.token_budget)))
+        return
+    results = []
+    for size in args.sizes.split(","):
+        cmd = [sys.executable, __file__, "--one", size, "--steps", str(args.steps)]
+        cmd += ["--token-budget", str(args.token_budget)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        results.append(json.loads(out.split("RESULT ", 1)[1]))
     print(
         f"\nDiT training step on CPU: fp32, ZeRO-2, 1 process, {torch.get_num_threads()} threads, "
         f"token budget {args.token_budget} x 2 micro-batches, {args.steps} steps\n"
