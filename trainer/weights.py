@@ -48,13 +48,16 @@ def is_lora(cfg: dict[str, Any]) -> bool:
     return bool((cfg.get("lora") or {}).get("rank"))
 
 
+def read_config(p: Path) -> dict[str, Any]:
+    """The training config (as a dict) of checkpoint or export `p`."""
+    if (p / "trainer_state.json").exists():
+        return read_state(p)["config"]
+    return json.loads((p / "config.json").read_text())
+
+
 def read_weights(p: Path, use_ema: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
     """The state dict as stored in checkpoint or export `p` (a LoRA run's: adapters only)."""
-    cfg = (
-        read_state(p)["config"]
-        if (p / "trainer_state.json").exists()
-        else (json.loads((p / "config.json").read_text()))
-    )
+    cfg = read_config(p)
     if use_ema and (p / "ema.safetensors").exists():
         return load_file(str(p / "ema.safetensors")), cfg, f"{p} (EMA)"
     if (p / "model.safetensors").exists():
@@ -125,7 +128,13 @@ def load_model(
     checkpoint or an exported folder. A LoRA checkpoint gives its base with the adapters applied
     (peft's layers), or folded into the base weights with `merge_lora`."""
     p = resolve_checkpoint(path)
-    sd, cfg_dict, which = read_weights(p, use_ema)
+    return _build(p, *read_weights(p, use_ema), merge_lora)
+
+
+def _build(
+    p: Path, sd: dict[str, Any], cfg_dict: dict[str, Any], which: str, merge_lora: bool
+) -> tuple[DiT, TrainConfig, str]:
+    """load_model's model from the state dict, config and description read from `p`."""
     cfg = from_dict(TrainConfig, _known_keys(TrainConfig, cfg_dict, which), source=which)
     cfg.model.attn_backend = "auto"  # the machine that samples may differ from the one that trained
     if cfg.lora.rank:
@@ -153,7 +162,7 @@ def load_weights(
     sd, cfg, which = read_weights(p, use_ema)
     if not is_lora(cfg):
         return sd, cfg, which
-    model, _, which = load_model(p, use_ema, merge_lora=True)
+    model, _, which = _build(p, sd, cfg, which, merge_lora=True)
     return dict(model.state_dict()), {**cfg, "lora": {**cfg["lora"], "rank": 0}}, which
 
 
@@ -161,11 +170,11 @@ def export_merged(ckpt: Path, out_dir: Path) -> Path:
     """`spacetime export --merge-lora`: a LoRA checkpoint's adapters folded into its base, written
     as a plain model (model.safetensors, ema.safetensors when the run kept an EMA, config.json
     with train.lora.rank 0), loadable by everything that loads exported weights."""
-    _, cfg, which = read_weights(ckpt, use_ema=True)
+    cfg = read_config(ckpt)
     if not is_lora(cfg):
         raise JobError(f"{ckpt}: not a LoRA run (train.lora.rank is 0): nothing to merge")
     out_dir.mkdir(parents=True, exist_ok=True)
-    kinds = [("model", False)] + ([("ema", True)] if which.endswith("(EMA)") else [])
+    kinds = [("model", False)] + ([("ema", True)] if (ckpt / "ema.safetensors").exists() else [])
     for name, use_ema in kinds:
         model, _, _ = load_model(ckpt, use_ema=use_ema, merge_lora=True)
         sd = {k: v.contiguous() for k, v in model.state_dict().items()}
