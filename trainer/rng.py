@@ -17,6 +17,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 
+def microbatch_generator(seed: int, epoch: int, step: int, microbatch: int) -> torch.Generator:
+    """The generator of one micro-batch of the DiT trainer (caption dropout, token drop, noise and
+    timesteps): a pure function of its position, so a resume on any world size draws the same."""
+    g = torch.Generator()
+    g.manual_seed(hash((seed, epoch, step, microbatch)) & (2**63 - 1))
+    return g
+
+
 def rank_state() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """This process's RNG states as (tensors, safetensors metadata): taken at a save's snapshot,
     written by `write_rank_state`, possibly later (asynchronous saves)."""

@@ -47,10 +47,10 @@ from trainer.guard import StepGuard, grad_norm_of, guard_optimizer
 from trainer.memory import PeakMemory
 from trainer.metrics import TrainMetrics
 from trainer.model.dit import DiT
-from trainer.model.packing import drop_tokens, pack
+from trainer.model.packing import drop_tokens, kept_tokens, pack
 from trainer.model.sequence_parallel import SequenceShard, shard_pack
 from trainer.preview import preview
-from trainer.rng import load_rank_files
+from trainer.rng import load_rank_files, microbatch_generator
 from trainer.rollback import log_skip, read_windows, rollback
 from trainer.saving import Saver
 from trainer.summary import log_start, write_summary
@@ -79,16 +79,6 @@ RESUME_FIXED = (
     "train.stages",
     "train.lora.",
 )
-
-
-def microbatch_generator(seed: int, epoch: int, step: int, microbatch: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(hash((seed, epoch, step, microbatch)) & (2**63 - 1))
-    return g
-
-
-def kept_tokens(n: int, token_drop: float) -> int:
-    return n if token_drop <= 0 else max(1, round(n * (1 - token_drop)))
 
 
 def build_model(cfg: TrainConfig) -> DiT:
@@ -183,12 +173,9 @@ class Trainer:
         self.peak = self.cfg.peak_tflops or measure_peak_tflops(self.d.device, self.bf16)
 
     def _restore(self, tag: str, path: Path, state: dict[str, Any], rollback: bool = False) -> None:
-        if (
-            self.engine.load_checkpoint(
-                str(self.ckpt.local), tag=tag, load_module_strict=not self.cfg.lora.rank
-            )[0]
-            is None
-        ):
+        strict = not self.cfg.lora.rank  # a LoRA run's checkpoints hold only its adapters
+        loaded = self.engine.load_checkpoint(str(self.ckpt.local), tag, load_module_strict=strict)
+        if loaded[0] is None:
             raise JobError(f"{self.ckpt.local / tag}: DeepSpeed could not load the checkpoint")
         self.step, self.epoch, self.step_in_epoch = (
             state["step"],

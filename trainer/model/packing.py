@@ -143,6 +143,11 @@ def unpack(
     ]
 
 
+def kept_tokens(n: int, fraction: float) -> int:
+    """How many of a sample's n tokens token dropping keeps (at least one)."""
+    return n if fraction <= 0 else max(1, round(n * (1 - fraction)))
+
+
 def drop_tokens(
     tokens: torch.Tensor, batch: PackedBatch, fraction: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, PackedBatch, torch.Tensor]:
@@ -155,7 +160,7 @@ def drop_tokens(
     bounds = batch.cu_seqlens.tolist()
     for i in range(batch.num_samples):
         n = bounds[i + 1] - bounds[i]
-        k = max(1, round(n * (1 - fraction)))
+        k = kept_tokens(n, fraction)
         keep.append(bounds[i] + torch.randperm(n, generator=generator)[:k].sort().values)
     kept = torch.cat(keep).to(tokens.device)
     lengths = [len(k) for k in keep]
