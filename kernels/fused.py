@@ -92,8 +92,10 @@ def adaln_norm_modulate_reference(
         xn = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     else:
         raise ValueError(f"norm must be 'layer' or 'rms', got {norm!r}")
+    # index_select, not scale[idx]: its backward is an index_add, ~4x faster on CPU than the
+    # accumulating index_put that fancy indexing's backward runs.
     idx = sample_idx.long()
-    return xn * (1 + scale[idx]) + shift[idx]
+    return xn * (1 + scale.index_select(0, idx)) + shift.index_select(0, idx)
 
 
 def adaln_norm_modulate(
@@ -175,12 +177,42 @@ def rope_3d_reference(
     return out.flatten(-2).to(x.dtype)
 
 
+def rope_table(
+    coords: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """(N, 1, head_dim/2) complex rotations e^(i·angle) of each token's pairs. They depend on
+    positions only, so a model computes them once per forward and passes them to every layer's
+    q and k (recomputing angles, cos and sin per call was ~2.5 ms of a 1024-token DiT-S layer's
+    forward and backward on CPU). float64 inputs get a complex128 table (the oracle in tests)."""
+    axis, inv = _rope_tables(head_dim, theta, coords.device)
+    real = torch.float64 if dtype == torch.float64 else torch.float32
+    angle = coords.to(real)[:, axis.long()] * inv.to(real)  # (N, D/2)
+    return torch.polar(torch.ones_like(angle), angle)[:, None, :]
+
+
+def rope_3d_torch(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Adjacent pairs as complex numbers times the table: one elementwise op (and one in the
+    backward) instead of the reference's strided halves, four multiplies and a stack."""
+    real = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xr = x.to(real)
+    if xr.stride(-1) != 1 or xr.storage_offset() % 2 or any(st % 2 for st in xr.stride()[:-1]):
+        xr = xr.contiguous()  # view_as_complex needs whole (re, im) pairs in memory
+    xc = torch.view_as_complex(xr.unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * table).flatten(-2).to(x.dtype)
+
+
 def rope_3d(
-    x: torch.Tensor, coords: torch.Tensor, *, theta: float = 10000.0, impl: str = "auto"
+    x: torch.Tensor,
+    coords: torch.Tensor,
+    *,
+    theta: float = 10000.0,
+    impl: str = "auto",
+    table: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rotates adjacent pairs of x by angles from each token's (t, h, w) position.
 
-    x: (N, H, D) packed tokens; coords: (N, 3) integer positions, restarting at 0 in each sample.
+    x: (N, H, D) packed tokens; coords: (N, 3) integer positions, restarting at 0 in each sample;
+    table: `rope_table(coords, D, theta, x.dtype)` if the caller already has it (PyTorch path).
     """
     if x.dim() != 3 or coords.shape != (x.shape[0], 3):
         raise ValueError(
@@ -188,7 +220,9 @@ def rope_3d(
         )
     if resolve_impl(impl, x.device) == FusedImpl.TRITON:
         return _RopeTriton.apply(x, coords, theta)
-    return rope_3d_reference(x, coords, theta)
+    if table is None:
+        table = rope_table(coords, x.shape[-1], theta, x.dtype)
+    return rope_3d_torch(x, table)
 
 
 class _RopeTriton(torch.autograd.Function):

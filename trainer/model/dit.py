@@ -103,8 +103,10 @@ class Attention(nn.Module):
                 backend=backend,
             )  # (n, H, Dh)
         else:
-            q = rope_3d(q, view.coords, theta=self.cfg.rope_theta, impl=self.cfg.fused_impl)
-            k = rope_3d(k, view.coords, theta=self.cfg.rope_theta, impl=self.cfg.fused_impl)
+            theta, impl = self.cfg.rope_theta, self.cfg.fused_impl
+            table = view.rope_table(self.head_dim, theta, q.dtype)
+            q = rope_3d(q, view.coords, theta=theta, impl=impl, table=table)
+            k = rope_3d(k, view.coords, theta=theta, impl=impl, table=table)
             if view.group is not None:  # Ulysses: all tokens, H/P heads on each rank
                 q, k, v = (heads_to_sequence(z, view.group) for z in (q, k, v))
             o = varlen_attention(
@@ -139,7 +141,7 @@ class DiTBlock(nn.Module):
         self, x: torch.Tensor, c: torch.Tensor, text: torch.Tensor, view: AttentionView
     ) -> torch.Tensor:
         """x: (n, D) tokens; c: (B, D) conditioning per sample; text: (M, D) the view's text."""
-        idx = view.sample_idx
+        idx, gather = view.sample_idx, view.sample_idx.long()
         mods = self.modulation(c).chunk(9, dim=-1)  # 9 x (B, D)
         impl = self.cfg.fused_impl
         for branch, (shift, scale, gate) in enumerate((mods[0:3], mods[3:6], mods[6:9])):
@@ -150,7 +152,7 @@ class DiTBlock(nn.Module):
                 h = self.cross_attn(h, text, view)
             else:
                 h = self.mlp(h)
-            x = x + gate[idx.long()] * h
+            x = x + gate.index_select(0, gather) * h  # index_select: see adaln_norm_modulate
         return x
 
 

@@ -16,12 +16,13 @@ packing stays exact: only the pack is padded, once.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from kernels.fused import rope_table
 from trainer.model.packing import PackedBatch
 
 
@@ -94,6 +95,17 @@ class AttentionView:
     """Rows of the batch's text the local segments use, in order (None: all of them)."""
     group: Any = None
     """The sequence-parallel process group (None: no exchange)."""
+    _rope: dict[tuple[int, float, torch.dtype], torch.Tensor] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def rope_table(self, head_dim: int, theta: float, dtype: torch.dtype) -> torch.Tensor:
+        """The RoPE rotations of this view's tokens, computed by the first layer that asks and
+        shared by every layer of the forward (and its recomputation under checkpointing)."""
+        key = (head_dim, theta, dtype)
+        if key not in self._rope:
+            self._rope[key] = rope_table(self.coords, head_dim, theta, dtype)
+        return self._rope[key]
 
     @classmethod
     def of(cls, batch: PackedBatch) -> AttentionView:
