@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--model", default=None, help="a local VLM directory instead of the tiny LLaVA")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--rounds", type=int, default=2, help="passes over the batch sizes")
     args = ap.parse_args()
     import torch
 
@@ -75,9 +76,11 @@ def main() -> None:
         build_llava(Path(model))
     rows = []
     load_s = 0.0
-    for b in [int(x) for x in args.batches.split(",")]:
+    sizes = [int(x) for x in args.batches.split(",")]
+    caps, runs = {}, {b: [] for b in sizes}
+    for b in sizes:
         t0 = time.perf_counter()
-        cap = HFCaptioner(
+        caps[b] = HFCaptioner(
             RecaptionConfig(
                 backend="hf",
                 model=model,
@@ -87,21 +90,30 @@ def main() -> None:
             )
         )
         load_s = load_s or time.perf_counter() - t0
-        spent = {"generate": 0.0, "decode": 0.0}
-        cap.model.generate = _timed(cap.model.generate, spent, "generate")
-        cap.processor.batch_decode = _timed(cap.processor.batch_decode, spent, "decode")
-        cap.caption(items[:b])  # warm-up
-        spent.update(generate=0.0, decode=0.0)
-        t0 = time.perf_counter()
-        for i in range(0, len(items), b):
-            cap.caption(items[i : i + b])
-        dt = time.perf_counter() - t0
-        rows.append((b, len(items) / dt, len(items) * args.max_new_tokens / dt, dt, spent))
+    # Rounds in alternating order (small to large, then back), the fastest round per batch size
+    # kept: one pass per size read 9.6x at 32 in one invocation and 11.4x at 64 in the next.
+    for rnd in range(args.rounds):
+        for b in sizes if rnd % 2 == 0 else reversed(sizes):
+            cap = caps[b]
+            spent = {"generate": 0.0, "decode": 0.0}
+            generate, decode = cap.model.generate, cap.processor.batch_decode
+            cap.model.generate = _timed(generate, spent, "generate")
+            cap.processor.batch_decode = _timed(decode, spent, "decode")
+            cap.caption(items[:b])  # warm-up
+            spent.update(generate=0.0, decode=0.0)
+            t0 = time.perf_counter()
+            for i in range(0, len(items), b):
+                cap.caption(items[i : i + b])
+            dt = time.perf_counter() - t0
+            cap.model.generate, cap.processor.batch_decode = generate, decode
+            runs[b].append((b, len(items) / dt, len(items) * args.max_new_tokens / dt, dt, spent))
+    rows = [max(runs[b], key=lambda r: r[1]) for b in sizes]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU, 2 threads"
     cores = 1 if torch.cuda.is_available() else torch.get_num_threads()
     print(
         f"\nhf captioner, {Path(model).name}, {args.frames} frames/clip, {args.clips} clips, "
-        f"{args.max_new_tokens} new tokens, {device}; model load {load_s:.2f} s\n"
+        f"{args.max_new_tokens} new tokens, {device}; model load {load_s:.2f} s; "
+        f"fastest of {args.rounds} alternating rounds per batch size\n"
     )
     print(
         "| batch | clips/s | clips/s per core | generated tokens/s | vs batch 1 | processor % "
