@@ -70,6 +70,9 @@ DIT_VARIANTS: dict[str, list[str]] = {
     "no EMA (raw weights)": ["train.ema_decay=0"],
     "logit-normal timesteps": ["train.flow.timestep_sampling=logit_normal"],
     "patch 1x1x1": ["train.model.patch=[1,1,1]"],
+    # The demo's samples are 9x16x16 latents at 1x2x2 patches, 576 tokens: above the 256-token
+    # base, the flow's resolution shift moves their timesteps toward noise.
+    "no resolution time shift": ["train.flow.shift_base_tokens=0"],
     "lr 2e-3 without EMA": ["train.optim.lr=2e-3", "train.ema_decay=0"],
     "videos + stills (half the samples)": [],
 }
