@@ -165,11 +165,16 @@ def _rope_tables(
     return torch.cat(axes).to(device), torch.cat(inv).to(device)  # float64: cast where used
 
 
+def _rope_real(dtype: torch.dtype) -> torch.dtype:
+    """RoPE's arithmetic dtype: float64 stays float64 (the oracle in tests), the rest float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def rope_3d_reference(
     x: torch.Tensor, coords: torch.Tensor, theta: float, sign: float = 1.0
 ) -> torch.Tensor:
     axis, inv = _rope_tables(x.shape[-1], theta, x.device)
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32  # float64 stays an oracle
+    dt = _rope_real(x.dtype)
     angle = coords.to(dt)[:, axis.long()] * inv.to(dt) * sign  # (N, D/2)
     cos, sin = angle.cos()[:, None, :], angle.sin()[:, None, :]  # (N, 1, D/2)
     xe, xo = x[..., 0::2].to(dt), x[..., 1::2].to(dt)
@@ -183,9 +188,9 @@ def rope_table(
     """(N, 1, head_dim/2) complex rotations e^(i·angle) of each token's pairs. They depend on
     positions only, so a model computes them once per forward and passes them to every layer's
     q and k (recomputing angles, cos and sin per call was ~2.5 ms of a 1024-token DiT-S layer's
-    forward and backward on CPU). float64 inputs get a complex128 table (the oracle in tests)."""
+    forward and backward on CPU). float64 gets a complex128 table, the rest complex64."""
     axis, inv = _rope_tables(head_dim, theta, coords.device)
-    real = torch.float64 if dtype == torch.float64 else torch.float32
+    real = _rope_real(dtype)
     angle = coords.to(real)[:, axis.long()] * inv.to(real)  # (N, D/2)
     return torch.polar(torch.ones_like(angle), angle)[:, None, :]
 
@@ -193,8 +198,7 @@ def rope_table(
 def rope_3d_torch(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Adjacent pairs as complex numbers times the table: one elementwise op (and one in the
     backward) instead of the reference's strided halves, four multiplies and a stack."""
-    real = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xr = x.to(real)
+    xr = x.to(_rope_real(x.dtype))
     if xr.stride(-1) != 1 or xr.storage_offset() % 2 or any(st % 2 for st in xr.stride()[:-1]):
         xr = xr.contiguous()  # view_as_complex needs whole (re, im) pairs in memory
     xc = torch.view_as_complex(xr.unflatten(-1, (-1, 2)))
