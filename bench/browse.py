@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.browse.serve import server
-from infra.storage import StorageConfig
+from infra.storage_config import StorageConfig
 
 
 def manifest(n: int, root: Path) -> None:

@@ -53,7 +53,7 @@ def real_grids(manifest: str | None) -> list[tuple[int, int, int]]:
     if manifest is None:
         from data_pipeline.config import ShardConfig
         from data_pipeline.job import run_shard
-        from infra.storage import StorageConfig
+        from infra.storage_config import StorageConfig
 
         out = Path(tempfile.mkdtemp(prefix="bench-packing-")) / "clips"
         run_shard(str(VIDEOS), str(out), ShardConfig(), StorageConfig())

@@ -28,7 +28,8 @@ from data_pipeline.job import run_shard
 from data_pipeline.process import process_source
 from data_pipeline.shards import ShardPlanner, write_shard
 from data_pipeline.sources import list_sources
-from infra.storage import Storage, StorageConfig
+from infra.storage import Storage
+from infra.storage_config import StorageConfig
 
 DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 

@@ -29,7 +29,8 @@ def clip_frames(n: int, frames: int) -> list[dict]:  # type: ignore[type-arg]
     from data_pipeline.config import ShardConfig
     from data_pipeline.job import run_shard
     from infra.shards import iter_samples, list_shards
-    from infra.storage import Storage, StorageConfig
+    from infra.storage import Storage
+    from infra.storage_config import StorageConfig
     from recaption.frames import sample_frames
 
     out = Path(tempfile.mkdtemp()) / "clips"

@@ -31,7 +31,8 @@ from data_pipeline.scores import rejection
 from infra.errors import JobError
 from infra.ray_cluster import local_work_dir, ray_session
 from infra.shards import SELECTION
-from infra.storage import Storage, StorageConfig
+from infra.storage import Storage
+from infra.storage_config import StorageConfig
 from infra.uris import join, normalize
 
 log = logging.getLogger(__name__)

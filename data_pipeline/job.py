@@ -28,7 +28,8 @@ from infra.errors import JobError
 from infra.provenance import RESUME, Rerun, check_or_record, finish_job
 from infra.ray_cluster import local_work_dir, ray_session
 from infra.shards import CLIPS, is_shard_name
-from infra.storage import Storage, StorageConfig, StorageError
+from infra.storage import Storage, StorageError
+from infra.storage_config import StorageConfig
 from infra.uris import join, normalize, relative_to
 
 log = logging.getLogger(__name__)

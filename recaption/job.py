@@ -37,7 +37,8 @@ from infra.shards import (
     sidecar,
     write_samples,
 )
-from infra.storage import Storage, StorageConfig
+from infra.storage import Storage
+from infra.storage_config import StorageConfig
 from infra.uris import join, normalize, relative_to
 from recaption.config import RecaptionConfig
 from recaption.frames import sample_frames

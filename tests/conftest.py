@@ -98,7 +98,7 @@ def real_shards(
 
     from data_pipeline.config import ShardConfig
     from data_pipeline.job import run_shard
-    from infra.storage import StorageConfig
+    from infra.storage_config import StorageConfig
 
     out = tmp_path_factory.mktemp("real") / "clips"
     # A small pixel budget keeps encoding cheap; geometry and metadata are what is checked.

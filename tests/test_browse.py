@@ -21,7 +21,8 @@ from PIL import Image
 
 from infra.browse.serve import is_loopback, server
 from infra.browse.tarindex import member_index
-from infra.storage import Storage, StorageConfig
+from infra.storage import Storage
+from infra.storage_config import StorageConfig
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package, installed by .ci/run
 CAPTIONS = {

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from infra.errors import JobError
-from infra.storage import Storage, StorageConfig
+from infra.storage import Storage
+from infra.storage_config import StorageConfig
 from infra.uris import UnsafeKey
 from trainer.checkpoint import (
     CheckpointStore,

@@ -24,7 +24,8 @@ from infra.errors import JobError
 from infra.procs import kill_tree
 from infra.provenance import Rerun
 from infra.shards import read_captions, write_samples
-from infra.storage import Storage, StorageConfig
+from infra.storage import Storage
+from infra.storage_config import StorageConfig
 from recaption.config import RecaptionConfig
 from recaption.frames import sample_frames
 from recaption.job import run_recaption

@@ -11,7 +11,7 @@ import pytest
 from data_pipeline.config import ShardConfig
 from data_pipeline.job import run_shard
 from infra.errors import JobError
-from infra.storage import StorageConfig
+from infra.storage_config import StorageConfig
 from tests.media import moving_frames, write_audio_only, write_video
 
 pytestmark = pytest.mark.slow

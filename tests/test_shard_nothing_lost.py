@@ -19,7 +19,8 @@ from data_pipeline.config import ShardConfig
 from data_pipeline.probe import InputError
 from data_pipeline.sources import Source, list_sources
 from infra.cli import main
-from infra.storage import Storage, StorageConfig
+from infra.storage import Storage
+from infra.storage_config import StorageConfig
 from tests.conftest import REPO
 from tests.media import moving_frames, write_video
 

@@ -18,7 +18,8 @@ import webdataset as wds
 from data_pipeline.config import ShardConfig
 from data_pipeline.job import run_shard
 from infra.provenance import Rerun
-from infra.storage import Storage, StorageConfig
+from infra.storage import Storage
+from infra.storage_config import StorageConfig
 from tests.media import moving_frames, write_video
 
 pytestmark = pytest.mark.slow

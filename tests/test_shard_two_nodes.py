@@ -11,7 +11,7 @@ import pytest
 
 from data_pipeline.config import ShardConfig
 from data_pipeline.job import run_shard
-from infra.storage import StorageConfig
+from infra.storage_config import StorageConfig
 from tests.netns import can_make_namespaces, ray_cluster, ray_env, two_hosts
 from tests.test_shard_resume_s3 import SETTINGS, fingerprint, make_videos
 

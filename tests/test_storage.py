@@ -13,7 +13,8 @@ import pytest
 from infra.config import dump_yaml
 from infra.log import REDACTED, RedactingFilter, redact_env
 from infra.schema import SpacetimeConfig
-from infra.storage import Storage, StorageConfig, StorageError
+from infra.storage import Storage, StorageError
+from infra.storage_config import StorageConfig
 from infra.uris import join
 from tests.conftest import free_port
 from tests.faultproxy import FaultProxy

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from infra.procs import children_map, kill_tree
-from infra.storage import Storage, StorageConfig
+from infra.storage import Storage
+from infra.storage_config import StorageConfig
 from tests.conftest import REPO, free_port
 from tests.faults import fault_env
 from tests.latents import write_latent_shards
@@ -429,7 +430,8 @@ def test_trains_on_real_video_shards(real_shards: dict, tmp_path: Path) -> None:
 def test_checkpoints_on_s3_resume_on_a_fresh_machine(
     latents: Path, baseline: tuple[Path, str], tmp_path: Path, s3_server: str, s3_bucket: str
 ) -> None:
-    from infra.storage import Storage, StorageConfig
+    from infra.storage import Storage
+    from infra.storage_config import StorageConfig
 
     storage = Storage(StorageConfig(s3_endpoint_url=s3_server))
     for f in sorted(latents.iterdir()):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.storage import Storage, StorageConfig
+from infra.storage import Storage
+from infra.storage_config import StorageConfig
 from tests.latents import write_latent_shards
 from trainer.data.loader import LatentLoader
 from trainer.data.plan import assign_ranks, load_index, sample_cost, tokens_of

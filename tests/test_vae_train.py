@@ -11,7 +11,7 @@ from data_pipeline.config import ShardConfig
 from data_pipeline.job import run_shard
 from infra.cli import main
 from infra.demo import shapes
-from infra.storage import StorageConfig
+from infra.storage_config import StorageConfig
 from trainer.vae.model import CausalVAE
 
 pytestmark = pytest.mark.slow
@@ -135,7 +135,8 @@ def test_encode_writes_latent_shards_and_resumes(shards: Path, tmp_path: Path) -
 
 
 def test_encode_s3_in_and_out(shards: Path, tmp_path: Path, s3_server: str, s3_bucket: str) -> None:
-    from infra.storage import Storage, StorageConfig
+    from infra.storage import Storage
+    from infra.storage_config import StorageConfig
     from trainer.encode import read_latents, run_encode
     from trainer.vae.config import EncodeConfig, VAEConfig
     from trainer.vae.model import CausalVAE

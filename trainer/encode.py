@@ -39,7 +39,8 @@ from infra.shards import (
     sidecar_uri,
     write_samples,
 )
-from infra.storage import Storage, StorageConfig
+from infra.storage import Storage
+from infra.storage_config import StorageConfig
 from infra.uris import join, normalize, relative_to
 from trainer.data.raw import latent_frames
 from trainer.text.encoder import TextEncoder, TextEncoderConfig, default_model_path

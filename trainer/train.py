@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 
 from infra.config import to_dict
 from infra.errors import JobError
-from infra.storage import Storage, StorageConfig
+from infra.storage import Storage
+from infra.storage_config import StorageConfig
 from infra.uris import is_s3, join
 from trainer import hooks
 from trainer.checkpoint import CheckpointStore, check_resume, local_run_dir

@@ -10,7 +10,8 @@ import uvicorn
 
 from infra.browse.app import make_app
 from infra.browse.catalog import Catalog
-from infra.storage import Storage, StorageConfig
+from infra.storage import Storage
+from infra.storage_config import StorageConfig
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from data_pipeline.config import CurateConfig, ShardConfig
-from infra.storage import StorageConfig
+from infra.storage_config import StorageConfig
 from recaption.config import RecaptionConfig
 from trainer.config import RunConfig, SampleConfig, TrainConfig
 from trainer.vae.config import EncodeConfig, VAETrainConfig
