@@ -35,8 +35,8 @@ from data_pipeline import scores as scores_module
 from data_pipeline.config import CurateConfig, FilterConfig, ScoreConfig, ShardConfig
 from data_pipeline.curate import curate
 from data_pipeline.job import run_shard
-from data_pipeline.process import process_source
 from data_pipeline.sources import list_sources
+from data_pipeline.worker import process_source
 from infra.ray_cluster import ray_session
 from infra.storage import Storage
 from infra.storage_config import StorageConfig

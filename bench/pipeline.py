@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_pipeline.config import ShardConfig
 from data_pipeline.job import run_shard
-from data_pipeline.process import process_source
 from data_pipeline.shards import ShardPlanner, write_shard
 from data_pipeline.sources import list_sources
+from data_pipeline.worker import process_source
 from infra.storage import Storage
 from infra.storage_config import StorageConfig
 

@@ -1,8 +1,8 @@
 """One source video to staged clips: probe → analyse → plan → encode, failures as records.
 
-`process_source` never raises for a bad input: it returns a record whose `error` names the stage
-and the reason, so one broken file cannot stop a job. Its output is staged per source (a tar of the
-clips, then a JSON record written last as the done-marker), so a rerun skips finished sources.
+`stage_source` never raises for a bad input: it returns a record whose `error` names the stage
+and the reason, so one broken file cannot stop a job. It runs in the decoding child process that
+`data_pipeline.worker.process_source` hands it to; its output is staged per source (records.py).
 """
 
 from __future__ import annotations
@@ -23,87 +23,16 @@ from data_pipeline.borders import BorderFinder
 from data_pipeline.clips import encode_clips
 from data_pipeline.config import ShardConfig
 from data_pipeline.images import is_image, process_image
-from data_pipeline.isolate import Overrun, run_isolated
 from data_pipeline.probe import InputError, Probe, display_size, output_size, probe
+from data_pipeline.records import new_record, staged_paths
 from data_pipeline.samples import SCHEMA_VERSION, keep_or_reject
 from data_pipeline.scenes import analyse, find_scenes, plan_clips
 from data_pipeline.sources import Source
 from infra.shards import iter_samples, write_samples
 from infra.storage import Storage
-from infra.uris import is_s3, join
+from infra.uris import is_s3
 
 log = logging.getLogger(__name__)
-
-
-def staged_paths(staging: str, source_id: str) -> tuple[str, str]:
-    """(clips tar, record json) of one source in the staging area."""
-    return join(staging, f"{source_id}.tar"), join(staging, f"{source_id}.json")
-
-
-def load_record(storage: Storage, staging: str, source_id: str) -> dict[str, Any] | None:
-    """The staged record of one source, or None if it has none (or only an unreadable one)."""
-    _, rec = staged_paths(staging, source_id)
-    try:
-        record = json.loads(storage.read_text(rec))
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError:
-        log.warning("%s: unreadable staged record; the source is processed again", rec)
-        return None
-    if record.get("error"):
-        record["clips"] = []  # an error row has no clips (records of older versions might)
-    return record
-
-
-def process_source(
-    source: Source, cfg: ShardConfig, storage: Storage, staging: str, isolate: bool = True
-) -> dict[str, Any]:
-    """Processes one source and stages its result (the caller decides whether it needs it).
-
-    With `isolate`, the work runs in a child process under a hard time limit, so a file that hangs
-    or crashes FFmpeg costs only its own record.
-    """
-    if not isolate:
-        return stage_source(source, cfg, storage, staging)
-    t0 = time.monotonic()
-    try:
-        return run_isolated(
-            stage_source,
-            source,
-            cfg,
-            storage,
-            staging,
-            timeout=cfg.file_timeout_s * 1.1 + 10,
-            max_calls=cfg.worker_max_files,
-            max_rss_mb=cfg.worker_max_rss_mb,
-        )
-    except Overrun as e:
-        record = _new_record(source)
-        record["error"] = {"stage": "process", "reason": e.reason}
-        record["elapsed_s"] = round(time.monotonic() - t0, 3)
-        storage.write_text(
-            staged_paths(staging, source.source_id)[1], json.dumps(record, sort_keys=True)
-        )
-        return record
-
-
-def _new_record(source: Source) -> dict[str, Any]:
-    return {
-        "source": source.uri,
-        "rel": source.rel,
-        "source_id": source.source_id,
-        "version": source.version,
-        "caption": source.caption,
-        "error": None,
-        "probe": None,
-        "seconds_in": 0.0,
-        "cuts": [],
-        "scenes": 0,
-        "dropped": {},
-        "clips": [],
-        "rejected": [],
-        "crop": None,
-    }
 
 
 def stage_source(
@@ -111,7 +40,7 @@ def stage_source(
 ) -> dict[str, Any]:
     """Probe, analyse and encode one source; stage its clips, then its record (the done-marker)."""
     t0 = time.monotonic()
-    record = _new_record(source)
+    record = new_record(source)
     try:
         with _local_copy(source.uri, storage, cfg) as path:
             samples = _process_local(path, source, cfg, record, deadline=t0 + cfg.file_timeout_s)

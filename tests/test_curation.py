@@ -18,8 +18,8 @@ import pytest
 from data_pipeline.config import CurateConfig, FilterConfig, ShardConfig
 from data_pipeline.curate import curate
 from data_pipeline.dedup import near_duplicates
-from data_pipeline.process import process_source
 from data_pipeline.sources import Source
+from data_pipeline.worker import process_source
 from infra.shards import open_clips
 from infra.storage import Storage
 from tests import curation_media as cm

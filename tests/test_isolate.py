@@ -109,3 +109,19 @@ def test_child_dies_with_a_killed_worker() -> None:
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _alive(child), f"decoding child {child} outlived its killed owner"
+
+
+def test_a_shard_worker_imports_no_decoding_library() -> None:
+    """The Ray task of the shard job lives in data_pipeline.worker, which must not pull in PyAV,
+    OpenCV or torch (webdataset imports it): the worker's child does the decoding, and the
+    worker would pay ~1.7 s of imports per process on cores the decoding needs."""
+    code = (
+        "import sys, data_pipeline.worker\n"
+        "print(sorted(m for m in ('av', 'cv2', 'torch', 'webdataset', 'scenedetect') "
+        "if m in sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from data_pipeline import process
+from data_pipeline import process, records, worker
 from data_pipeline.config import ShardConfig
 from data_pipeline.probe import InputError
 from data_pipeline.sources import Source, list_sources
@@ -108,12 +108,12 @@ def test_a_source_that_fails_part_way_stages_no_clip(
     staging = str(tmp_path / "staging")
     src = Source(str(video), "two.mp4")
     cfg = ShardConfig(max_pixels=12288, min_side=32)
-    rec = process.process_source(src, cfg, Storage(), staging, isolate=False)
+    rec = worker.process_source(src, cfg, Storage(), staging, isolate=False)
     assert rec["error"]["stage"] == "encode" and rec["clips"] == []
-    tar, _ = process.staged_paths(staging, src.source_id)
+    tar, _ = records.staged_paths(staging, src.source_id)
     assert not Path(tar).exists()
     monkeypatch.setattr(process, "encode_clips", real)
-    assert len(process.process_source(src, cfg, Storage(), staging, isolate=False)["clips"]) == 2
+    assert len(worker.process_source(src, cfg, Storage(), staging, isolate=False)["clips"]) == 2
 
 
 def test_rerun_retries_failures_and_repairs_a_half_staged_source(
