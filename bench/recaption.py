@@ -1,6 +1,6 @@
 """Captioning throughput of the `hf` backend: batch size 1 vs larger batches, measured in one run.
 
-    python bench/recaption.py [--clips 64] [--batches 1,4,8,16,32,64]
+    python bench/recaption.py [--clips 128] [--batches 1,4,8,16,32,64]
 
 A tiny random-weight LLaVA (multi-frame) built here from configs, the real HFCaptioner code path
 (processor, left-padded batched generate, decode), 4 frames per clip sampled by seeking from the
@@ -54,7 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--clips", type=int, default=64)
+    ap.add_argument("--clips", type=int, default=128)
     ap.add_argument("--batches", default="1,4,8,16,32,64")
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=32)
