@@ -111,17 +111,18 @@ def test_child_dies_with_a_killed_worker() -> None:
     assert not _alive(child), f"decoding child {child} outlived its killed owner"
 
 
-def test_a_shard_worker_imports_no_decoding_library() -> None:
+def test_shard_workers_import_only_what_they_use() -> None:
     """The Ray task of the shard job lives in data_pipeline.worker, which must not pull in PyAV,
-    OpenCV or torch (webdataset imports it): the worker's child does the decoding, and the
-    worker would pay ~1.7 s of imports per process on cores the decoding needs."""
-    code = (
-        "import sys, data_pipeline.worker\n"
-        "print(sorted(m for m in ('av', 'cv2', 'torch', 'webdataset', 'scenedetect') "
-        "if m in sys.modules))"
-    )
+    OpenCV or torch: the worker's child does the decoding (~1.7 s of imports per process on
+    cores the decoding needs). The child (data_pipeline.process) needs PyAV and OpenCV, not
+    torch (which webdataset imports; ~150 MB more per decoding process). The worker loads none."""
+    heavy = "('av', 'cv2', 'torch', 'webdataset', 'scenedetect')"
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]", out.stdout
+    decoding = ["av", "cv2", "scenedetect"]
+    for module, allowed in (("data_pipeline.worker", []), ("data_pipeline.process", decoding)):
+        code = f"import sys, {module}\nprint(','.join(m for m in {heavy} if m in sys.modules))"
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+        )
+        loaded = [m for m in out.stdout.strip().split(",") if m]
+        assert [m for m in loaded if m not in allowed] == [], (module, loaded)
