@@ -56,19 +56,18 @@ def _run_tasks(
     """Processes `sources[i]` for i in `order` as plain Ray tasks, at most `workers` at a time,
     and yields results as they finish. Plain tasks rather than a Ray Data pipeline: Ray Data's
     streaming executor polls in the driver (13 s of CPU in a 77 s 1-worker run, py-spy) and ticks
-    in every worker, and on a 2-core machine that CPU comes out of the decoding itself. Ray reuses its worker
-    processes across tasks, so each keeps its decoding child (data_pipeline.isolate)."""
+    in every worker, and on a 2-core machine that CPU comes out of the decoding itself. Ray
+    reuses its worker processes across tasks, so each keeps its decoding child (isolate.py)."""
     import ray
 
     # The task lives in a module without the decoding libraries: a worker imports only that.
     task = ray.remote(num_cpus=1)(process_task)
-    args = (cfg, storage_cfg, staging)
-    pending = iter(order)
-    running = [task.remote(i, sources[i], *args) for i in itertools.islice(pending, workers)]
+    pending = (task.remote(i, sources[i], cfg, storage_cfg, staging) for i in order)
+    running = list(itertools.islice(pending, workers))
     while running:
         done, running = ray.wait(running, num_returns=1)
         # The next input goes out before the caller writes shards with this result.
-        running += [task.remote(i, sources[i], *args) for i in itertools.islice(pending, 1)]
+        running += itertools.islice(pending, 1)
         yield ray.get(done[0])
 
 
