@@ -152,4 +152,4 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     # Stable: the order within a module is kept.
-    items.sort(key=lambda it: rank.get(Path(str(it.fspath)).stem, len(rank)))
+    items.sort(key=lambda it: rank.get(it.path.stem, len(rank)))
