@@ -91,19 +91,34 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def real_shards(
     videos_dir: Path, tmp_path_factory: pytest.TempPathFactory, local_ray: None
 ) -> dict[str, Any]:
-    """`spacetime shard` output of the 21 sample videos (shared by the pipeline and trainer tests)."""
+    """`spacetime shard` output of the 21 sample videos (shared by the pipeline and trainer tests).
+
+    Made once per test run, not once per xdist worker (~1-2 min of the CPU each): the first worker
+    to ask shards into the workers' common temp dir under a lock, the others read it. Every user
+    only reads it."""
+    import fcntl
     import json
 
     import webdataset as wds
 
-    from data_pipeline.config import ShardConfig
-    from data_pipeline.job import run_shard
-    from infra.storage_config import StorageConfig
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' base temps share one parent
+        shared = shared.parent
+    root = shared / "real-shards"
+    root.mkdir(exist_ok=True)
+    out, done = root / "clips", root / "summary.json"
+    with (root / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            from data_pipeline.config import ShardConfig
+            from data_pipeline.job import run_shard
+            from infra.storage_config import StorageConfig
 
-    out = tmp_path_factory.mktemp("real") / "clips"
-    # A small pixel budget keeps encoding cheap; geometry and metadata are what is checked.
-    cfg = ShardConfig(max_pixels=224 * 128, shard_max_bytes=2 * 1024 * 1024)
-    summary = run_shard(str(videos_dir), str(out), cfg, StorageConfig())
+            # A small pixel budget keeps encoding cheap; geometry and metadata are what is checked.
+            cfg = ShardConfig(max_pixels=224 * 128, shard_max_bytes=2 * 1024 * 1024)
+            summary = run_shard(str(videos_dir), str(out), cfg, StorageConfig())
+            done.write_text(json.dumps(summary))
+    summary = json.loads(done.read_text())
     samples = {}
     for shard in sorted(out.glob("clips-*.tar")):
         for s in wds.WebDataset(str(shard), shardshuffle=False):
