@@ -78,8 +78,8 @@ DIT_VARIANTS: dict[str, list[str]] = {
     "no resolution time shift": ["train.flow.shift_base_tokens=0"],
     "lr 2e-3 without EMA": ["train.optim.lr=2e-3", "train.ema_decay=0"],
     # 4x4 latent pixels per token: a 64x64 clip is 144 tokens instead of 576, so a step of the
-    # same token budget holds ~5x the clips. (The guard's spike rule skipped three early steps of
-    # this run during the warm-up and ended it; off here.)
+    # same token budget holds ~5x the clips. (Measured with the guard off: its spike rule ended
+    # this run at step 49, inside the warm-up, before the guard stopped judging spikes there.)
     "patch 1x4x4": ["train.model.patch=[1,4,4]", "train.guard.enabled=false"],
     # The source captions ("a red circle moving left") instead of the recaption stage's paragraph.
     "short captions": [],

@@ -186,7 +186,8 @@ class GuardConfig:
     `median_window` applied steps is skipped (0: only non-finite values are)."""
     median_window: int = 100
     min_history: int = 20
-    """Spikes are judged only once this many applied steps are in the window."""
+    """Spikes are judged only once this many applied steps are in the window, and only after the
+    learning-rate warm-up (train.optim.warmup_steps; non-finite values always)."""
     max_skips: int = 3
     skip_window: int = 50
     """`max_skips` skips within this many steps roll the run back to its last checkpoint."""

@@ -42,8 +42,13 @@ def grad_norm_of(optimizer: torch.optim.Optimizer) -> float:
 
 
 class StepGuard:
-    def __init__(self, cfg: GuardConfig):
+    def __init__(self, cfg: GuardConfig, arm_after: int = 0):
+        """`arm_after`: spikes are not judged in steps up to this one (the learning-rate warm-up:
+        from a zero-initialised DiT the gradient norm grows tenfold there, healthy; three such
+        steps in a row once ended a demo run at step 49). Non-finite values always are."""
         self.cfg = cfg
+        self.arm_after = arm_after
+        self._arming = False
         self.losses: deque[float] = deque(maxlen=cfg.median_window)
         self.norms: deque[float] = deque(maxlen=cfg.median_window)
         self.skipped: list[dict[str, Any]] = []  # recent skips: step, position, reason
@@ -54,9 +59,10 @@ class StepGuard:
 
     # -- the decision ----------------------------------------------------------------------------
 
-    def begin(self, loss: float) -> None:
-        """The step's loss (all ranks), before its optimizer step."""
+    def begin(self, loss: float, step: int | None = None) -> None:
+        """The step's loss (all ranks), before its optimizer step; `step` counts from 1."""
         self._loss, self.veto = loss, None
+        self._arming = step is not None and step <= self.arm_after
 
     def judge(self, loss: float, norm: float) -> str | None:
         """Why a step with this loss and gradient norm must not be applied, or None."""
@@ -67,7 +73,7 @@ class StepGuard:
         if not math.isfinite(norm):
             return f"gradient norm is {norm}"
         k = self.cfg.spike_factor
-        if k and len(self.losses) >= self.cfg.min_history:
+        if k and not self._arming and len(self.losses) >= self.cfg.min_history:
             for name, v, hist in (("loss", loss, self.losses), ("gradient norm", norm, self.norms)):
                 med = statistics.median(hist)
                 if v > k * med:

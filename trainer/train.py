@@ -117,7 +117,7 @@ class Trainer:
         self.tokens_seen = self.samples_seen = 0
         self.peak_bytes: int | None = None  # memory of this rank's training steps (PeakMemory)
         self.textless = 0  # micro-batches (all ranks, this run) whose every caption was dropped
-        self.guard = StepGuard(cfg.guard)
+        self.guard = StepGuard(cfg.guard, arm_after=cfg.optim.warmup_steps)
         self._pre_norm: float | None = None  # ZeRO-0's gradient norm, taken before its step
         self.last_skip: str | None = None  # why the last step's update was not applied
         self.data_position = (0, 0)  # where the running step's data comes from
@@ -265,7 +265,7 @@ class Trainer:
         stats = torch.tensor([float(loss_sum), flops, textless], dtype=torch.float64)
         dist.all_reduce(stats)
         loss = float(stats[0]) / norm
-        self.guard.begin(loss)
+        self.guard.begin(loss, self.step + 1)  # self.step counts the steps before this one
         if self.engine.optimizer is self.inner_optimizer:  # whole gradients, already reduced
             self._pre_norm = grad_norm_of(self.inner_optimizer)
         self.engine.step()
