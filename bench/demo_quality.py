@@ -192,17 +192,49 @@ def _row(name: str, seconds: float, s: dict[str, Any]) -> str:
     )
 
 
+def demo_latents(root: Path, vae_dir: Path, vae: str, short: bool = False) -> Path:
+    """The demo's clips encoded by VAE variant `vae`, once per workdir: with the recaption stage's
+    paragraphs, or (`short`) with their source captions ("a red circle moving left")."""
+    latents = root / ("latents-short" if short else "latents") / slug(vae)
+    if not latents.exists():
+        cfg = config(VAE_VARIANTS[vae])
+        run_encode(
+            str(root / "clips"), str(latents), str(vae_dir), None, cfg.encode, cfg.storage,
+            captions=None if short else str(root / "captions"),
+        )  # fmt: skip
+    return latents
+
+
+def train_once(run: Path, cfg: SpacetimeConfig, latents: Path, steps: int, mixture: bool) -> Path:
+    """Trains the DiT of `cfg` in `run` (2 processes, as the demo) unless it already has; returns
+    its checkpoints dir. A `mixture` names its latents in train.data.sources itself."""
+    cfg.run.output_dir, cfg.run.name = str(run), "dit"
+    run.mkdir(parents=True, exist_ok=True)
+    cfg_file = run / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    ckpt = run / "dit" / "checkpoints"
+    if not (ckpt / "latest").exists():
+        cmd = _train_cmd(cfg_file, latents, steps, 2)
+        if mixture:
+            i = cmd.index("--latents")
+            del cmd[i : i + 2]
+        with (run / "train.log").open("w") as f:
+            subprocess.run(cmd, env=_env(), stdout=f, stderr=subprocess.STDOUT, check=True)
+    return ckpt
+
+
+def _scores(ev: dict[str, Any]) -> str:
+    h = ev["held_out"]
+    return (
+        f"| {ev['colour']:.0%} | {ev['direction']:.0%} | {ev['shape']:.0%} | {h['colour']:.0%} "
+        f"| {h['direction']:.0%} | {h['shape']:.0%} | {ev['travel']:.2f} | {ev['intact']:.0%} |"
+    )
+
+
 def cmd_dit(args: argparse.Namespace) -> None:
     root = Path(args.workdir)
     prepare(root, config([]))
     vae_dir = train_vae_variant(root, args.vae)
-    encoded = latents = root / "latents" / slug(args.vae)
-    if not latents.exists():
-        cfg = config(VAE_VARIANTS[args.vae])
-        run_encode(
-            str(root / "clips"), str(latents), str(vae_dir), None, cfg.encode, cfg.storage,
-            captions=str(root / "captions"),
-        )  # fmt: skip
     print(f"DiT ablations: {args.steps} steps each, VAE '{args.vae}'")
     print("| DiT variant | s/step | final loss | colour | direction | shape | held-out colour "
           "| held-out direction | held-out shape | travel | intact |")  # fmt: skip
@@ -210,7 +242,7 @@ def cmd_dit(args: argparse.Namespace) -> None:
     for name in args.variants.split(",") if args.variants else DIT_VARIANTS:
         over = [*VAE_VARIANTS[args.vae], *DIT_VARIANTS[name]]
         short = name == "short captions"
-        latents = short_latents(root, vae_dir, args.vae) if short else encoded
+        latents = demo_latents(root, vae_dir, args.vae, short)
         share = STILLS_VARIANTS.get(name)
         if share is not None:  # a mixture of the videos and still images, by sample share
             stills = prepare_stills(root, config(VAE_VARIANTS[args.vae]), vae_dir, 2 * 192)
@@ -220,41 +252,14 @@ def cmd_dit(args: argparse.Namespace) -> None:
             )
         cfg = config(over)
         run = root / "runs" / f"{slug(args.vae)}--{slug(name)}"
-        cfg.run.output_dir, cfg.run.name = str(run), "dit"
-        run.mkdir(parents=True, exist_ok=True)
-        cfg_file = run / "config.yaml"
-        cfg_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        ckpt = run / "dit" / "checkpoints"
-        if not (ckpt / "latest").exists():
-            cmd = _train_cmd(cfg_file, latents, args.steps, 2)
-            if share is not None:  # the mixture names its latents itself
-                i = cmd.index("--latents")
-                del cmd[i : i + 2]
-            with (run / "train.log").open("w") as f:
-                subprocess.run(cmd, env=_env(), stdout=f, stderr=subprocess.STDOUT, check=True)
+        ckpt = train_once(run, cfg, latents, args.steps, share is not None)
         state = json.loads((ckpt.parent / "train_summary.json").read_text())
         step_s = state["wall_s"] / max(1, state["trained_steps"])
         ev = evaluate(
             str(ckpt.parent), str(vae_dir), str(run / "samples"), 24,
             None if short else str(root / "captions"), cfg.sample,
         )  # fmt: skip
-        h = ev["held_out"]
-        print(
-            f"| {name} | {step_s:.2f} | {state['final_loss']:.3f} "
-            f"| {ev['colour']:.0%} | {ev['direction']:.0%} | {ev['shape']:.0%} | {h['colour']:.0%} "
-            f"| {h['direction']:.0%} | {h['shape']:.0%} | {ev['travel']:.2f} | {ev['intact']:.0%} |",
-            flush=True,
-        )
-
-
-def short_latents(root: Path, vae_dir: Path, vae: str) -> Path:
-    """The demo's clips encoded with their source captions ("a red circle moving left") instead
-    of the recaption stage's paragraphs."""
-    latents = root / "latents-short" / slug(vae)
-    if not latents.exists():
-        cfg = config(VAE_VARIANTS[vae])
-        run_encode(str(root / "clips"), str(latents), str(vae_dir), None, cfg.encode, cfg.storage)
-    return latents
+        print(f"| {name} | {step_s:.2f} | {state['final_loss']:.3f} {_scores(ev)}", flush=True)
 
 
 def cmd_curve(args: argparse.Namespace) -> None:
@@ -270,39 +275,15 @@ def cmd_curve(args: argparse.Namespace) -> None:
         over = [*VAE_VARIANTS[args.vae], *DIT_VARIANTS[name]]
         over += [f"train.checkpoint_every={args.every}", "train.keep_checkpoints=1000"]
         cfg = config(over)
-        latents = root / "latents" / slug(args.vae)
-        if short:
-            latents = short_latents(root, vae_dir, args.vae)
-        elif not latents.exists():
-            run_encode(
-                str(root / "clips"), str(latents), str(vae_dir), None, cfg.encode, cfg.storage,
-                captions=str(root / "captions"),
-            )  # fmt: skip
+        latents = demo_latents(root, vae_dir, args.vae, short)
         run = root / "curves" / f"{slug(args.vae)}--{slug(name)}--{args.steps}"
-        cfg.run.output_dir, cfg.run.name = str(run), "dit"
-        run.mkdir(parents=True, exist_ok=True)
-        cfg_file = run / "config.yaml"
-        cfg_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        ckpt = run / "dit" / "checkpoints"
-        if not (ckpt / "latest").exists():
-            with (run / "train.log").open("w") as f:
-                subprocess.run(
-                    _train_cmd(cfg_file, latents, args.steps, 2), env=_env(), stdout=f,
-                    stderr=subprocess.STDOUT, check=True,
-                )  # fmt: skip
+        ckpt = train_once(run, cfg, latents, args.steps, False)
         for c in sorted(ckpt.glob("step-*")):
             ev = evaluate(
                 str(c), str(vae_dir), str(run / "samples" / c.name), 24,
                 None if short else str(root / "captions"), cfg.sample,
             )  # fmt: skip
-            h = ev["held_out"]
-            print(
-                f"| {name} | {int(c.name.split('-')[1])} | {ev['colour']:.0%} "
-                f"| {ev['direction']:.0%} | {ev['shape']:.0%} | {h['colour']:.0%} "
-                f"| {h['direction']:.0%} | {h['shape']:.0%} | {ev['travel']:.2f} "
-                f"| {ev['intact']:.0%} |",
-                flush=True,
-            )
+            print(f"| {name} | {int(c.name.split('-')[1])} {_scores(ev)}", flush=True)
 
 
 def main() -> None:
