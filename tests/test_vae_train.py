@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from data_pipeline.config import ShardConfig
 from data_pipeline.job import run_shard
@@ -61,6 +64,20 @@ def test_train_vae_raises_heldout_psnr(trained: Path, shards: Path) -> None:
     _check_tiled_matches_untiled(vae, shards)
 
 
+def _clips(shards: Path) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+    """Every clip of the shards with its first 1 + 4k frames (up to 17) as a (1, 3, T, H, W)
+    tensor in [-1, 1], for the checks on the trained VAE's reconstructions."""
+    from infra.media import decode_frames
+    from infra.shards import iter_samples
+    from infra.storage import Storage
+
+    for shard in sorted(shards.glob("clips-*.tar")):
+        for s in iter_samples(str(shard), Storage()):
+            f = decode_frames(s["mp4"], 17)
+            x = torch.from_numpy(f[: 1 + 4 * ((len(f) - 1) // 4)]).permute(3, 0, 1, 2)[None]
+            yield s, x.float() / 127.5 - 1
+
+
 def _check_tiled_matches_untiled(vae: CausalVAE, shards: Path) -> None:
     """Stated tolerance for tiled (64 px tiles, 32 px overlap, blended) + chunked encode and decode
     on a trained 4x VAE, on every clip larger than a tile: against the original, the tiled
@@ -70,32 +87,23 @@ def _check_tiled_matches_untiled(vae: CausalVAE, shards: Path) -> None:
     tiled minus untiled +0.03 to +0.92 dB against the original, 26-47 dB against each other; 32 px
     tiles read -1.4 to +1.8 dB and 21-33 dB. (An earlier 8x/L1 VAE read >= 41.9 dB between tiled
     and untiled at 32 px: it decoded everything to flat grey, which no tiling can change.)"""
-    import torch
-
-    from infra.media import decode_frames
-    from infra.shards import iter_samples
-    from infra.storage import Storage
     from trainer.vae.train import psnr
 
     vae.eval()
     tile, lt = 64, 64 // vae.cfg.space_stride  # the tile in pixels, and in latent pixels
     checked = 0
-    for shard in sorted(shards.glob("clips-*.tar")):
-        for s in iter_samples(str(shard), Storage()):
-            f = decode_frames(s["mp4"], 17)
-            x = torch.from_numpy(f[: 1 + 4 * ((len(f) - 1) // 4)]).permute(3, 0, 1, 2)[None]
-            if max(x.shape[-2:]) <= tile:
-                continue  # one tile: nothing to blend
-            x = x.float() / 127.5 - 1
-            with torch.no_grad():
-                whole = vae.decode(vae.encode(x).mean).clamp(-1, 1)
-                z = vae.encode_chunked(x, chunk_latent_frames=2, tile=tile, overlap=tile // 2)
-                tiled = vae.decode_chunked(z, chunk_latent_frames=2, tile=lt, overlap=lt // 2)
-                tiled = tiled.clamp(-1, 1)
-            # One-sided: tiling must not cost quality (it often gains a little: per-tile norms).
-            assert psnr(tiled[0], x[0]) >= psnr(whole[0], x[0]) - 0.15
-            assert psnr(tiled[0], whole[0]) >= 24.0
-            checked += 1
+    for _, x in _clips(shards):
+        if max(x.shape[-2:]) <= tile:
+            continue  # one tile: nothing to blend
+        with torch.no_grad():
+            whole = vae.decode(vae.encode(x).mean).clamp(-1, 1)
+            z = vae.encode_chunked(x, chunk_latent_frames=2, tile=tile, overlap=tile // 2)
+            tiled = vae.decode_chunked(z, chunk_latent_frames=2, tile=lt, overlap=lt // 2)
+            tiled = tiled.clamp(-1, 1)
+        # One-sided: tiling must not cost quality (it often gains a little: per-tile norms).
+        assert psnr(tiled[0], x[0]) >= psnr(whole[0], x[0]) - 0.15
+        assert psnr(tiled[0], whole[0]) >= 24.0
+        checked += 1
     assert checked >= 3
 
 
@@ -172,24 +180,16 @@ def test_encode_s3_in_and_out(shards: Path, tmp_path: Path, s3_server: str, s3_b
 def test_demo_vae_reconstructs_the_moving_object(trained: Path, shards: Path) -> None:
     """PSNR alone is blind here: flat grey output scores ~25 dB on these mostly-background frames
     (the 8x/L1 tiny VAE did exactly that). Measure the object in the reconstructions instead."""
-    import torch
-
     from infra.demo.score import measure, score
-    from infra.media import decode_frames
-    from infra.shards import iter_samples
-    from infra.storage import Storage
 
     vae = CausalVAE.from_pretrained(trained / "vae").eval()
     measured, expected = [], []
-    for shard in sorted(shards.glob("clips-*.tar")):
-        for s in iter_samples(str(shard), Storage()):
-            frames = decode_frames(s["mp4"], 17)
-            x = torch.from_numpy(frames[: 1 + 4 * ((len(frames) - 1) // 4)]).permute(3, 0, 1, 2)
-            with torch.no_grad():
-                rec = vae.decode(vae.encode(x[None].float() / 127.5 - 1).mean)[0].clamp(-1, 1)
-            measured.append(measure(((rec + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()))
-            words = s["txt"].decode().split()
-            expected.append({"colour": words[1], "shape": words[2], "direction": words[-1]})
+    for s, x in _clips(shards):
+        with torch.no_grad():
+            rec = vae.decode(vae.encode(x).mean)[0].clamp(-1, 1)
+        measured.append(measure(((rec + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()))
+        words = s["txt"].decode().split()
+        expected.append({"colour": words[1], "shape": words[2], "direction": words[-1]})
     result = score(measured, expected)
     # Measured after 300 steps: direction 96% and colour 54% on one machine, 83% and 88% on another
     # (float results differ between CPUs, and training amplifies it); the 8x/L1 VAE: 0% and 0%,
