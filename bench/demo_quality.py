@@ -81,6 +81,8 @@ DIT_VARIANTS: dict[str, list[str]] = {
     # same token budget holds ~5x the clips. (Measured with the guard off: its spike rule ended
     # this run at step 49, inside the warm-up, before the guard stopped judging spikes there.)
     "patch 1x4x4": ["train.model.patch=[1,4,4]", "train.guard.enabled=false"],
+    # Fractional positions along the (t, h, w) diagonals too: a motion's sign as one feature.
+    "diagonal positions": ["train.model.frac_pos_diagonals=true"],
     # The source captions ("a red circle moving left") instead of the recaption stage's paragraph.
     "short captions": [],
     "videos + stills (half the samples)": [],

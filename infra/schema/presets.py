@@ -27,10 +27,7 @@ def demo() -> SpacetimeConfig:
     cfg.run.name = "demo"
     cfg.shard.min_side = 32  # 64x48 is the smallest shapes size
     cfg.shard.min_motion = 0.0003  # one small shape on a plain background moves few pixels
-    cfg.shard.shard_max_bytes = 4 * 1024 * 1024
-    cfg.shard.shard_max_bytes = (
-        1024 * 1024
-    )  # several shards, so encode and recaption run in parallel
+    cfg.shard.shard_max_bytes = 1024 * 1024  # several shards: encode and recaption run in parallel
     cfg.vae_train.batch_size = 8
     cfg.vae_train.crop = 32  # shapes videos are 48-96 px
     # A shape is a few latent pixels at 8x; at 4x with MSE the tiny VAE reconstructs it (with 8x and
@@ -47,6 +44,9 @@ def demo() -> SpacetimeConfig:
     t = cfg.train
     t.model.size = "XS"
     t.model.in_channels = 0  # read from the latents (the demo VAE's channels)
+    # A direction's sign ("moving left": right edge early, left edge late) was not learned by 900
+    # steps from per-axis positions; with the diagonals it was by 600 (BENCHMARKS.md, round 6).
+    t.model.frac_pos_diagonals = True
     # Uniform timesteps: logit-normal rarely visits the high-noise end where a shape's layout and
     # direction are decided (PLATFORM.md calibration).
     t.flow.timestep_sampling = "uniform"

@@ -40,6 +40,11 @@ class DiTConfig:
     embedded and added to its patch embedding. RoPE alone gives only relative positions, so a
     token on a plain background cannot tell the frame's edge from its centre; layout words
     ("moving left": starts at the right edge) need absolute, resolution-free positions."""
+    frac_pos_diagonals: bool = False
+    """Also embed the fractional position along the six diagonals of (t, h, w) (t+w, t-w, ...).
+    From per-axis features alone the embedding is a sum f(t) + g(h) + k(w), so "at the right edge
+    early and the left edge late" (a motion's sign) is a product the blocks must build; along the
+    t-w and t+w diagonals a rightward and a leftward track are each one feature."""
     attn_backend: str = "auto"
     """kernels.varlen_attention backend: auto, flash3, flash2, xformers, flex, sdpa, reference."""
     fused_impl: str = "auto"

@@ -41,17 +41,30 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 FRAC_FREQS = 6
+_AXES = ((1, 0, 0), (0, 1, 0), (0, 0, 1))
+_DIAGONALS = ((1, 1, 0), (1, -1, 0), (1, 0, 1), (1, 0, -1), (0, 1, 1), (0, 1, -1))
 
 
-def fractional_features(batch: PackedBatch) -> torch.Tensor:
-    """(N, 6·FRAC_FREQS) sin/cos features of each token's (t, h, w) patch centre as a fraction of
-    its sample's grid in (0, 1): the same for a 32x32 and a 96x64 clip's left edge."""
+def frac_directions(diagonals: bool) -> tuple[tuple[int, int, int], ...]:
+    """The directions in (t, h, w) along which fractional_features takes sin/cos features."""
+    return _AXES + _DIAGONALS if diagonals else _AXES
+
+
+def fractional_features(batch: PackedBatch, diagonals: bool = False) -> torch.Tensor:
+    """(N, 2·FRAC_FREQS·directions) sin/cos features of each token's (t, h, w) patch centre as a
+    fraction of its sample's grid in (0, 1): the same for a 32x32 and a 96x64 clip's left edge."""
     coords = batch.coords
     grids = torch.tensor(batch.grids, dtype=torch.float32, device=coords.device)  # (B, 3)
     frac = (coords.float() + 0.5) / grids[batch.sample_idx.long()]  # (N, 3)
+    dirs = torch.tensor(frac_directions(diagonals), dtype=torch.float32, device=coords.device)
     freqs = math.pi * 2.0 ** torch.arange(FRAC_FREQS, dtype=torch.float32, device=coords.device)
-    args = frac[:, :, None] * freqs  # (N, 3, F)
+    args = (frac @ dirs.T)[:, :, None] * freqs  # (N, directions, F)
     return torch.cat([args.sin(), args.cos()], dim=-1).flatten(1)
+
+
+def frac_feature_dim(cfg: DiTConfig) -> int:
+    """Width of fractional_features for this config (0 without fractional positions)."""
+    return 2 * FRAC_FREQS * len(frac_directions(cfg.frac_pos_diagonals)) if cfg.frac_pos else 0
 
 
 def segment_mean(x: torch.Tensor, cu: torch.Tensor, n: int) -> torch.Tensor:
@@ -169,7 +182,8 @@ class DiT(nn.Module):
         depth, hidden, heads = cfg.dims
         self.hidden = hidden
         self.x_embed = nn.Linear(cfg.patch_dim, hidden)
-        self.pos_embed = nn.Linear(6 * FRAC_FREQS, hidden) if cfg.frac_pos else None
+        frac_dim = frac_feature_dim(cfg)
+        self.pos_embed = nn.Linear(frac_dim, hidden) if frac_dim else None
         self.t_embed = nn.Sequential(nn.Linear(256, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.text_embed = nn.Sequential(
             nn.Linear(cfg.text_dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, hidden)
@@ -214,7 +228,7 @@ class DiT(nn.Module):
         local = tokens if shard is None else shard.local(tokens)
         x = self.x_embed(local)  # (n, D)
         if self.pos_embed is not None:
-            feats = fractional_features(batch).to(x.dtype)
+            feats = fractional_features(batch, self.cfg.frac_pos_diagonals).to(x.dtype)
             x = x + self.pos_embed(feats if shard is None else shard.local(feats))
         text = self.text_embed(batch.text.to(x.dtype))  # (M, D)
         pooled = segment_mean(text, batch.cu_seqlens_k, batch.num_samples)  # (B, D); 0 if no text
@@ -248,7 +262,7 @@ class DiT(nn.Module):
         per_token = 2 * (4 * d * d + 2 * d * d + 2 * d * mlp)  # q kv out | cross q out | MLP
         attention = 4 * d * (seq_len + text_len)  # QK^T and AV, self and cross
         per_sample = 2 * (9 * d * d + 2 * d * d * text_len)  # modulation | text k, v
-        embed = 2 * d * (2 * self.cfg.patch_dim + (6 * FRAC_FREQS if self.cfg.frac_pos else 0))
+        embed = 2 * d * (2 * self.cfg.patch_dim + frac_feature_dim(self.cfg))
         return 3.0 * (depth * (per_token + attention + per_sample / seq) + embed)
 
     def num_params(self) -> int:
