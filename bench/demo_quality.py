@@ -83,6 +83,10 @@ DIT_VARIANTS: dict[str, list[str]] = {
     "patch 1x4x4": ["train.model.patch=[1,4,4]", "train.guard.enabled=false"],
     # Fractional positions along the (t, h, w) diagonals too: a motion's sign as one feature.
     "diagonal positions": ["train.model.frac_pos_diagonals=true"],
+    "diagonal positions + patch 1x4x4": [
+        "train.model.frac_pos_diagonals=true",
+        "train.model.patch=[1,4,4]",
+    ],
     # The source captions ("a red circle moving left") instead of the recaption stage's paragraph.
     "short captions": [],
     "videos + stills (half the samples)": [],
