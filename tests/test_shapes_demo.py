@@ -50,6 +50,16 @@ def test_rendered_frames_match_caption(seed: int) -> None:
         assert np.sign(round(dx)) == want[0] and np.sign(round(dy)) == want[1], clip
 
 
+def test_killed_launch_shows_steps_and_eta_to_the_kill() -> None:
+    from infra.demo.run import _until_kill
+
+    line = "step 10/10000000 loss 3.4230 grad 1.283 | 2.3 samples/s | epoch 0 | eta 19999980s"
+    assert _until_kill(line, 30) == (
+        "step 10/30 (killed there) loss 3.4230 grad 1.283 | 2.3 samples/s | epoch 0 | eta 40s"
+    )
+    assert _until_kill("checkpoint step-00000020 published", 30).startswith("checkpoint")
+
+
 # CI checks that every stage runs and every artefact is made, not the demo's quality: that is
 # measured by bench/demo_quality.py (BENCHMARKS.md, "Demo quality per step"), at step counts a
 # slow CI machine cannot afford (300 steps took > 15 min there).
@@ -112,7 +122,10 @@ def test_shortened_demo_produces_every_artefact(
     console = caplog.text
     for name in ("shard", "recaption", "train-vae", "encode", "train", "sample+eval"):
         assert f"demo: {name}: " in console and f"demo: {name} done in" in console, name
-    assert re.search(r"demo train: step 4/\d+ loss", console), console[-2000:]
+    # The first launch trains open-ended until the kill: its lines count to the kill point.
+    assert re.search(r"demo train: step 4/20 \(killed there\) loss .* eta \d+s", console), console[
+        -2000:
+    ]
     assert re.search(r"demo train \(resumed\): resumed from step-00000020", console)
     assert re.search(r"demo train \(resumed\): step \d+/\d+ loss .* eta", console)
     # The contact sheet: one labelled row per prompt (a label panel beside 8 frames), and the

@@ -63,15 +63,30 @@ def _env() -> dict[str, str]:
 # Lines of the training log shown on the console as they come (the rest stays in train.log):
 # the trainer's step lines (loss, throughput, ETA), resume and checkpoint notes, and failures.
 _ECHO = re.compile(r"step \d+/\d+ loss|resumed from|checkpoint \S+ published|watchdog|Error|error:")
+_STEP = re.compile(r"step (\d+)/(\d+) (.*) eta (\d+)s")
+
+
+def _until_kill(line: str, kill_step: int) -> str:
+    """A step line of the launch that is killed at `kill_step`: it trains open-ended, so the
+    trainer's total and ETA would read 10,000,000 steps and months; show the kill point and the
+    time to it (the trainer's rate, from its own ETA) instead."""
+    m = _STEP.search(line)
+    if m is None:
+        return line
+    step, total, middle, eta = int(m[1]), int(m[2]), m[3], float(m[4])
+    s_per_step = eta / max(1, total - step)
+    left = max(0, kill_step - step) * s_per_step
+    return line[: m.start()] + f"step {step}/{kill_step} (killed there) {middle} eta {left:.0f}s"
 
 
 class _Tee:
     """Runs a training launch with its output appended to the log file, echoing the lines a
     newcomer needs to tell a run from a hang (`_ECHO`) to the console as they arrive."""
 
-    def __init__(self, cmd: list[str], log_file: Path, label: str):
+    def __init__(self, cmd: list[str], log_file: Path, label: str, kill_step: int = 0):
         self.file = log_file.open("a")
         self.label = label
+        self.kill_step = kill_step
         self.proc = subprocess.Popen(
             cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -85,7 +100,10 @@ class _Tee:
             self.file.flush()
             if _ECHO.search(line):
                 # The trainer's own "HH:MM:SS LEVEL logger:" prefix is dropped; ours replaces it.
-                log.info("demo %s: %s", self.label, line.rstrip().split(": ", 1)[-1])
+                shown = line.rstrip().split(": ", 1)[-1]
+                if self.kill_step:
+                    shown = _until_kill(shown, self.kill_step)
+                log.info("demo %s: %s", self.label, shown)
 
     def wait(self) -> int:
         rc = self.proc.wait()
@@ -111,9 +129,10 @@ def train_with_interruption(
     cfg_file = root / "train_config.yaml"
     cfg_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     ckpt = Path(cfg.run.output_dir) / cfg.run.name / "checkpoints"
-    target = tag_for(2 * cfg.train.checkpoint_every)
+    kill_step = 2 * cfg.train.checkpoint_every
+    target = tag_for(kill_step)
     log_file.write_text("")
-    first = _Tee(_train_cmd(cfg_file, latents, 10**7, 2), log_file, "train")
+    first = _Tee(_train_cmd(cfg_file, latents, 10**7, 2), log_file, "train", kill_step)
     while (_latest(ckpt) or "") < target and time.monotonic() < deadline:
         if first.proc.poll() is not None:
             raise JobError(
