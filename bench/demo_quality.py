@@ -83,6 +83,11 @@ DIT_VARIANTS: dict[str, list[str]] = {
     "patch 1x4x4": ["train.model.patch=[1,4,4]", "train.guard.enabled=false"],
     # Fractional positions along the (t, h, w) diagonals too: a motion's sign as one feature.
     "diagonal positions": ["train.model.frac_pos_diagonals=true"],
+    # Without the flow's resolution shift, more of the draws fall at low noise, where outlines are drawn.
+    "diagonal positions + no resolution time shift": [
+        "train.model.frac_pos_diagonals=true",
+        "train.flow.shift_base_tokens=0",
+    ],
     "diagonal positions + patch 1x4x4": [
         "train.model.frac_pos_diagonals=true",
         "train.model.patch=[1,4,4]",
