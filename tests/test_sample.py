@@ -165,3 +165,22 @@ def test_cli_from_exported_weights(parts: dict, tmp_path: Path) -> None:  # type
         3,
     )
     assert main([*argv, "--mode", "i2v"]) == 1  # no --input: a clear error, exit 1
+
+
+def test_frames_follow_the_vaes_time_stride() -> None:
+    """1 + 2k frames sample on a 2x-time VAE (the demo's); on a 4x one they are refused by name."""
+    from types import SimpleNamespace
+
+    model_cfg = SimpleNamespace(patch=(1, 2, 2), in_channels=4)
+    cfg = SampleConfig(frames=7, height=32, width=32)
+    cfg.validate()
+    assert latent_grid(cfg, model_cfg, SimpleNamespace(time_stride=2, space_stride=4)) == (
+        4,
+        4,
+        8,
+        8,
+    )
+    with pytest.raises(ValueError, match=r"1 \+ 4k for this VAE \(time stride 4\), got 7"):
+        latent_grid(cfg, model_cfg, SimpleNamespace(time_stride=4, space_stride=4))
+    with pytest.raises(ValueError, match="frames must be >= 1"):
+        SampleConfig(frames=0).validate()

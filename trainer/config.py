@@ -339,7 +339,8 @@ class SampleConfig:
     backward (its frames at the end); interpolate: two videos at the start and the end; edit: SDEdit,
     the given video noised to `strength` and denoised with the new prompt."""
     frames: int = 17
-    """Output frames (1 + 4k; 1 is an image)."""
+    """Output frames: 1 + k x the VAE's time stride (1 + 4k for a 4x VAE, 1 + 2k for a 2x one;
+    1 is an image). Checked against the VAE when sampling."""
     height: int = 64
     width: int = 64
     steps: int = 30
@@ -360,8 +361,8 @@ class SampleConfig:
     fps: int = 8
 
     def validate(self) -> None:
-        if self.frames < 1 or (self.frames - 1) % 4:
-            raise ValueError(f"frames must be 1 + 4k (k >= 0), got {self.frames}")
+        if self.frames < 1:
+            raise ValueError(f"frames must be >= 1, got {self.frames}")
         if self.height < 1 or self.width < 1:
             raise ValueError(f"height and width must be >= 1, got {self.height}x{self.width}")
         if self.steps < 1 or self.cond_latent_frames < 1 or self.fps < 1:

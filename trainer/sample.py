@@ -91,6 +91,10 @@ def latent_grid(cfg: SampleConfig, model_cfg: Any, vae_cfg: Any) -> tuple[int, i
             f"height and width must be multiples of {ss * ph} (VAE stride x patch), "
             f"got {cfg.height}x{cfg.width}"
         )
+    if (cfg.frames - 1) % ts:
+        raise ValueError(
+            f"frames must be 1 + {ts}k for this VAE (time stride {ts}), got {cfg.frames}"
+        )
     t = 1 + (cfg.frames - 1) // ts
     if t % pt:
         raise ValueError(f"{cfg.frames} frames give {t} latent frames, not divisible by patch {pt}")
