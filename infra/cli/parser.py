@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CAPTION_SET",
         help="rewrite prompts in the style of the caption set the model trained on",
     )
-    p.add_argument("--frames", type=int, help="1 + 4k frames (1: an image)")
+    p.add_argument("--frames", type=int, help="1 + k x the VAE's time stride (1: an image)")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--steps", type=int, help="sampler steps")
