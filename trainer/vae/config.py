@@ -65,7 +65,7 @@ class VAETrainConfig:
     temporal_weight: float = 0.1
     """Weight of an L1 loss on frame-to-frame differences (motion fidelity)."""
     frames: int = 5
-    """Frames per training crop (1 + 4k)."""
+    """Frames per training crop (1 + k x time_stride)."""
     crop: int = 64
     """Square crop side in pixels (a multiple of 8)."""
     holdout: int = 4
@@ -142,7 +142,8 @@ class EncodeConfig:
     tile: int = 0
     """Spatial tile in pixels for large clips (0: no spatial tiling)."""
     max_frames: int = 257
-    """Longer clips are cut to this many frames (1 + 4k) before encoding."""
+    """Longer clips are cut to at most this many frames (then to 1 + k x the VAE's time stride)
+    before encoding."""
     text_max_length: int = 128
     """Caption tokens kept."""
 
