@@ -50,6 +50,10 @@ def demo() -> SpacetimeConfig:
     # Uniform timesteps: logit-normal rarely visits the high-noise end where a shape's layout and
     # direction are decided (PLATFORM.md calibration).
     t.flow.timestep_sampling = "uniform"
+    # A stronger resolution shift (3x at the samples' 576 tokens instead of 1.5x): more draws at high
+    # noise, where the caption decides what is drawn; direction reached 100% by step 450 instead of
+    # 600 (BENCHMARKS.md, round 7).
+    t.flow.shift_base_tokens = 64
     t.data.token_budget = 2048
     t.data.microbatches_per_step = 2
     t.data.caption_dropout = 0.1
