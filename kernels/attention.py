@@ -13,6 +13,8 @@ may be empty (a dropped caption); its queries then get zeros.
 Backends (the only module that imports flash_attn, xformers or FlexAttention):
 - flash3: FlashAttention-3 (`flash_attn_interface`, Hopper GPUs), fp16/bf16.
 - flash2: FlashAttention-2 (`flash_attn`), CUDA, fp16/bf16.
+- torch_varlen: the FlashAttention varlen kernel built into torch (`torch.nn.attention.varlen`,
+  torch >= 2.9), CUDA, fp16/bf16: a fused path with no optional package.
 - xformers: memory-efficient attention with a BlockDiagonalMask, CUDA.
 - flex: torch FlexAttention with a document mask, CUDA (it has no backward on CPU).
 - sdpa: torch's scaled_dot_product_attention per sequence; any device and dtype.
@@ -41,6 +43,7 @@ class Backend(enum.StrEnum):
     AUTO = "auto"
     FLASH3 = "flash3"
     FLASH2 = "flash2"
+    TORCH_VARLEN = "torch_varlen"
     XFORMERS = "xformers"
     FLEX = "flex"
     SDPA = "sdpa"
@@ -52,7 +55,16 @@ class BackendUnavailable(RuntimeError):
 
 
 Impl = Callable[..., torch.Tensor]
-_AUTO_ORDER = (Backend.FLASH3, Backend.FLASH2, Backend.XFORMERS, Backend.FLEX, Backend.SDPA)
+# FLEX after SDPA, so never taken by `auto`: uncompiled, FlexAttention materialises the scores and
+# ran at 2-8 TFLOP/s on an H200 where per-sequence SDPA ran at 280-640 (bench/gpu.py, 2026-12-04).
+_AUTO_ORDER = (
+    Backend.FLASH3,
+    Backend.FLASH2,
+    Backend.TORCH_VARLEN,
+    Backend.XFORMERS,
+    Backend.SDPA,
+    Backend.FLEX,
+)
 _override: Backend | None = None
 
 
@@ -75,11 +87,16 @@ def why_unavailable(backend: Backend, device: torch.device, dtype: torch.dtype) 
     if device.type != "cuda":
         return f"{backend} needs a CUDA device (got {device.type})"
     if backend == Backend.FLEX:
+        # find_spec, not hasattr: the submodule is an attribute only once something imported it.
         return (
             None
-            if hasattr(torch.nn.attention, "flex_attention")
+            if importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
             else "this torch has no FlexAttention"
         )
+    if backend == Backend.TORCH_VARLEN:
+        if importlib.util.find_spec("torch.nn.attention.varlen") is None:
+            return f"torch {torch.__version__} has no torch.nn.attention.varlen (torch >= 2.9)"
+        return None if half else f"{backend} supports fp16/bf16 only (got {dtype})"
     module = {
         Backend.FLASH3: "flash_attn_interface",
         Backend.FLASH2: "flash_attn",
@@ -105,7 +122,7 @@ def _auto(device_type: str, device_index: int | None, dtype: torch.dtype) -> Bac
         if why_unavailable(b, device, dtype) is None:
             if device_type == "cuda" and b == Backend.SDPA:
                 log.warning(
-                    "attention: no fused varlen kernel on %s; falling back to per-sequence sdpa (slow)",
+                    "attention: no fused varlen kernel on %s; per-sequence sdpa (a launch per sample)",
                     device,
                 )
             else:
@@ -150,6 +167,10 @@ def varlen_attention(
         raise ValueError("cu_seqlens_q and cu_seqlens_k must describe the same number of sequences")
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     b = resolve_backend(backend, q.device, q.dtype)
+    if k.shape[0] == 0:
+        # Every key sequence empty (all captions dropped): nothing to attend to, for any backend
+        # (the fused kernels reject empty keys). q·0 keeps q in the graph: see _per_segment.
+        return q * 0
     args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
     return _IMPLS[b](*args)
 
@@ -237,6 +258,22 @@ def _flash3(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untype
     return out[0] if isinstance(out, tuple) else out
 
 
+def _torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
+    from torch.nn.attention.varlen import varlen_attn
+
+    out = varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale)
+    return _zero_keyless(out, cu_q, cu_k)
+
+
+def _zero_keyless(out: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor) -> torch.Tensor:
+    """Rows of a query sequence with no key at all come out of fused kernels as NaN or garbage;
+    an empty caption means zeros."""
+    has_keys = (cu_k[1:] - cu_k[:-1] > 0).repeat_interleave(
+        cu_q[1:] - cu_q[:-1], output_size=out.shape[0]
+    )
+    return torch.where(has_keys[:, None, None], out, torch.zeros_like(out))
+
+
 def _xformers(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
     from xformers.ops import fmha
 
@@ -269,10 +306,7 @@ def _flex(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-
         block_mask=mask,
         scale=scale,
     )
-    out = out[0].transpose(0, 1)
-    # Rows with no key at all come out as NaN or garbage; an empty caption means zeros.
-    has_keys = (cu_k[1:] - cu_k[:-1] > 0).repeat_interleave(cu_q[1:] - cu_q[:-1])
-    return torch.where(has_keys[:, None, None], out, torch.zeros_like(out))
+    return _zero_keyless(out[0].transpose(0, 1), cu_q, cu_k)
 
 
 _IMPLS: dict[Backend, Impl] = {
@@ -280,6 +314,7 @@ _IMPLS: dict[Backend, Impl] = {
     Backend.SDPA: _per_segment(_sdpa),
     Backend.FLASH2: _flash2,
     Backend.FLASH3: _flash3,
+    Backend.TORCH_VARLEN: _torch_varlen,
     Backend.XFORMERS: _xformers,
     Backend.FLEX: _flex,
 }

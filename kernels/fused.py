@@ -2,6 +2,7 @@
 
 - `adaln_norm_modulate`: LayerNorm or RMSNorm (no affine), then DiT's adaLN modulation with the
   shift/scale of each token's own sample, gathered by sample index (packed batches mix samples).
+- `per_sample_rows`: each token's row of a per-sample table (adaLN's shift, scale and gate).
 - `rope_3d`: rotary position embedding over (t, h, w) coordinates per token; the head dim is split
   in three parts, one per axis (as in Wan / Open-Sora's 3D RoPE), each rotated in adjacent pairs.
 
@@ -75,6 +76,39 @@ def resolve_impl(name: str | FusedImpl, device: torch.device) -> FusedImpl:
     return impl
 
 
+# ----------------------------------------------------------------------------- per-sample rows
+
+
+def per_sample_rows(table: torch.Tensor, sample_idx: torch.Tensor) -> torch.Tensor:
+    """table[sample_idx]: (B, C) per-sample rows -> (N, C) per-token rows, differentiable.
+
+    The gradient of the table is a sum over each sample's tokens. Autograd's (index_add) runs it
+    as one atomic add per token into a handful of rows; on a GPU, tens of thousands of tokens
+    hammer the same B addresses: 11% of a DiT-XL step on an H200 (bench/gpu.py, 2026-12-04). On
+    CUDA this sums with a one-hot matmul instead ((B, N) @ (N, C), fp32 accumulation on tensor
+    cores); CPUs keep index_add, which has no such contention and was ~4x faster there than
+    fancy indexing's accumulating index_put."""
+    idx = sample_idx.long()
+    if table.device.type == "cuda" and table.requires_grad:
+        return _RowsCUDA.apply(table, idx)
+    return table.index_select(0, idx)
+
+
+class _RowsCUDA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, table, idx):  # type: ignore[no-untyped-def, override]
+        ctx.save_for_backward(idx)
+        ctx.rows = table.shape[0]
+        return table.index_select(0, idx)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        (idx,) = ctx.saved_tensors
+        rows = torch.arange(ctx.rows, device=idx.device)
+        onehot = (rows[:, None] == idx[None, :]).to(grad.dtype)  # (B, N)
+        return onehot @ grad, None
+
+
 # ----------------------------------------------------------------------------- adaLN
 
 
@@ -92,10 +126,7 @@ def adaln_norm_modulate_reference(
         xn = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     else:
         raise ValueError(f"norm must be 'layer' or 'rms', got {norm!r}")
-    # index_select, not scale[idx]: its backward is an index_add, ~4x faster on CPU than the
-    # accumulating index_put that fancy indexing's backward runs.
-    idx = sample_idx.long()
-    return xn * (1 + scale.index_select(0, idx)) + shift.index_select(0, idx)
+    return xn * (1 + per_sample_rows(scale, sample_idx)) + per_sample_rows(shift, sample_idx)
 
 
 def adaln_norm_modulate(

@@ -118,7 +118,7 @@ def test_backend_matches_oracle_within_2x_pytorch_error(device, dtype, backend, 
 
 
 def test_explicit_unavailable_backend_raises() -> None:
-    for b in ("flash2", "flash3", "xformers", "flex"):
+    for b in ("flash2", "flash3", "torch_varlen", "xformers", "flex"):
         if why_unavailable(Backend(b), torch.device("cpu"), torch.float32) is not None:
             with pytest.raises(BackendUnavailable, match=f"'{b}' is unavailable: .*CUDA"):
                 resolve_backend(b, torch.device("cpu"), torch.float32)
@@ -146,14 +146,31 @@ def test_auto_resolution_is_logged_once_and_override_works(
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_auto_prefers_a_fused_kernel_on_gpu() -> None:
     b = resolve_backend("auto", torch.device("cuda"), torch.bfloat16)
-    assert b in (Backend.FLASH3, Backend.FLASH2, Backend.XFORMERS, Backend.FLEX)
+    assert b in (
+        Backend.FLASH3,
+        Backend.FLASH2,
+        Backend.TORCH_VARLEN,
+        Backend.XFORMERS,
+        Backend.FLEX,
+    )
 
 
-@pytest.mark.parametrize("backend", [Backend.SDPA, Backend.REFERENCE])
-def test_all_captions_empty_still_gives_q_a_gradient(backend) -> None:
+def empty_caption_cases():
+    out = [("cpu", torch.float32, b) for b in (Backend.SDPA, Backend.REFERENCE)]
+    if CUDA:
+        out += [("cuda", torch.bfloat16, b) for b in available("cuda", torch.bfloat16)]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "backend"),
+    empty_caption_cases(),
+    ids=lambda x: str(x).replace("torch.", ""),
+)
+def test_all_captions_empty_still_gives_q_a_gradient(device, dtype, backend) -> None:
     """Under ZeRO, a parameter whose gradient is None on one rank only (every caption of its
     micro-batch dropped) made the ranks' gradient buckets differ: gloo aborted the job."""
-    q, k, v, cu_q, cu_k, mq, _ = packed([3, 4], [0, 0], dtype=torch.float32)
+    q, k, v, cu_q, cu_k, mq, _ = packed([3, 4], [0, 0], dtype=dtype, device=device)
     q.requires_grad_()
     out = varlen_attention(q, k, v, cu_q, cu_k, mq, 0, backend=backend)
     (g,) = torch.autograd.grad(out.sum(), q)

@@ -8,7 +8,15 @@ import os
 import pytest
 import torch
 
-from kernels.fused import adaln_norm_modulate, rope_3d, rope_3d_reference, rope_split, rope_table
+from kernels.fused import (
+    _RowsCUDA,
+    adaln_norm_modulate,
+    per_sample_rows,
+    rope_3d,
+    rope_3d_reference,
+    rope_split,
+    rope_table,
+)
 
 TRITON = importlib.util.find_spec("triton") is not None and (
     torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
@@ -152,3 +160,21 @@ def test_impl_resolution_like_the_attention_dispatcher(
         assert resolve_impl("auto", torch.device("cpu")) == FusedImpl.TORCH
         assert resolve_impl("auto", torch.device("cpu")) == FusedImpl.TORCH
     assert caplog.text.count("fused ops: auto -> torch (cpu)") == 1
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_per_sample_rows_sums_each_samples_gradient(device: str) -> None:
+    """The one-hot-matmul backward (CUDA's) gives each sample's row the sum of its tokens'
+    gradients, as index_select's does; run on CPU too by calling it directly."""
+    g = torch.Generator().manual_seed(0)
+    idx = torch.tensor([0, 0, 0, 2, 2, 3, 3, 3, 3], dtype=torch.int32)  # sample 1: no tokens
+    table = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    grad = torch.randn(9, 6, generator=g, dtype=torch.float64)
+    want = torch.zeros(4, 6, dtype=torch.float64).index_add_(0, idx.long(), grad)
+    for fn in (per_sample_rows, lambda t, i: _RowsCUDA.apply(t, i.long())):
+        t = table.to(device).requires_grad_()
+        out = fn(t, idx.to(device))
+        assert torch.equal(out.cpu(), table[idx.long()])
+        (gt,) = torch.autograd.grad(out, t, grad.to(device))
+        torch.testing.assert_close(gt.cpu(), want, rtol=1e-12, atol=1e-12)
+        assert torch.equal(gt[1].cpu(), torch.zeros(6, dtype=torch.float64))

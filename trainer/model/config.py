@@ -46,7 +46,8 @@ class DiTConfig:
     early and the left edge late" (a motion's sign) is a product the blocks must build; along the
     t-w and t+w diagonals a rightward and a leftward track are each one feature."""
     attn_backend: str = "auto"
-    """kernels.varlen_attention backend: auto, flash3, flash2, xformers, flex, sdpa, reference."""
+    """kernels.varlen_attention backend: auto, flash3, flash2, torch_varlen, xformers, flex,
+    sdpa, reference."""
     fused_impl: str = "auto"
     """kernels.fused implementation: auto, triton, torch."""
 

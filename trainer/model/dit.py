@@ -15,7 +15,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from kernels import varlen_attention
-from kernels.fused import adaln_norm_modulate, rope_3d
+from kernels.fused import adaln_norm_modulate, per_sample_rows, rope_3d
 from trainer.model.config import SIZES, DiTConfig
 from trainer.model.packing import PackedBatch
 from trainer.model.sequence_parallel import (
@@ -154,7 +154,7 @@ class DiTBlock(nn.Module):
         self, x: torch.Tensor, c: torch.Tensor, text: torch.Tensor, view: AttentionView
     ) -> torch.Tensor:
         """x: (n, D) tokens; c: (B, D) conditioning per sample; text: (M, D) the view's text."""
-        idx, gather = view.sample_idx, view.sample_idx.long()
+        idx = view.sample_idx
         mods = self.modulation(c).chunk(9, dim=-1)  # 9 x (B, D)
         impl = self.cfg.fused_impl
         for branch, (shift, scale, gate) in enumerate((mods[0:3], mods[3:6], mods[6:9])):
@@ -165,7 +165,7 @@ class DiTBlock(nn.Module):
                 h = self.cross_attn(h, text, view)
             else:
                 h = self.mlp(h)
-            x = x + gate.index_select(0, gather) * h  # index_select: see adaln_norm_modulate
+            x = x + per_sample_rows(gate, idx) * h
         return x
 
 
