@@ -196,9 +196,11 @@ def test_two_hosts_train_fail_fast_freeze_and_resume(latents: Path, tmp_path: Pa
 
         rc, took, out = _hurt_node_1(job, latest, _step(latest) + 1, freeze)
         assert rc != 0 and took < 90, (rc, took, out[-3000:])
-        # Which guard ends it depends on where the freeze lands: between saves the watchdog
-        # (train.watchdog_s), inside a save the save's own collective timeout (dist_timeout_s;
-        # the watchdog's allowance there is save_timeout_s, for uploads). Both must name the cause.
+        # Which guard ends it depends on where the freeze lands: between saves the watchdog's step
+        # limit (train.watchdog_s); inside a save, whose allowance is hours (save_timeout_s, for
+        # uploads) and whose gloo barrier never times out on a frozen peer, the neighbours'
+        # heartbeats (trainer/heartbeat.py; before them such a freeze held the job for hours, seen
+        # on a fast VM where the freeze often lands in a save). Both must name the cause.
         assert "resumed from step-" in out and "probably frozen or gone" in out, out[-3000:]
 
         # 4. --max-restarts 1: rank 0 is killed inside a save; both nodes relaunch themselves with

@@ -365,7 +365,7 @@ class Trainer:
         if self.step >= cfg.steps:
             log.info("already at step %d of %d: nothing to train", self.step, cfg.steps)
         else:
-            dog = Watchdog(cfg.watchdog_s, self.d.rank).start()
+            dog = Watchdog(cfg.watchdog_s, self.d.rank, self.d.world_size).start()
             while self._train_until_rollback(dog, metrics):
                 pass
             with dog.allowance(cfg.save_timeout_s, "the last checkpoint save"):
