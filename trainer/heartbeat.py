@@ -69,12 +69,17 @@ class Heartbeats:
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         # A relaunched job (torchrun --max-restarts) reuses the store: its keys are per attempt.
         prefix = f"spacetime/heartbeat/{attempt}/{_generation}"
-        store = dist.TCPStore(
-            os.environ["MASTER_ADDR"],
-            int(os.environ["MASTER_PORT"]),
-            is_master=False,
-            timeout=timedelta(seconds=max(5.0, limit_s / 2)),
-        )
+        try:
+            store = dist.TCPStore(
+                os.environ["MASTER_ADDR"],
+                int(os.environ["MASTER_PORT"]),
+                is_master=False,
+                timeout=timedelta(seconds=max(5.0, limit_s / 2)),
+            )
+        except (KeyError, ValueError, RuntimeError) as e:
+            # A launcher that set up the group some other way: the step limit still holds.
+            log.warning("heartbeat: no store to beat in (%s); the watchdog's step limit only", e)
+            return None
         return cls(store, rank, world, limit_s, prefix=prefix)
 
     def start(self) -> Heartbeats:
