@@ -26,7 +26,11 @@ def test_ray_train_across_two_nodes_matches_torchrun_and_leaks_no_secret(
     reason = can_make_namespaces()
     if reason:
         pytest.fail(f"this test must run (CI runs as root): {reason}")
-    train = _cmd(1, latents, tmp_path, "ray2", 2, "--set", "train.keep_checkpoints=10")[3:]
+    # A watchdog limit: the ranks beat in the store Ray Train's process group was set up with.
+    train = _cmd(
+        1, latents, tmp_path, "ray2", 2, "--set", "train.keep_checkpoints=10",
+        "--set", "train.watchdog_s=120",
+    )[3:]  # fmt: skip
     secret = f"secret-{uuid.uuid4().hex}"
     with two_hosts() as hosts:
         # One CPU slot per node, so the two workers land on different hosts; each node tells gloo
@@ -58,6 +62,7 @@ def test_ray_train_across_two_nodes_matches_torchrun_and_leaks_no_secret(
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-4000:]
     assert "Ray Train run finished" in log and "world 2" in log
+    assert "heartbeat: no store" not in log and "beats in the store" in log, log[-4000:]
     for addr in hosts.addr:  # one rank on each host
         assert f"on node {addr}" in log, log[-4000:]
     got, ref = _history(tmp_path, "ray2"), _history(*baseline)

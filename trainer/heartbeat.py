@@ -80,6 +80,13 @@ class Heartbeats:
             # A launcher that set up the group some other way: the step limit still holds.
             log.warning("heartbeat: no store to beat in (%s); the watchdog's step limit only", e)
             return None
+        log.info(
+            "heartbeat: rank %d beats in the store at %s:%s and watches ranks %s",
+            rank,
+            os.environ["MASTER_ADDR"],
+            os.environ["MASTER_PORT"],
+            sorted({(rank - 1) % world, (rank + 1) % world} - {rank}),
+        )
         return cls(store, rank, world, limit_s, prefix=prefix)
 
     def start(self) -> Heartbeats:
