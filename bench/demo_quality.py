@@ -98,6 +98,9 @@ DIT_VARIANTS: dict[str, list[str]] = {
         "train.model.frac_pos_diagonals=true",
         "train.model.patch=[1,4,4]",
     ],
+    # The loss weighted toward the object's tokens (1 + 4 x distance from the grey background):
+    # a shape's outline is a few of a clip's tokens.
+    "foreground weight 4": ["train.flow.foreground_weight=4"],
     # The source captions ("a red circle moving left") instead of the recaption stage's paragraph.
     "short captions": [],
     "videos + stills (half the samples)": [],

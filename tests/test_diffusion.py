@@ -127,3 +127,41 @@ def test_tiny_model_overfits(objective: str) -> None:
     after = eval_loss()
     # Measured on the 2-core CPU: epsilon 6.4x, v 3.3x, flow 12x lower after 800 steps.
     assert after < before / 3, (objective, before, after)
+
+
+def test_foreground_weights_follow_the_object_not_the_background() -> None:
+    """A plain background with an object in one corner: background tokens weigh 1, the object's
+    1 + alpha; each sample is scaled on its own; validation's fixed times stay unweighted."""
+    from trainer.diffusion.config import FlowConfig
+    from trainer.diffusion.flow import RectifiedFlow, foreground_weights
+    from trainer.model.packing import pack
+
+    a = torch.full((4, 1, 8, 8), 0.5)
+    a[:, :, :2, :2] = 3.0  # the object: one 2x2-pixel patch at patch size 1x2x2
+    b = torch.full((4, 1, 4, 4), -1.0)
+    b[:, :, 2:, 2:] = -0.5  # a fainter object in another sample
+    x0, batch = pack([a, b], [torch.zeros(1, 8), torch.zeros(1, 8)], (1, 2, 2))
+    w = foreground_weights(x0, batch, 4.0)
+    assert w[0] == 5.0 and torch.equal(w[1:16], torch.ones(15))  # sample a: token 0 is the object
+    assert w[16 + 3] == 5.0 and torch.equal(w[16:19], torch.ones(3))  # scaled per sample
+    flow = RectifiedFlow(FlowConfig(foreground_weight=4.0))
+
+    def zero_model(x, t, b):  # type: ignore[no-untyped-def]
+        return torch.zeros_like(x)
+
+    g = torch.Generator().manual_seed(0)
+    weighted = flow.training_loss(zero_model, x0, batch, generator=torch.Generator().manual_seed(0))
+    fixed_t = flow.sample_t(batch, g)
+    plain = RectifiedFlow(FlowConfig()).training_loss(
+        zero_model, x0, batch, generator=torch.Generator().manual_seed(0)
+    )
+    torch.testing.assert_close(weighted, plain * w)
+    unweighted = flow.training_loss(
+        zero_model, x0, batch, generator=torch.Generator().manual_seed(0), t=fixed_t
+    )
+    torch.testing.assert_close(  # validation's fixed times: no weights applied
+        unweighted,
+        RectifiedFlow(FlowConfig()).training_loss(
+            zero_model, x0, batch, generator=torch.Generator().manual_seed(0), t=fixed_t
+        ),
+    )

@@ -308,6 +308,10 @@ class TrainConfig:
         self.guard.validate()
         self.validation.validate()
         self.lora.validate()
+        if not self.flow.foreground_weight >= 0:
+            raise ValueError(
+                f"train.flow.foreground_weight must be >= 0, got {self.flow.foreground_weight}"
+            )
         starts = [st.start for st in self.stages]
         if starts and (starts[0] < 1 or any(b <= a for a, b in itertools.pairwise(starts))):
             raise ValueError(f"train.stages: starts must be >= 1 and increasing, got {starts}")

@@ -33,3 +33,7 @@ class FlowConfig:
     """Std of the logit-normal's underlying normal."""
     shift_base_tokens: int = 256
     """Token count at which the time shift is 1; larger samples are shifted toward noise. 0: off."""
+    foreground_weight: float = 0.0
+    """Training loss weight of a token: 1 + this x how far its clean latent is from its sample's
+    background (the per-dimension median token), scaled to [0, 1] per sample. 0: off. Puts the
+    loss where the content is when most of a clip is plain background (the demo's shapes)."""

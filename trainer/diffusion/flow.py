@@ -8,6 +8,8 @@ Sampling integrates the ODE from t=1 to 0 with Euler steps on the same shifted g
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from trainer.diffusion.common import Denoiser
@@ -20,6 +22,20 @@ def shift_time(t: torch.Tensor, tokens: torch.Tensor, base: int) -> torch.Tensor
         return t
     s = (tokens.to(t.dtype) / base).sqrt()
     return s * t / (1 + (s - 1) * t)
+
+
+def foreground_weights(x0: torch.Tensor, batch: PackedBatch, alpha: float) -> torch.Tensor:
+    """(N,) 1 + alpha x each token's distance from its sample's background token (the median over
+    the sample's tokens, per dimension), scaled by the sample's largest distance."""
+    w = torch.ones(x0.shape[0], dtype=x0.dtype, device=x0.device)
+    bounds = batch.cu_seqlens.tolist()
+    for a, b in itertools.pairwise(bounds):
+        tokens = x0[a:b]
+        dist = (tokens - tokens.median(0).values).abs().mean(-1)
+        top = dist.max() if b > a else dist.new_zeros(())
+        if top > 0:
+            w[a:b] = 1 + alpha * dist / top
+    return w
 
 
 class RectifiedFlow:
@@ -60,13 +76,18 @@ class RectifiedFlow:
         generator: torch.Generator | None = None,
         t: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(N,) per-token MSE between predicted and true velocity; `t`: (B,) fixed times in (0, 1)
-        instead of drawn ones (validation)."""
+        """(N,) per-token MSE between predicted and true velocity, times the foreground weight
+        when training (`train.flow.foreground_weight`); `t`: (B,) fixed times in (0, 1) instead of
+        drawn ones (validation: unweighted, comparable across settings)."""
+        weighted = t is None and self.cfg.foreground_weight > 0
         t = self.sample_t(batch, generator) if t is None else t.to(torch.float64)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         xt = self.interpolate(x0, noise, t, batch)
         out = model(xt, (t * 1000).to(x0.device, x0.dtype), batch)
-        return (out - (noise - x0)).pow(2).mean(-1)
+        loss = (out - (noise - x0)).pow(2).mean(-1)
+        if weighted:
+            loss = loss * foreground_weights(x0, batch, self.cfg.foreground_weight)
+        return loss
 
     @torch.no_grad()
     def sample(
