@@ -267,3 +267,32 @@ def test_launch_rayjob_manifest_and_ray_dry_run(tmp_path, capsys) -> None:  # ty
     assert main(["launch", "--nproc-per-node", "2", "--dry-run", "--", *train]) == 0
     per_node = shlex.split(capsys.readouterr().out.strip().split(" ", 1)[1])
     assert ray_cmd[ray_cmd.index("infra.cli") :] == per_node[per_node.index("infra.cli") :]
+
+
+def test_the_process_entry_tears_the_process_group_down_after_a_success() -> None:
+    """`run` (what torchrun starts on every rank) destroys the process group before the
+    interpreter exits, where gloo's threads could abort a rank that finished; not after a failure."""
+    code = """
+import sys
+import torch.distributed as dist
+import infra.cli
+from infra.procs import free_port
+
+def fake_main(code):
+    def main():
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+        return code
+    return main
+
+for code in (0, 1):
+    infra.cli.main = fake_main(code)
+    got = infra.cli.run()
+    print(code, got, dist.is_initialized())
+    if dist.is_initialized():
+        dist.destroy_process_group()
+"""
+    p = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.split("\n")[:2] == ["0 0 False", "1 1 True"], p.stdout

@@ -4,6 +4,7 @@ the configuration schema and its presets."""
 from __future__ import annotations
 
 import logging
+import sys
 
 from infra.cli.parser import build_parser
 from infra.config import ConfigError
@@ -11,7 +12,7 @@ from infra.errors import JobError
 from infra.log import setup_logging
 from infra.storage import StorageError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run"]
 
 log = logging.getLogger("spacetime")
 
@@ -31,3 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+
+
+def run() -> int:
+    """The process entry (the `spacetime` script and `python -m infra.cli`, which torchrun starts
+    on every rank): `main`, then, after a success, the process group torn down while the
+    interpreter is still whole. Left to interpreter exit, gloo's worker threads can still hold
+    tensors whose release needs the GIL, and the rank dies with "terminate called without an
+    active exception" (SIGABRT) after finishing its work: seen on rank 1 of a 600-step demo run,
+    which torchrun then reported as failed (pytorch/pytorch#190489). Not in `main`, which tests and
+    the demo call in-process and whose world of one must stay up between calls (DeepSpeed caches
+    its groups); not after a failure, where a peer may be gone mid-collective."""
+    code = main()
+    dist = sys.modules.get("torch.distributed")
+    if code == 0 and dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    return code

@@ -2,6 +2,6 @@
 
 import sys
 
-from infra.cli import main
+from infra.cli import run
 
-sys.exit(main())
+sys.exit(run())
