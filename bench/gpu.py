@@ -55,6 +55,8 @@ def report(out: Path, text: str) -> None:
 
 
 def matmul_peak(n: int = 8192, iters: int = 20) -> float:
+    # Not trainer.engine.measure_peak_tflops: its 2048^3 products, timed on the host, are
+    # launch-bound on an H200; 8192^3 timed with CUDA events reads the chip's rate.
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     for _ in range(3):

@@ -267,7 +267,10 @@ def _torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-
 
 def _zero_keyless(out: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor) -> torch.Tensor:
     """Rows of a query sequence with no key at all come out of fused kernels as NaN or garbage;
-    an empty caption means zeros."""
+    an empty caption means zeros. Self-attention (the same cu_seqlens twice) has no such rows:
+    its output is returned without another pass over it."""
+    if cu_k is cu_q:
+        return out
     has_keys = (cu_k[1:] - cu_k[:-1] > 0).repeat_interleave(
         cu_q[1:] - cu_q[:-1], output_size=out.shape[0]
     )

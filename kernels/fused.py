@@ -88,10 +88,10 @@ def per_sample_rows(table: torch.Tensor, sample_idx: torch.Tensor) -> torch.Tens
     CUDA this sums with a one-hot matmul instead ((B, N) @ (N, C), fp32 accumulation on tensor
     cores); CPUs keep index_add, which has no such contention and was ~4x faster there than
     fancy indexing's accumulating index_put."""
-    idx = sample_idx.long()
+    # int32 indices as they come (index_select takes them): no int64 copy per call.
     if table.device.type == "cuda" and table.requires_grad:
-        return _RowsCUDA.apply(table, idx)
-    return table.index_select(0, idx)
+        return _RowsCUDA.apply(table, sample_idx)
+    return table.index_select(0, sample_idx)
 
 
 class _RowsCUDA(torch.autograd.Function):

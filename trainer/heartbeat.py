@@ -80,14 +80,15 @@ class Heartbeats:
             # A launcher that set up the group some other way: the step limit still holds.
             log.warning("heartbeat: no store to beat in (%s); the watchdog's step limit only", e)
             return None
+        beats = cls(store, rank, world, limit_s, prefix=prefix)
         log.info(
             "heartbeat: rank %d beats in the store at %s:%s and watches ranks %s",
             rank,
             os.environ["MASTER_ADDR"],
             os.environ["MASTER_PORT"],
-            sorted({(rank - 1) % world, (rank + 1) % world} - {rank}),
+            beats.peers,
         )
-        return cls(store, rank, world, limit_s, prefix=prefix)
+        return beats
 
     def start(self) -> Heartbeats:
         self._beat()
