@@ -69,6 +69,30 @@ def test_modes_keep_given_frames(parts: dict, objective: str, mode: str) -> None
     assert all(torch.equal(a, b) for a, b in zip(lat, again, strict=True))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("objective", ["flow", "ddpm"])
+@pytest.mark.parametrize("mode", ["t2v", "i2v", "edit"])
+def test_denoises_on_the_gpu_as_on_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, objective: str, mode: str
+) -> None:
+    torch.manual_seed(0)
+    CausalVAE(VAEConfig.named("tiny")).save_pretrained(tmp_path / "vae")
+    vae = VideoVAE(tmp_path / "vae")
+    given = torch.rand(3, 13, 32, 48) * 2 - 1  # the input video, without a media stack
+    monkeypatch.setattr("trainer.sample.read_media", lambda _p, n, _h, _w: given[:, :n])
+    model, tcfg = _model(objective)
+    scfg = SampleConfig(
+        mode=mode, frames=13, height=32, width=48, steps=4, guidance=2.0, cond_latent_frames=1
+    )  # type: ignore[arg-type]
+    texts = [torch.randn(5, 384), torch.randn(3, 384)]
+    on_cpu, _ = generate(model, tcfg, scfg, texts, vae, ["in.mp4"], device=torch.device("cpu"))
+    on_gpu, _ = generate(model, tcfg, scfg, texts, vae, ["in.mp4"])  # sample_device(): cuda
+    assert next(model.parameters()).is_cuda
+    for a, b in zip(on_cpu, on_gpu, strict=True):
+        assert b.device.type == "cpu"
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
+
+
 def test_edit_strength_controls_distance_from_input(parts: dict) -> None:  # type: ignore[type-arg]
     model, tcfg = _model("flow")
     inputs = [str(parts["root"] / "a.mp4")]

@@ -158,6 +158,14 @@ def conditioning(
     return x0, mask
 
 
+def sample_device() -> torch.device:
+    """This process's GPU where there is one (a launched rank's own), else the CPU: the denoiser
+    runs there; the noise is drawn on the CPU either way, so a seed gives the same sample."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def generate(
     model: DiT,
     train_cfg: TrainConfig,
@@ -166,10 +174,13 @@ def generate(
     vae: Any,
     inputs: list[str] | None = None,
     group: Any = None,
+    device: torch.device | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Returns (latents (C, T', H', W') per prompt, videos (3, T, H, W) in [-1, 1] per prompt).
-    `group`: sample with sequence parallelism over this process group (see `guided`)."""
+    `group`: sample with sequence parallelism over this process group (see `guided`). The DiT is
+    moved to `device` (default `sample_device()`) and denoises there; the VAE decodes on its own."""
     inputs = inputs or []
+    device = device or sample_device()
     if vae.latent_channels != model.cfg.in_channels:
         raise ValueError(
             f"the VAE has {vae.latent_channels} latent channels, the model expects "
@@ -202,6 +213,13 @@ def generate(
             z = vae.encode(video[None])[0]
         start_x0 = (torch.cat([patchify(z, model.cfg.patch)] * n), cfg.strength)
     diffusion = build_diffusion(train_cfg.objective, train_cfg.flow, train_cfg.ddpm)
+    layout = cond  # unpack reads the CPU copy's grids and offsets
+    model.to(device)
+    noise, cond, uncond = noise.to(device), cond.to(device), uncond.to(device)
+    if known is not None:
+        known = (known[0].to(device), known[1].to(device))
+    if start_x0 is not None:
+        start_x0 = (start_x0[0].to(device), start_x0[1])
     denoise = guided(model, cond, uncond, cfg.guidance, group)
     if train_cfg.objective == "flow":
         if cfg.sampler not in ("auto", "euler"):
@@ -224,7 +242,7 @@ def generate(
             known=known,
             start_x0=start_x0,
         )
-    latents = unpack(out, cond, model.cfg.patch)
+    latents = unpack(out.cpu(), layout, model.cfg.patch)
     with torch.no_grad():
         videos = [vae.decode(z[None])[0].clamp(-1, 1) for z in latents]
     return latents, videos
