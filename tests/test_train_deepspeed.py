@@ -836,3 +836,15 @@ def test_sampling_on_a_sequence_parallel_group_equals_one_process(
         one = np.asarray(Image.open(tmp_path / "one" / name), dtype=np.int16)
         sp = np.asarray(Image.open(tmp_path / "sp" / name), dtype=np.int16)
         assert one.shape == sp.shape and np.abs(one - sp).max() <= 1, name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("stage", [2, 3])
+def test_trains_on_a_gpu_in_bf16(latents: Path, tmp_path: Path, stage: int) -> None:
+    # Launched (NCCL): its CPU-side loss all-reduce failed there until the stats moved to the GPU.
+    cmd = _cmd(2, latents, tmp_path, "gpu", stage)
+    cmd[cmd.index("--nproc-per-node") + 1] = "1"
+    log = _run(cmd)
+    assert "bf16" in log and "cuda" in log
+    losses = _history(tmp_path, "gpu")
+    assert len(losses) == STEPS and all(0 < x < 100 for x in losses)

@@ -262,8 +262,11 @@ class Trainer:
             for i in range(len(samples) if first else 0):
                 n = int(batch.cu_seqlens[i + 1] - batch.cu_seqlens[i])
                 flops += n * self.model.flops_per_token(n, len(texts[i]))
+        # On the rank's device: NCCL reduces no CPU tensor (the DiT never trained on a GPU before).
         stats = torch.tensor([float(loss_sum), flops, textless], dtype=torch.float64)
+        stats = stats.to(self.d.device)
         dist.all_reduce(stats)
+        stats = stats.cpu()
         loss = float(stats[0]) / norm
         self.guard.begin(loss, self.step + 1)  # self.step counts the steps before this one
         if self.engine.optimizer is self.inner_optimizer:  # whole gradients, already reduced
