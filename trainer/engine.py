@@ -88,7 +88,7 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(gpu_for(local_rank, torch.cuda.device_count()))
     if not dist.is_initialized():
         # DeepSpeed JIT-builds its shared-memory allreduce op here, before joining the group, for
         # tensor-parallel inference_all_reduce only: training never calls it. torch guards the
@@ -124,6 +124,18 @@ def distributed(timeout_s: float = 600.0) -> Iterator[DistInfo]:
                 "MASTER_PORT",
             ):
                 os.environ.pop(k, None)
+
+
+def gpu_for(local_rank: int, visible: int) -> int:
+    """The GPU of a launched rank: one per process. More processes on a node than visible GPUs
+    would fail inside CUDA ("invalid device ordinal"); say what to change instead."""
+    if local_rank >= visible:
+        raise RuntimeError(
+            f"local rank {local_rank} has no GPU of its own: {visible} visible on this node. "
+            "Launch at most one process per GPU (--nproc-per-node), or hide the GPUs "
+            "(CUDA_VISIBLE_DEVICES=) to train on the CPU with gloo"
+        )
+    return local_rank
 
 
 def use_bf16(cfg: TrainConfig) -> bool:
