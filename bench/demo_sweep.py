@@ -103,6 +103,8 @@ def cmd_bundle(args: argparse.Namespace) -> None:
 def _train(
     bundle: Path, work: Path, name: str, extra: list[str], fallback: bool = False
 ) -> subprocess.Popen[bytes]:
+    # demo_quality.train_once and infra.demo.run._train_cmd do this too, but their modules import
+    # the data stack (Ray, PyAV) that a GPU machine without it cannot load.
     import yaml
 
     from infra.config import load, to_dict
@@ -135,6 +137,7 @@ def _evaluate(bundle: str, checkpoint: str, sheet: str) -> dict[str, Any]:
 
     from infra.demo.score import measure, score
     from infra.demo.sheet import scored_sheet
+    from trainer.config import SampleConfig
     from trainer.sample import generate, to_uint8
     from trainer.vae.pretrained import VideoVAE
     from trainer.weights import load_model
@@ -145,8 +148,6 @@ def _evaluate(bundle: str, checkpoint: str, sheet: str) -> dict[str, Any]:
     texts_file = load_file(b / "texts.safetensors")
     texts = [texts_file[f"text_{i:02d}"] for i in range(len(meta["rows"]))]
     model, train_cfg, _ = load_model(checkpoint)
-    from trainer.config import SampleConfig
-
     scfg = SampleConfig(frames=17, height=64, width=64, steps=20, guidance=4.0)
     t0 = time.monotonic()
     _, videos = generate(model, train_cfg, scfg, texts, VideoVAE(b / "vae"))

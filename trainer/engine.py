@@ -126,6 +126,14 @@ def distributed(timeout_s: float = 600.0) -> Iterator[DistInfo]:
                 os.environ.pop(k, None)
 
 
+def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Plain numbers summed over the world, reduced on the rank's device: NCCL reduces no CPU
+    tensor (every GPU run of the DiT trainer failed at its first step on one)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def gpu_for(local_rank: int, visible: int) -> int:
     """The GPU of a launched rank: one per process. More processes on a node than visible GPUs
     would fail inside CUDA ("invalid device ordinal"); say what to change instead."""

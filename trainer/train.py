@@ -41,6 +41,7 @@ from trainer.engine import (
     lost_peer_message,
     lr_lambda,
     measure_peak_tflops,
+    sum_over_ranks,
     use_bf16,
 )
 from trainer.finetune import load_init, prepare_lora
@@ -262,12 +263,8 @@ class Trainer:
             for i in range(len(samples) if first else 0):
                 n = int(batch.cu_seqlens[i + 1] - batch.cu_seqlens[i])
                 flops += n * self.model.flops_per_token(n, len(texts[i]))
-        # On the rank's device: NCCL reduces no CPU tensor (the DiT never trained on a GPU before).
-        stats = torch.tensor([float(loss_sum), flops, textless], dtype=torch.float64)
-        stats = stats.to(self.d.device)
-        dist.all_reduce(stats)
-        stats = stats.cpu()
-        loss = float(stats[0]) / norm
+        total = sum_over_ranks([float(loss_sum), flops, textless], self.d.device)
+        loss = total[0] / norm
         self.guard.begin(loss, self.step + 1)  # self.step counts the steps before this one
         if self.engine.optimizer is self.inner_optimizer:  # whole gradients, already reduced
             self._pre_norm = grad_norm_of(self.inner_optimizer)
@@ -283,8 +280,8 @@ class Trainer:
             self.ema.update(self.step + 1)  # self.step counts the steps before this one
         return {
             "loss": loss,
-            "flops": float(stats[1]),
-            "textless_microbatches": float(stats[2]),
+            "flops": total[1],
+            "textless_microbatches": total[2],
             "grad_norm": gn,
             "lr": float(self.scheduler.get_last_lr()[0]),
             "tokens": float(data.global_tokens),
