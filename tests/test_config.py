@@ -149,6 +149,12 @@ def test_spacetime_validation_messages() -> None:
         load(SpacetimeConfig, overrides=["storage.multipart_chunk_mb=1"])
     with pytest.raises(ConfigError, match=r"run: log_level must be a logging level name"):
         load(SpacetimeConfig, overrides=["run.log_level=LOUD"])
+    with pytest.raises(ConfigError, match=r"train.flow.sigma_data must be > 0, got 0.0"):
+        load(SpacetimeConfig, overrides=["train.flow.sigma_data=0"])
+    with pytest.raises(
+        ConfigError, match=r"train.flow.prediction \(in --set\): expected one of 'velocity', 'x0'"
+    ):
+        load(SpacetimeConfig, overrides=["train.flow.prediction=eps"])
     with pytest.raises(ConfigError, match=r"unknown preset 'tinny'; did you mean 'tiny'"):
         get_preset("tinny")
 

@@ -95,12 +95,47 @@ def test_ddim_eta0_is_deterministic_and_known_tokens_are_kept() -> None:
     torch.testing.assert_close(flow.sample(m, noise, batch, steps=3, start_x0=(x0, 0.0)), x0)
 
 
-@pytest.mark.parametrize("objective", ["epsilon", "v", "flow"])
+def test_x0_prediction_samples_exactly_and_keeps_the_loss_bounded() -> None:
+    """`prediction: x0`: a model whose output F makes c_skip·x_t + c_out·F the true x0 has zero
+    velocity loss at every t and the Euler sampler lands on x0 exactly (the path is straight);
+    an untrained (zero) x0 model's loss stays O(1) near t = 0, where plain x-prediction's v-loss
+    would be |x0|²/t²."""
+    x0, batch = data(dtype=torch.float64)
+    sigma = 1.3
+    flow = RectifiedFlow(FlowConfig(prediction="x0", sigma_data=sigma, shift_base_tokens=64))
+    idx = batch.sample_idx.long()
+
+    def oracle(xt: torch.Tensor, t1000: torch.Tensor, _batch) -> torch.Tensor:
+        t = (t1000 / 1000)[idx][:, None]
+        d = (1 - t) ** 2 * sigma**2 + t**2
+        c_skip, c_out = (1 - t) * sigma**2 / d, t * sigma / d.sqrt()
+        return (x0 - c_skip * xt) / c_out
+
+    g = torch.Generator().manual_seed(0)
+    loss = flow.training_loss(oracle, x0, batch, g)
+    assert loss.abs().max() < 1e-18
+    noise = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    torch.testing.assert_close(flow.sample(oracle, noise, batch, steps=7), x0, rtol=0, atol=1e-12)
+
+    def zero(xt: torch.Tensor, t1000: torch.Tensor, _batch) -> torch.Tensor:
+        return torch.zeros_like(xt)
+
+    near_zero = torch.full((batch.num_samples,), 1e-4, dtype=torch.float64)
+    bounded = flow.training_loss(zero, x0, batch, g, t=near_zero).mean().item()
+    assert bounded < 3 * (x0.pow(2).mean().item() + 1), bounded
+    assert x0.pow(2).mean().item() / 1e-8 > 1e6 * bounded  # what plain x-prediction would cost
+
+
+@pytest.mark.parametrize("objective", ["epsilon", "v", "flow", "flow-x0"])
 def test_tiny_model_overfits(objective: str) -> None:
     x0, batch = data()
     diffusion = (
-        RectifiedFlow(FlowConfig(shift_base_tokens=0))
-        if objective == "flow"
+        RectifiedFlow(
+            FlowConfig(
+                shift_base_tokens=0, prediction="x0" if objective == "flow-x0" else "velocity"
+            )
+        )
+        if objective.startswith("flow")
         else GaussianDiffusion(DDPMConfig(prediction=objective))
     )  # type: ignore[arg-type]
     m = tiny_model()

@@ -312,6 +312,8 @@ class TrainConfig:
             raise ValueError(
                 f"train.flow.foreground_weight must be >= 0, got {self.flow.foreground_weight}"
             )
+        if not self.flow.sigma_data > 0:  # also refuses NaN
+            raise ValueError(f"train.flow.sigma_data must be > 0, got {self.flow.sigma_data}")
         starts = [st.start for st in self.stages]
         if starts and (starts[0] < 1 or any(b <= a for a, b in itertools.pairwise(starts))):
             raise ValueError(f"train.stages: starts must be >= 1 and increasing, got {starts}")

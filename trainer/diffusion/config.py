@@ -33,6 +33,13 @@ class FlowConfig:
     """Std of the logit-normal's underlying normal."""
     shift_base_tokens: int = 256
     """Token count at which the time shift is 1; larger samples are shifted toward noise. 0: off."""
+    prediction: Literal["velocity", "x0"] = "velocity"
+    """What the model outputs: the velocity eps - x0, or an x0 estimate F with EDM's
+    preconditioning (Karras et al. 2022) in the flow's time: x0 = c_skip·x_t + c_out·F. F is x0
+    itself at high noise (x-prediction, as in Li & He 2025), a residual on x_t near t = 0, and the
+    velocity loss on it stays bounded at every t (plain x-prediction weighs its error by 1/t²)."""
+    sigma_data: float = 1.0
+    """The latents' standard deviation assumed by that preconditioning."""
     foreground_weight: float = 0.0
     """Training loss weight of a token: 1 + this x how far its clean latent is from its sample's
     background (the per-dimension median token), scaled to [0, 1] per sample. 0: off. Puts the

@@ -1,7 +1,8 @@
 """Rectified flow (Liu et al. 2022; as trained in SD3, Esser et al. 2024) in packed token space.
 
-x_t = (1 - t)·x0 + t·eps for t in [0, 1]; the model predicts the velocity eps - x0. Training draws t
-from a logit-normal distribution, shifted toward noise for samples with more tokens
+x_t = (1 - t)·x0 + t·eps for t in [0, 1]; the model predicts the velocity eps - x0, or x0 itself
+(`prediction: x0`, EDM-preconditioned) turned into a velocity, so loss and sampler are the same.
+Training draws t from a logit-normal distribution, shifted toward noise for samples with more tokens
 (resolution-dependent shift: t' = s·t / (1 + (s - 1)·t), s = sqrt(tokens / shift_base_tokens)).
 Sampling integrates the ODE from t=1 to 0 with Euler steps on the same shifted grid.
 """
@@ -61,6 +62,24 @@ class RectifiedFlow:
             t = torch.sigmoid(self.cfg.logit_mean + self.cfg.logit_std * z)
         return shift_time(t, self._tokens_per_sample(batch), self.cfg.shift_base_tokens)
 
+    def velocity(
+        self, model: Denoiser, xt: torch.Tensor, t: torch.Tensor, batch: PackedBatch
+    ) -> torch.Tensor:
+        """The model's velocity at (xt, t); t: (B,) float64 in [0, 1]. An x0 model's output F
+        means x0 = c_skip·xt + c_out·F, with c_skip = (1-t)σ²/D, c_out = tσ/√D, D = (1-t)²σ² + t²
+        (EDM's scalings for x_t = (1-t)·x0 + t·eps); then v = (xt - x0)/t, written without the
+        division. At high noise such a model need not carry the noise through its layers to the
+        output (a velocity model must: v = eps - x0), so all of it goes to drawing the clean clip,
+        which the caption alone decides there."""
+        out = model(xt, (t * 1000).to(xt.device, xt.dtype), batch)
+        if self.cfg.prediction == "velocity":
+            return out
+        s2 = self.cfg.sigma_data**2
+        d = (1 - t) ** 2 * s2 + t**2
+        a = ((t - (1 - t) * s2) / d).to(xt.device, xt.dtype)[batch.sample_idx.long()]
+        b = (self.cfg.sigma_data / d.sqrt()).to(xt.device, xt.dtype)[batch.sample_idx.long()]
+        return a[:, None] * xt - b[:, None] * out
+
     @staticmethod
     def interpolate(
         x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, batch: PackedBatch
@@ -83,8 +102,7 @@ class RectifiedFlow:
         t = self.sample_t(batch, generator) if t is None else t.to(torch.float64)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         xt = self.interpolate(x0, noise, t, batch)
-        out = model(xt, (t * 1000).to(x0.device, x0.dtype), batch)
-        loss = (out - (noise - x0)).pow(2).mean(-1)
+        loss = (self.velocity(model, xt, t, batch) - (noise - x0)).pow(2).mean(-1)
         if weighted:
             loss = loss * foreground_weights(x0, batch, self.cfg.foreground_weight)
         return loss
@@ -116,7 +134,7 @@ class RectifiedFlow:
             t, t_next = per_sample_grid[:, i], per_sample_grid[:, i + 1]
             if known is not None:
                 x = torch.where(known[1][:, None], self.interpolate(known[0], noise, t, batch), x)
-            v = model(x, (t * 1000).to(x.device, x.dtype), batch)
+            v = self.velocity(model, x, t, batch)
             dt = (t_next - t).to(x.device, x.dtype)[batch.sample_idx.long()][:, None]
             x = x + dt * v
         if known is not None:
