@@ -125,6 +125,15 @@ DIT_VARIANTS: dict[str, list[str]] = {
         "train.model.patch=[1,4,4]",
         "train.flow.shift_base_tokens=16",
     ],
+    # 8x8 latent pixels per token (36 tokens per 64x64 clip): the object is one to four tokens,
+    # painted by the output layer (256 values per token from a 128-wide model: x0 prediction, as
+    # Li & He 2025 pair with patches wider than the model); the shift's base 4 keeps 3x.
+    "x0 prediction + patch 1x8x8": [
+        "train.flow.prediction=x0",
+        "train.guard.enabled=false",
+        "train.model.patch=[1,8,8]",
+        "train.flow.shift_base_tokens=4",
+    ],
 }
 # Variants that train on a mixture of the videos and still images: the stills' share of samples.
 STILLS_VARIANTS: dict[str, float] = {"videos + stills (half the samples)": 0.5}

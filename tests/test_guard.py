@@ -47,6 +47,26 @@ def test_spikes_are_not_judged_during_the_learning_rate_warm_up() -> None:
     assert g.judge(1.0, 50.0) is not None
 
 
+def test_the_reference_for_a_spike_starts_after_the_warm_up() -> None:
+    """Norms kept during the warm-up would make the median of the early, small norms the
+    reference: a 1x4x4 demo run's norms of ~9 right after its warm-up (median 0.7 until then)
+    were judged spikes and rolled it back until it ended. The warm-up's values are not kept, so
+    judging waits for `min_history` steps after it, against their median."""
+    g = StepGuard(GuardConfig(spike_factor=5, min_history=5), arm_after=8)
+    for step in range(1, 9):  # the warm-up: small norms
+        g.begin(1.0, step)
+        assert g.judge(1.0, 0.5) is None
+        assert g.record(step, (0, step), 1.0, 0.5, None) is False
+    assert len(g.norms) == 0
+    for step in range(9, 14):  # after it, the norm is 10x the warm-up's: not a spike, kept
+        g.begin(1.0, step)
+        assert g.judge(1.0, 5.0) is None
+        g.record(step, (0, step), 1.0, 5.0, None)
+    g.begin(1.0, 14)
+    assert g.judge(1.0, 20.0) is None
+    assert g.judge(1.0, 50.0).startswith("gradient norm 50 > 5 x its running median 5")
+
+
 def test_clustered_skips_ask_for_a_rollback_and_the_window_is_kept() -> None:
     g = StepGuard(GuardConfig(max_skips=2, skip_window=3, min_history=1))
     _warm(g, 2)

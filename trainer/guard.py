@@ -45,7 +45,11 @@ class StepGuard:
     def __init__(self, cfg: GuardConfig, arm_after: int = 0):
         """`arm_after`: spikes are not judged in steps up to this one (the learning-rate warm-up:
         from a zero-initialised DiT the gradient norm grows tenfold there, healthy; three such
-        steps in a row once ended a demo run at step 49). Non-finite values always are."""
+        steps in a row once ended a demo run at step 49), nor are those steps' values kept as
+        the reference: the norm keeps growing for a while at the full learning rate, and judged
+        against the warm-up's small norms (a median of 0.7) the healthy norms of 9 that followed
+        rolled a 1x4x4-patch demo run back until it ended. Judging starts once `min_history`
+        steps after the warm-up are in. Non-finite values are always judged."""
         self.cfg = cfg
         self.arm_after = arm_after
         self._arming = False
@@ -98,6 +102,8 @@ class StepGuard:
         enough to roll back."""
         self._loss = None
         if reason is None:
+            if self._arming:
+                return False
             self.losses.append(loss)
             self.norms.append(norm)
             return False

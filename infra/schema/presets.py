@@ -50,10 +50,14 @@ def demo() -> SpacetimeConfig:
     # Uniform timesteps: logit-normal rarely visits the high-noise end where a shape's layout and
     # direction are decided (PLATFORM.md calibration).
     t.flow.timestep_sampling = "uniform"
-    # A stronger resolution shift (3x at the samples' 576 tokens instead of 1.5x): more draws at high
-    # noise, where the caption decides what is drawn; direction reached 100% by step 450 instead of
-    # 600 (BENCHMARKS.md, round 7).
-    t.flow.shift_base_tokens = 64
+    # 4x4 latent pixels per token (16x16 pixels): a 64x64 17-frame sample is 144 tokens instead of
+    # 576, so a step of the same token budget and cost holds 4x the clips. At 1x2x2 shape stayed
+    # at chance (29-38%) through 1200 steps; at 1x4x4 it rises with steps (46% at 600, 67% at
+    # 1500), and no sample splits or changes colour from step 450 (BENCHMARKS.md, round 10).
+    t.model.patch = (1, 4, 4)
+    # A strong resolution shift, 3x at these samples' 144 tokens: more draws at high noise, where
+    # the caption decides what is drawn (at 1.5x direction came 150 steps later: round 7).
+    t.flow.shift_base_tokens = 16
     t.data.token_budget = 2048
     t.data.microbatches_per_step = 2
     t.data.caption_dropout = 0.1
