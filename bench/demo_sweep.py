@@ -37,18 +37,29 @@ VARIANTS: dict[str, list[str]] = {
     "XS (demo preset)": [],
     "S (12 x 384)": ["train.model.size=S"],
     "B (12 x 768)": ["train.model.size=B"],
+    # The demo preset before round 10 (2x2 latent pixels per token, 576 tokens a sample, 3x shift).
+    "XS patch 1x2x2": ["train.model.patch=[1,2,2]", "train.flow.shift_base_tokens=64"],
+    # x0 prediction with 8x8 latent pixels per token (36 tokens a sample), the shift kept at 3x.
+    "XS x0 patch 1x8x8": [
+        "train.flow.prediction=x0",
+        "train.model.patch=[1,8,8]",
+        "train.flow.shift_base_tokens=4",
+    ],
     # 1 latent pixel per token: the object's outline spans ~5x5 tokens instead of ~3x3. A 64x64
     # clip is 2,304 tokens; the budget holds two, and three micro-batches keep ~6 clips a step.
     "XS patch 1x1x1": [
         "train.model.patch=[1,1,1]",
+        "train.flow.shift_base_tokens=256",
         "train.data.token_budget=4608",
         "train.data.microbatches_per_step=3",
     ],
     "XS 4x clips per step": ["train.data.microbatches_per_step=8"],
+    # Round 9's weaker shift; at the preset's 144-token samples base 256 shifts toward less noise.
     "XS shift base 256": ["train.flow.shift_base_tokens=256"],
     "S patch 1x1x1": [
         "train.model.size=S",
         "train.model.patch=[1,1,1]",
+        "train.flow.shift_base_tokens=256",
         "train.data.token_budget=4608",
         "train.data.microbatches_per_step=3",
     ],
