@@ -70,6 +70,7 @@ DIT_VARIANTS: dict[str, list[str]] = {
     "EMA warm-up": [],
     "EMA warm-up + cosine lr": ["train.optim.schedule=cosine"],
     "EMA warm-up + lr 2e-3": ["train.optim.lr=2e-3"],
+    "EMA warm-up + lr 3e-3": ["train.optim.lr=3e-3"],
     "no EMA (raw weights)": ["train.ema_decay=0"],
     "logit-normal timesteps": ["train.flow.timestep_sampling=logit_normal"],
     "patch 1x1x1": ["train.model.patch=[1,1,1]"],
