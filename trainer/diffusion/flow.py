@@ -76,8 +76,8 @@ class RectifiedFlow:
             return out
         s2 = self.cfg.sigma_data**2
         d = (1 - t) ** 2 * s2 + t**2
-        a = ((t - (1 - t) * s2) / d).to(xt.device, xt.dtype)[batch.sample_idx.long()]
-        b = (self.cfg.sigma_data / d.sqrt()).to(xt.device, xt.dtype)[batch.sample_idx.long()]
+        ab = torch.stack([(t - (1 - t) * s2) / d, self.cfg.sigma_data / d.sqrt()], dim=-1)
+        a, b = ab.to(xt.device, xt.dtype)[batch.sample_idx.long()].unbind(-1)  # per token
         return a[:, None] * xt - b[:, None] * out
 
     @staticmethod
