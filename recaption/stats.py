@@ -106,7 +106,9 @@ def motion_facts(frames: np.ndarray, times: list[float]) -> dict[str, Any]:
 
 def describe(facts: dict[str, Any], source_caption: str = "") -> str:
     w, h = facts["width"], facts["height"]
-    orientation = "portrait" if h > w * 1.05 else "landscape" if w > h * 1.05 else "square"
+    # Not "square": a caption's words for the frame must not be words for what is in it (every
+    # 64x64 demo clip's caption said "square", whatever its object's shape).
+    orientation = "portrait" if h > w * 1.05 else "landscape" if w > h * 1.05 else "1:1"
     c = facts["colour"]
     parts = []
     style = "black-and-white " if c["black_and_white"] else ""

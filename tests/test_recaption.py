@@ -513,4 +513,7 @@ def test_rule_based_upsampling_in_the_caption_sets_style(stats_run: dict[str, An
     text = up("a red circle moving left", 64, 48, 2.0, 8.0)
     assert text.startswith("a red circle moving left. A landscape video clip of 2.0 seconds (64x48")
     assert "mostly red" in text and "moves left" in text
+    # A 1:1 frame is not called "square": the caption's words for the frame name no content.
+    text = up("a red circle moving left", 64, 64, 2.0, 8.0)
+    assert " A 1:1 video clip of 2.0 seconds (64x64" in text and "square" not in text
     assert "black-and-white" in up("a black and white film of a man walking")
