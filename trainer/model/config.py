@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (2, 64, 4),
     "XS": (6, 128, 4),  # the CPU demo
+    "XS-wide": (6, 192, 4),  # the demo's depth at 1.5x its width (issue 20's width ablation)
     "S": (12, 384, 6),
     "B": (12, 768, 12),
     "L": (24, 1024, 16),
