@@ -21,7 +21,7 @@ class DiTConfig:
     """Shape of the denoiser."""
 
     size: str = "tiny"
-    """Named size (depth, hidden, heads): tiny, S, B, L, XL."""
+    """Named size (depth, hidden, heads): tiny, XS, XS-wide, S, B, L, XL."""
     in_channels: int = 0
     """Latent channels; 0: the trainer takes them from the latents (the VAE's latent channels:
     4 for spacetime's, 16 for Wan's and HunyuanVideo's)."""
