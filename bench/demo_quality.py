@@ -147,6 +147,11 @@ DIT_VARIANTS: dict[str, list[str]] = {
     "bf16": ["train.precision=bf16"],
     # Width: 6 x 192 instead of 6 x 128 (2.25x the parameters, ~2x a step's matmuls).
     "width 192": ["train.model.size=XS-wide"],
+    # Twice the clips per step (4,096-token micro-batches, twice a step's cost): is shape limited
+    # by steps or by the samples seen?
+    "token budget 4096": ["train.data.token_budget=4096"],
+    # Half the clips per step (1,024-token micro-batches, about half a step's cost).
+    "token budget 1024": ["train.data.token_budget=1024"],
 }
 # Variants that train on a mixture of the videos and still images: the stills' share of samples.
 STILLS_VARIANTS: dict[str, float] = {"videos + stills (half the samples)": 0.5}
