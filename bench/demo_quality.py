@@ -152,6 +152,9 @@ DIT_VARIANTS: dict[str, list[str]] = {
     "token budget 4096": ["train.data.token_budget=4096"],
     # Half the clips per step (1,024-token micro-batches, about half a step's cost).
     "token budget 1024": ["train.data.token_budget=1024"],
+    # The preset with another seed (initialisation, data order, noise): how far one run's
+    # scores move by chance (runs with one seed repeat to the digit).
+    "seed 1": ["run.seed=1"],
 }
 # Variants that train on a mixture of the videos and still images: the stills' share of samples.
 STILLS_VARIANTS: dict[str, float] = {"videos + stills (half the samples)": 0.5}
