@@ -74,6 +74,7 @@ def job_config(latents: Path, out: Path, job: dict[str, Any]) -> Any:
             "train.ema_decay=0.0",
             "train.data.workers=0",
             "train.peak_tflops=1",
+            "train.host_heap_retain=false",  # exact_heap's freed-block accounting, not reuse
         ],
     )
 

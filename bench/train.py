@@ -160,6 +160,7 @@ def memory_worker(stage: int, size: str, latents: str, out: str) -> None:
     exact_heap()
     cfg = _config(Path(latents), Path(out) / f"z{stage}", size, stage, 2)
     cfg.train.data.token_budget = 64  # type: ignore[attr-defined]  # activations stay negligible
+    cfg.train.host_heap_retain = False  # type: ignore[attr-defined]  # exact_heap's accounting
     d = init_distributed()
     tr = Trainer(cfg.train, cfg.run, Storage(), d)  # type: ignore[attr-defined]
     before = reset_peak()

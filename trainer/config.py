@@ -241,6 +241,9 @@ class TrainConfig:
     live parameters). 0: a quarter of the model's parameters, between 1M and DeepSpeed's 500M
     default; smaller saves memory, larger overlaps communication better. DeepSpeed allocates a
     flat buffer of this size per rank, so its fixed 500M default costs a small model 2 GB."""
+    host_heap_retain: bool = True
+    """Keep freed host memory in the heap for reuse (glibc): else each step page-faults its large
+    tensors in again (6% of a DiT-S step on CPU). trainer/host_heap.py."""
     offload_optimizer: bool = False
     """ZeRO-Offload of optimizer states to CPU (stage >= 1)."""
     activation_checkpointing: bool = False

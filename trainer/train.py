@@ -46,6 +46,7 @@ from trainer.engine import (
 )
 from trainer.finetune import load_init, prepare_lora
 from trainer.guard import StepGuard, grad_norm_of, guard_optimizer
+from trainer.host_heap import retain_freed_memory
 from trainer.memory import PeakMemory
 from trainer.metrics import TrainMetrics
 from trainer.model.dit import DiT
@@ -142,6 +143,8 @@ class Trainer:
                 RESUME_FIXED,
                 str(path),
             )
+        if self.cfg.host_heap_retain:
+            retain_freed_memory()
         self.memory = PeakMemory(self.d.device)
         self.memory.start()
         torch.manual_seed(self.seed)

@@ -39,6 +39,7 @@ from infra.shards import iter_samples, open_clips
 from infra.storage import Storage
 from trainer.checkpoint import CheckpointStore, check_resume, code_version, tag_for, write_state
 from trainer.engine import DistInfo, deepspeed_config, distributed
+from trainer.host_heap import retain_freed_memory
 from trainer.vae.config import VAETrainConfig
 from trainer.vae.model import CausalVAE
 
@@ -181,6 +182,8 @@ def train_vae(
                 tag, d.world_size, cfg.zero_stage, d.local_rank
             )
             check_resume(state["config"], asdict(cfg), RESUME_FIXED, str(path))
+        if cfg.host_heap_retain:
+            retain_freed_memory()
         torch.manual_seed(cfg.seed)
         vae = CausalVAE(cfg.vae_config())
         vcfg = vae.cfg
