@@ -64,11 +64,13 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from infra.host_heap import retain_freed_memory
     from recaption.config import RecaptionConfig
     from recaption.hf import HFCaptioner
 
     torch.set_num_threads(2)
     items = clip_frames(args.clips, args.frames)
+    retain_freed_memory()  # as the recaption job's actors do
     model = args.model
     if model is None:
         from tests.test_recaption import build_llava

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from infra.config import to_dict
 from infra.errors import JobError
+from infra.host_heap import retain_freed_memory
 from infra.storage import Storage
 from infra.storage_config import StorageConfig
 from infra.uris import is_s3, join
@@ -46,7 +47,6 @@ from trainer.engine import (
 )
 from trainer.finetune import load_init, prepare_lora
 from trainer.guard import StepGuard, grad_norm_of, guard_optimizer
-from trainer.host_heap import retain_freed_memory
 from trainer.memory import PeakMemory
 from trainer.metrics import TrainMetrics
 from trainer.model.dit import DiT

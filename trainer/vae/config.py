@@ -94,7 +94,7 @@ class VAETrainConfig:
     """Latent channels (0: the size's own). More channels carry sharper outlines at a given
     stride; the DiT's input width follows (train.model.in_channels 0 reads it from the latents)."""
     host_heap_retain: bool = True
-    """Keep freed host memory in the heap for reuse (trainer/host_heap.py): 300 demo VAE steps on
+    """Keep freed host memory in the heap for reuse (infra/host_heap.py): 300 demo VAE steps on
     a 2-core CPU took ~14% less time, with 0.17M page faults instead of 1.9-2.9M."""
 
     def vae_config(self) -> VAEConfig:

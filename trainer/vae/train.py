@@ -34,12 +34,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from infra.errors import JobError
+from infra.host_heap import retain_freed_memory
 from infra.media import decode_frames, write_mp4
 from infra.shards import iter_samples, open_clips
 from infra.storage import Storage
 from trainer.checkpoint import CheckpointStore, check_resume, code_version, tag_for, write_state
 from trainer.engine import DistInfo, deepspeed_config, distributed
-from trainer.host_heap import retain_freed_memory
 from trainer.vae.config import VAETrainConfig
 from trainer.vae.model import CausalVAE
 

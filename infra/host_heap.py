@@ -1,13 +1,15 @@
-"""Host heap settings for training processes: freed memory stays in the heap for the next step.
+"""Host heap settings for long-running compute processes (training ranks, captioning actors):
+freed memory stays in the heap for the next step.
 
-glibc returns every large freed block to the OS (each is its own mmap, and the heap's top is
-trimmed), so a training step that frees and reallocates the same activations, gradients and
-DeepSpeed buffers page-faults them in again, zero-filled by the kernel: ~115k page faults (450 MB)
-and ~6% of a DiT-S step on a 2-core CPU (BENCHMARKS.md, issue 24). With mmap off and the trim
-threshold raised, freed blocks are reused: 3 faults a step. The cost is that resident memory
-stays at the run's high-water mark, which a training process reaches every step anyway.
-PyTorch's CUDA caching allocator does the same for device memory; jemalloc/tcmalloc preloaded would
-too, but need a system library and an LD_PRELOAD in every launcher.
+glibc returns large freed blocks to the OS (each is its own mmap, and the heap's top is trimmed),
+so a step that frees and reallocates the same activations, gradients and DeepSpeed buffers
+page-faults them in again, zero-filled by the kernel: 115-146k faults (~500 MB) per DiT-S step on
+a 2-core CPU, where a step took 1.05x as long as with the heap retained; DiT-B 1.31x; the demo's
+VAE training 1.14x (BENCHMARKS.md, issue 24). With mmap off and the trim threshold at its maximum,
+freed blocks are reused: 5 faults a step. Resident memory then stays at the run's high-water mark,
+which a training process reaches every step anyway. PyTorch's CUDA caching allocator does the same
+for device memory; jemalloc or tcmalloc would too, but need a system library and an LD_PRELOAD in
+every launcher, where this is three mallopt calls.
 """
 
 from __future__ import annotations
