@@ -21,9 +21,9 @@ from trainer.checkpoint import (
     local_run_dir,
     read_state,
 )
+from trainer.config import RESUME_FIXED
 from trainer.engine import distributed
 from trainer.rng import load_rank_files, save_rank_files
-from trainer.train import RESUME_FIXED
 
 
 def _write_tag(root: Path, tag: str, files: dict[str, str]) -> None:

@@ -105,8 +105,8 @@ def test_lora_run_trains_only_adapters_saves_them_alone_resumes_exactly_and_merg
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from safetensors.torch import save_file
 
-    from trainer.config import SampleConfig
     from trainer.sample import generate, load_model
+    from trainer.sample_config import SampleConfig
     from trainer.vae.config import VAEConfig
     from trainer.vae.model import CausalVAE
     from trainer.vae.pretrained import VideoVAE

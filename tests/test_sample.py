@@ -12,9 +12,10 @@ import torch
 from infra.cli import main
 from infra.config import to_dict
 from infra.media import write_mp4
-from trainer.config import SampleConfig, TrainConfig
+from trainer.config import TrainConfig
 from trainer.model.dit import DiT
 from trainer.sample import conditioning, generate, latent_grid
+from trainer.sample_config import SampleConfig
 from trainer.vae.config import VAEConfig
 from trainer.vae.model import CausalVAE
 from trainer.vae.pretrained import VideoVAE

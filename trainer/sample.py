@@ -28,12 +28,13 @@ from PIL import Image
 
 from infra.config import to_dict
 from infra.media import contact_sheet, read_frames, write_mp4
-from trainer.config import SampleConfig, TrainConfig
+from trainer.config import TrainConfig
 from trainer.diffusion.objectives import build_diffusion
 from trainer.engine import init_distributed
 from trainer.model.dit import DiT
 from trainer.model.packing import PackedBatch, pack, patchify, unpack
 from trainer.model.sequence_parallel import SequenceShard, shard_pack
+from trainer.sample_config import SampleConfig
 from trainer.text.encoder import TextEncoder, TextEncoderConfig
 from trainer.vae.pretrained import VideoVAE
 from trainer.weights import load_model

@@ -27,7 +27,7 @@ from infra.storage_config import StorageConfig
 from infra.uris import is_s3, join
 from trainer import hooks
 from trainer.checkpoint import CheckpointStore, check_resume, local_run_dir
-from trainer.config import RunConfig, TrainConfig
+from trainer.config import RESUME_FIXED, RunConfig, TrainConfig
 from trainer.data.loader import StepData, adopt_latent_space, training_index
 from trainer.data.stages import STAGE_EPOCHS, run_loader, stage_entry, stages
 from trainer.diffusion.common import per_sample
@@ -61,27 +61,6 @@ from trainer.validation import Validator
 from trainer.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
-
-# What decides the samples, noise and model of each step: a resume must keep them (the global
-# batches do not depend on the world size, so that may change).
-RESUME_FIXED = (
-    "seed",
-    "data",
-    "train.model.",
-    "train.objective",
-    "train.flow.",
-    "train.ddpm.",
-    "train.loss_averaging",
-    "train.data.token_budget",
-    "train.data.microbatches_per_step",
-    "train.data.shuffle_shards",
-    "train.data.caption_dropout",
-    "train.data.token_drop",
-    "train.data.max_frames",
-    "train.data.text_max_length",
-    "train.stages",
-    "train.lora.",
-)
 
 
 def build_model(cfg: TrainConfig) -> DiT:

@@ -20,8 +20,8 @@ from infra.demo.sheet import animated_grid, scored_sheet
 from infra.media import read_frames
 from infra.storage import Storage
 from recaption.upsample import Upsampler
-from trainer.config import SampleConfig
 from trainer.sample import run_sample, slug
+from trainer.sample_config import SampleConfig
 
 log = logging.getLogger(__name__)
 

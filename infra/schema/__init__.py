@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from data_pipeline.config import CurateConfig, ShardConfig
 from infra.storage_config import StorageConfig
 from recaption.config import RecaptionConfig
-from trainer.config import RunConfig, SampleConfig, TrainConfig
+from trainer.config import RunConfig, TrainConfig
+from trainer.sample_config import SampleConfig
 from trainer.vae.config import EncodeConfig, VAETrainConfig
 
 
