@@ -265,7 +265,7 @@ class TrainConfig:
     flat buffer of this size per rank, so its fixed 500M default costs a small model 2 GB."""
     host_heap_retain: bool = True
     """Keep freed host memory in the heap for reuse (glibc): else each step page-faults its large
-    tensors in again (6% of a DiT-S step on CPU). infra/host_heap.py."""
+    tensors in again (DiT-S steps 1.05x, DiT-B 1.31x slower on CPU). infra/host_heap.py."""
     offload_optimizer: bool = False
     """ZeRO-Offload of optimizer states to CPU (stage >= 1)."""
     activation_checkpointing: bool = False
