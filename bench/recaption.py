@@ -5,8 +5,8 @@
 A tiny random-weight LLaVA (multi-frame) built here from configs, the real HFCaptioner code path
 (processor, left-padded batched generate, decode), 4 frames per clip sampled by seeking from the
 clips `spacetime shard` makes of ../shared/data/videos. Generation always runs to max_new_tokens
-(random weights rarely emit EOS), so tokens/s is clips/s x max_new_tokens. On a GPU, pass
---dtype bfloat16 and a real model with --model DIR.
+(random weights rarely emit EOS), so tokens/s is clips/s x max_new_tokens. --dtype auto is the
+job's default (bf16 on a GPU or a CPU with native bf16, else fp32); --model DIR for a real model.
 
 Per batch size it also splits the time: the processor (image resize/normalise, prompt
 tokenisation, padding), `generate` and decoding; and it times loading the model once.
@@ -115,7 +115,8 @@ def main() -> None:
     cores = 1 if torch.cuda.is_available() else torch.get_num_threads()
     print(
         f"\nhf captioner, {Path(model).name}, {args.frames} frames/clip, {args.clips} clips, "
-        f"{args.max_new_tokens} new tokens, {device}; model load {load_s:.2f} s; "
+        f"{args.max_new_tokens} new tokens, {device}, {str(caps[sizes[0]].dtype)[6:]} "
+        f"(--dtype {args.dtype}); model load {load_s:.2f} s; "
         f"fastest of {args.rounds} alternating rounds per batch size\n"
     )
     print(

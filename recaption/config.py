@@ -26,7 +26,7 @@ class RecaptionConfig:
     temperature: float = 0.0
     """0: greedy decoding."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """auto: bf16 on GPU, fp32 on CPU."""
+    """auto: bf16 on a GPU or a CPU with native bf16 (AVX512-BF16, AMX), else fp32."""
     retries: int = 2
     """Retries of a failed batch (then each row is tried alone and failures are recorded)."""
 
