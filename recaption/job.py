@@ -109,6 +109,8 @@ class CaptionWorker:
         self.storage = Storage(StorageConfig(**storage_cfg))
         self.prompt = get_prompt(self.cfg.prompt)
         self.captioner = make_captioner(self.cfg)
+        dtype = getattr(self.captioner, "dtype", None)
+        self.dtype = str(dtype).removeprefix("torch.") if dtype is not None else None
 
     def _caption_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Captions a batch with retries; a batch that keeps failing is split into single rows so
@@ -177,6 +179,9 @@ class CaptionWorker:
                 "model": self.captioner.model_id,
                 "prompt": self.prompt.name,
                 "prompt_version": self.prompt.version,
+                # `dtype: auto` resolves per actor (bf16 where the CPU or GPU computes it), so each
+                # caption records what it was made in.
+                "dtype": self.dtype,
                 "source_caption": source_caption,
             }
             try:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 import webdataset as wds
 
 from data_pipeline.config import ShardConfig
@@ -28,6 +29,7 @@ from infra.storage import Storage
 from infra.storage_config import StorageConfig
 from recaption.config import RecaptionConfig
 from recaption.frames import sample_frames
+from recaption.hf import resolve_dtype
 from recaption.job import run_recaption
 from recaption.validate import problem
 from tests.conftest import REPO
@@ -80,6 +82,7 @@ def test_stats_captions_state_true_facts(
     assert len(rec["frames"]) == 8 and rec["frames"] == sorted(rec["frames"])
     assert rec["frames"][0] < 1.5 and rec["frames"][-1] > 8.0  # chaplin's clip is 9.6 s
     assert rec["backend"] == "stats" and rec["prompt"] == "detailed" and rec["prompt_version"] == 1
+    assert rec["dtype"] is None  # no model, no dtype
     index = pq.read_table(stats_run["out"] / "index.parquet").to_pylist()
     assert sorted(r["key"] for r in index) == sorted(caps)
 
@@ -362,8 +365,10 @@ def test_hf_backend_on_tiny_models(
     assert list(caps) == keys
     assert caps[keys[2]]["error"].startswith("decode:")  # the broken clip
     good = [caps[k] for k in keys if k != keys[2]]
+    made_in = str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
     for rec in good:
         assert rec["backend"] == "hf" and rec["model"] == str(model) and len(rec["frames"]) == 3
+        assert rec["dtype"] == made_in
     # Random weights write random words, which pass the degenerate-caption checks (measured: 5 of
     # 5 for both models); a caption may only fail for one of those checks' named reasons.
     captioned = [r for r in good if r["text"]]
