@@ -117,7 +117,7 @@ def main() -> None:
     cores = 1 if torch.cuda.is_available() else torch.get_num_threads()
     print(
         f"\nhf captioner, {Path(model).name}, {args.frames} frames/clip, {args.clips} clips, "
-        f"{args.max_new_tokens} new tokens, {device}, {str(caps[sizes[0]].dtype)[6:]} "
+        f"{args.max_new_tokens} new tokens, {device}, {caps[sizes[0]].dtype_name} "
         f"(--dtype {args.dtype}); model load {load_s:.2f} s; "
         f"fastest of {args.rounds} alternating rounds per batch size\n"
     )

@@ -114,8 +114,13 @@ class HFCaptioner:
             cfg.model,
             self.model_type,
             "multi-frame" if self.multi_frame else "frame mosaic",
-            self.dtype,
+            self.dtype_name,
         )
+
+    @property
+    def dtype_name(self) -> str:
+        """The resolved dtype as the caption records and the bench name it ("bfloat16")."""
+        return str(self.dtype).removeprefix("torch.")
 
     def _load(self, config: Any) -> Any:
         from transformers import AutoModelForImageTextToText

@@ -109,8 +109,8 @@ class CaptionWorker:
         self.storage = Storage(StorageConfig(**storage_cfg))
         self.prompt = get_prompt(self.cfg.prompt)
         self.captioner = make_captioner(self.cfg)
-        dtype = getattr(self.captioner, "dtype", None)
-        self.dtype = str(dtype).removeprefix("torch.") if dtype is not None else None
+        # None for stats (no model) and vllm (which resolves its own dtype)
+        self.dtype = getattr(self.captioner, "dtype_name", None)
 
     def _caption_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Captions a batch with retries; a batch that keeps failing is split into single rows so
