@@ -212,3 +212,33 @@ def test_packed_bf16_forward_on_gpu_matches_float64_and_keeps_samples_apart(attn
     assert err < 0.05, float(err)
     same = batch.sample_idx != 2
     assert torch.equal(got[same], got2[same]) and not torch.equal(got[~same], got2[~same])
+
+
+def test_conv_head_convolves_each_sample_alone_and_starts_as_identity() -> None:
+    """train.model.conv_head: the 3x3 convolution over each frame of each sample's own output
+    latent (never across packed samples), zero-initialised so the model starts without it."""
+    torch.manual_seed(0)
+    cfg = DiTConfig(size="tiny", in_channels=4, text_dim=16, conv_head=True)
+    model = DiT(cfg)
+    shapes = [(4, 2, 4, 4), (4, 1, 4, 6), (4, 2, 4, 4)]
+    x, batch = pack([torch.randn(s) for s in shapes], [torch.randn(3, 16)] * 3, cfg.patch)
+    t = torch.full((3,), 500.0)
+    plain = DiT(DiTConfig(size="tiny", in_channels=4, text_dim=16))
+    plain.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("conv_head")}
+    )
+    torch.nn.init.normal_(model.final.weight)  # a non-zero output for the head to act on
+    plain.final.weight.data.copy_(model.final.weight.data)
+    torch.testing.assert_close(model(x, t, batch), plain(x, t, batch))  # zero-initialised
+    torch.nn.init.normal_(model.conv_head.weight)
+    out = torch.randn(x.shape, requires_grad=True)
+    res = model._conv_head(out, batch)
+    bounds = batch.cu_seqlens.tolist()
+    for i, grid in enumerate(batch.grids):  # the same as convolving each sample on its own
+        lat = unpatchify(out[bounds[i] : bounds[i + 1]], grid, cfg.patch, 4)
+        want = patchify(model.conv_head(lat[None])[0], cfg.patch)
+        torch.testing.assert_close(res[bounds[i] : bounds[i + 1]], want)
+    res[bounds[0]].sum().backward()  # the first token of sample 0
+    grad = out.grad.abs().sum(-1)
+    assert grad[bounds[0] + 1] > 0  # its neighbour in the frame
+    assert grad[bounds[1] :].sum() == 0  # nothing from the other samples

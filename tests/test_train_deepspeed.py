@@ -285,6 +285,22 @@ def test_resume_on_fewer_ranks(latents: Path, baseline: tuple[Path, str], tmp_pa
     assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-4, atol=1e-6), (got, ref)
 
 
+def test_self_conditioning_on_two_zero3_ranks_matches_one_rank(
+    latents: Path, tmp_path: Path
+) -> None:
+    """Self-conditioning's extra forward pass on half the steps: under ZeRO-3 every rank must make
+    the same passes (each gathers the parameters) and a world-size change must not change which."""
+    more = ("--set", "train.model.self_condition=true")
+    _run(_cmd(1, latents, tmp_path / "one", "sc", 3, *more))
+    _run(_cmd(2, latents, tmp_path / "two", "sc", 3, *more))
+    ref, got = _history(tmp_path / "one", "sc"), _history(tmp_path / "two", "sc")
+    assert len(got) == len(ref) == STEPS and ref[-1] < ref[0]
+    assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-4, atol=1e-6), (got, ref)
+    # The estimate's embedding starts at zero and gets a gradient only from a non-zero estimate.
+    w = _weights(tmp_path / "two", "sc")
+    assert w["sc_embed.weight"].abs().sum() > 0
+
+
 def test_a_stale_extension_build_lock_does_not_hang_training(latents: Path, tmp_path: Path) -> None:
     """torch's JIT-build lock is a bare file that a killed process leaves behind; a rank must not
     wait on it (it did, forever, for DeepSpeed's shm allreduce op)."""

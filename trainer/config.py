@@ -337,6 +337,8 @@ class TrainConfig:
             raise ValueError(
                 f"train.flow.foreground_weight must be >= 0, got {self.flow.foreground_weight}"
             )
+        if self.model.self_condition and self.objective != "flow":
+            raise ValueError("train.model.self_condition needs train.objective flow")
         if not self.flow.sigma_data > 0:  # also refuses NaN
             raise ValueError(f"train.flow.sigma_data must be > 0, got {self.flow.sigma_data}")
         starts = [st.start for st in self.stages]

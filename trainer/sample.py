@@ -68,17 +68,22 @@ def guided(
         p, r = dist.get_world_size(group), dist.get_rank(group)
         shards = {id(b): shard_pack(b, group, p, r) for b in (cond, uncond)}
 
-    def run(x: torch.Tensor, t: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        out = model(x, t, batch, shards.get(id(batch)))
+    def run(
+        x: torch.Tensor, t: torch.Tensor, batch: PackedBatch, x0_prev: torch.Tensor | None
+    ) -> torch.Tensor:
+        out = model(x, t, batch, shards.get(id(batch)), x0_prev)
         if group is not None:
             dist.all_reduce(out, group=group)  # each row is non-zero on exactly one rank
         return out
 
-    def call(x: torch.Tensor, t: torch.Tensor, _batch: PackedBatch) -> torch.Tensor:
-        c = run(x, t, cond)
+    def call(
+        x: torch.Tensor, t: torch.Tensor, _batch: PackedBatch, x0_prev: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # Both branches see the same previous estimate: the guided one the sampler stepped with.
+        c = run(x, t, cond, x0_prev)
         if scale == 1.0:
             return c
-        u = run(x, t, uncond)
+        u = run(x, t, uncond, x0_prev)
         return u + scale * (c - u)
 
     return call
@@ -226,7 +231,13 @@ def generate(
         if cfg.sampler not in ("auto", "euler"):
             raise ValueError(f"a flow model samples with euler, not {cfg.sampler}")
         out = diffusion.sample(
-            denoise, noise, cond, steps=cfg.steps, known=known, start_x0=start_x0
+            denoise,
+            noise,
+            cond,
+            steps=cfg.steps,
+            known=known,
+            start_x0=start_x0,
+            self_condition=model.cfg.self_condition,
         )
     else:
         if cfg.sampler == "euler":

@@ -192,8 +192,11 @@ class Trainer:
     # -- one optimizer step ------------------------------------------------------------------------
 
     def _denoiser(self, shard: SequenceShard | None) -> Any:
-        def call(x: torch.Tensor, t: torch.Tensor, batch: Any) -> torch.Tensor:
-            return self.engine(x.to(self.dtype), t.to(self.dtype), batch, shard).float()
+        def call(
+            x: torch.Tensor, t: torch.Tensor, batch: Any, x0_prev: torch.Tensor | None = None
+        ) -> torch.Tensor:
+            prev = None if x0_prev is None else x0_prev.to(self.dtype)
+            return self.engine(x.to(self.dtype), t.to(self.dtype), batch, shard, prev).float()
 
         return call
 
@@ -211,6 +214,11 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64)
         flops, textless = 0.0, 0
         last = len(data.microbatches) - 1
+        # Self-conditioning on half the steps, decided per step: every rank then makes the same
+        # number of forward passes (ZeRO-3 gathers parameters in each), and a resume on another
+        # world size decides the same (the step's own generator, apart from the micro-batches').
+        step_gen = microbatch_generator(self.seed, data.epoch, data.step_in_epoch, -1)
+        self_condition = cfg.model.self_condition and bool(torch.rand((), generator=step_gen) < 0.5)
         for i_mb, (samples, mb_id) in enumerate(
             zip(data.microbatches, data.microbatch_ids, strict=True)
         ):
@@ -229,7 +237,7 @@ class Trainer:
             x0, batch = x0.to(self.d.device), batch.to(self.d.device)
             shard = shard_pack(batch, mesh.sp_group, mesh.sp, mesh.sp_rank) if mesh.sp > 1 else None
             per_token = self.diffusion.training_loss(
-                self._denoiser(shard), x0, batch, generator=gen
+                self._denoiser(shard), x0, batch, generator=gen, self_condition=self_condition
             )
             if shard is not None:  # this rank's tokens only; the group's ranks hold the others
                 per_token = per_token * shard.mask(per_token.device)

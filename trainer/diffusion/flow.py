@@ -63,15 +63,22 @@ class RectifiedFlow:
         return shift_time(t, self._tokens_per_sample(batch), self.cfg.shift_base_tokens)
 
     def velocity(
-        self, model: Denoiser, xt: torch.Tensor, t: torch.Tensor, batch: PackedBatch
+        self,
+        model: Denoiser,
+        xt: torch.Tensor,
+        t: torch.Tensor,
+        batch: PackedBatch,
+        x0_prev: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The model's velocity at (xt, t); t: (B,) float64 in [0, 1]. An x0 model's output F
         means x0 = c_skip·xt + c_out·F, with c_skip = (1-t)σ²/D, c_out = tσ/√D, D = (1-t)²σ² + t²
         (EDM's scalings for x_t = (1-t)·x0 + t·eps); then v = (xt - x0)/t, written without the
         division. At high noise such a model need not carry the noise through its layers to the
         output (a velocity model must: v = eps - x0), so all of it goes to drawing the clean clip,
-        which the caption alone decides there."""
-        out = model(xt, (t * 1000).to(xt.device, xt.dtype), batch)
+        which the caption alone decides there. `x0_prev`: a self-conditioning model's previous
+        estimate of x0 (given only when there is one: other denoisers take no such argument)."""
+        tt = (t * 1000).to(xt.device, xt.dtype)
+        out = model(xt, tt, batch) if x0_prev is None else model(xt, tt, batch, x0_prev=x0_prev)
         if self.cfg.prediction == "velocity":
             return out
         s2 = self.cfg.sigma_data**2
@@ -79,6 +86,13 @@ class RectifiedFlow:
         ab = torch.stack([(t - (1 - t) * s2) / d, self.cfg.sigma_data / d.sqrt()], dim=-1)
         a, b = ab.to(xt.device, xt.dtype)[batch.sample_idx.long()].unbind(-1)  # per token
         return a[:, None] * xt - b[:, None] * out
+
+    @staticmethod
+    def estimate_x0(
+        xt: torch.Tensor, v: torch.Tensor, t: torch.Tensor, batch: PackedBatch
+    ) -> torch.Tensor:
+        """The clean tokens a velocity implies: x0 = x_t - t·v."""
+        return xt - t.to(xt.device, xt.dtype)[batch.sample_idx.long()][:, None] * v
 
     @staticmethod
     def interpolate(
@@ -94,15 +108,22 @@ class RectifiedFlow:
         batch: PackedBatch,
         generator: torch.Generator | None = None,
         t: torch.Tensor | None = None,
+        self_condition: bool = False,
     ) -> torch.Tensor:
         """(N,) per-token MSE between predicted and true velocity, times the foreground weight
         when training (`train.flow.foreground_weight`); `t`: (B,) fixed times in (0, 1) instead of
-        drawn ones (validation: unweighted, comparable across settings)."""
+        drawn ones (validation: unweighted, comparable across settings). `self_condition`: first
+        estimate x0 from the same noisy input without gradient, then predict given that estimate,
+        as a self-conditioning sampler's every step after the first does."""
         weighted = t is None and self.cfg.foreground_weight > 0
         t = self.sample_t(batch, generator) if t is None else t.to(torch.float64)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         xt = self.interpolate(x0, noise, t, batch)
-        loss = (self.velocity(model, xt, t, batch) - (noise - x0)).pow(2).mean(-1)
+        x0_prev = None
+        if self_condition:
+            with torch.no_grad():
+                x0_prev = self.estimate_x0(xt, self.velocity(model, xt, t, batch), t, batch)
+        loss = (self.velocity(model, xt, t, batch, x0_prev) - (noise - x0)).pow(2).mean(-1)
         if weighted:
             loss = loss * foreground_weights(x0, batch, self.cfg.foreground_weight)
         return loss
@@ -116,9 +137,11 @@ class RectifiedFlow:
         steps: int = 30,
         known: tuple[torch.Tensor, torch.Tensor] | None = None,
         start_x0: tuple[torch.Tensor, float] | None = None,
+        self_condition: bool = False,
     ) -> torch.Tensor:
         """Euler integration from t=1 (or `start_x0`'s strength, SDEdit) to 0. `known` = (x0 tokens,
-        (N,) bool mask) holds conditioning tokens on their true path and returns them exactly."""
+        (N,) bool mask) holds conditioning tokens on their true path and returns them exactly.
+        `self_condition`: give each step after the first the previous step's estimate of x0."""
         grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
         tokens = self._tokens_per_sample(batch)
         x = noise
@@ -130,11 +153,14 @@ class RectifiedFlow:
         )
         if start_x0 is not None:
             x = self.interpolate(x0_start, noise, per_sample_grid[:, 0], batch)
+        x0_prev = None
         for i in range(steps):
             t, t_next = per_sample_grid[:, i], per_sample_grid[:, i + 1]
             if known is not None:
                 x = torch.where(known[1][:, None], self.interpolate(known[0], noise, t, batch), x)
-            v = self.velocity(model, x, t, batch)
+            v = self.velocity(model, x, t, batch, x0_prev)
+            if self_condition:
+                x0_prev = self.estimate_x0(x, v, t, batch)
             dt = (t_next - t).to(x.device, x.dtype)[batch.sample_idx.long()][:, None]
             x = x + dt * v
         if known is not None:

@@ -46,6 +46,15 @@ class DiTConfig:
     From per-axis features alone the embedding is a sum f(t) + g(h) + k(w), so "at the right edge
     early and the left edge late" (a motion's sign) is a product the blocks must build; along the
     t-w and t+w diagonals a rightward and a leftward track are each one feature."""
+    self_condition: bool = False
+    """Self-conditioning (Chen et al. 2023, "Analog Bits"): the model also takes its own previous
+    estimate of the clean latent as input (a zero-initialised linear embedding added to the patch
+    embedding). Training feeds it, on half the steps, the estimate of a no-gradient pass of the
+    same noisy input; the sampler feeds each step the previous step's estimate. Flow models only."""
+    conv_head: bool = False
+    """A 3x3 convolution over each frame of the output latent, added to the output projection
+    (U-ViT, Bao et al. 2023): neighbouring tokens' pixels are drawn together, not each token's
+    patch on its own. Zero-initialised; not with sequence parallelism (it needs the neighbours)."""
     attn_backend: str = "auto"
     """kernels.varlen_attention backend: auto, flash3, flash2, torch_varlen, xformers, flex,
     sdpa, reference."""

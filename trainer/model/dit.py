@@ -17,7 +17,7 @@ from torch import nn
 from kernels import varlen_attention
 from kernels.fused import adaln_norm_modulate, per_sample_rows, rope_3d
 from trainer.model.config import SIZES, DiTConfig
-from trainer.model.packing import PackedBatch
+from trainer.model.packing import PackedBatch, patchify, unpatchify
 from trainer.model.sequence_parallel import (
     AttentionView,
     SequenceShard,
@@ -184,6 +184,7 @@ class DiT(nn.Module):
         self.x_embed = nn.Linear(cfg.patch_dim, hidden)
         frac_dim = frac_feature_dim(cfg)
         self.pos_embed = nn.Linear(frac_dim, hidden) if frac_dim else None
+        self.sc_embed = nn.Linear(cfg.patch_dim, hidden) if cfg.self_condition else None
         self.t_embed = nn.Sequential(nn.Linear(256, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.text_embed = nn.Sequential(
             nn.Linear(cfg.text_dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, hidden)
@@ -192,6 +193,8 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(hidden, heads, cfg) for _ in range(depth))
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
         self.final = nn.Linear(hidden, cfg.patch_dim)
+        c = cfg.in_channels
+        self.conv_head = nn.Conv3d(c, c, (1, 3, 3), padding=(0, 1, 1)) if cfg.conv_head else None
         self.grad_checkpointing = False
         """Recompute each block in the backward pass instead of storing its activations."""
         self.initialize_weights()
@@ -212,6 +215,11 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_modulation[-1].bias)
         nn.init.zeros_(self.final.weight)
         nn.init.zeros_(self.final.bias)
+        if self.sc_embed is not None:  # the model starts as one without self-conditioning
+            nn.init.zeros_(self.sc_embed.weight)
+        if self.conv_head is not None:  # and as one without the conv head
+            nn.init.zeros_(self.conv_head.weight)
+            nn.init.zeros_(self.conv_head.bias)
 
     def forward(
         self,
@@ -219,8 +227,10 @@ class DiT(nn.Module):
         t: torch.Tensor,
         batch: PackedBatch,
         shard: SequenceShard | None = None,
+        x0_prev: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """tokens: (N, patch_dim) noisy packed patches; t: (B,) timesteps in [0, 1000].
+        """tokens: (N, patch_dim) noisy packed patches; t: (B,) timesteps in [0, 1000]; x0_prev:
+        (N, patch_dim) the previous estimate of the clean tokens (self-conditioning; None: zeros).
         Returns (N, patch_dim) predictions (epsilon, v or velocity: the diffusion object decides).
         With a `shard` (sequence parallelism), this rank computes only its shard of the pack: the
         other rows of the result are zeros, without gradient."""
@@ -230,6 +240,11 @@ class DiT(nn.Module):
         if self.pos_embed is not None:
             feats = fractional_features(batch, self.cfg.frac_pos_diagonals).to(x.dtype)
             x = x + self.pos_embed(feats if shard is None else shard.local(feats))
+        if self.sc_embed is not None:
+            # Called with zeros when there is no estimate, so every rank's step has a gradient for
+            # the same parameters (ZeRO's buckets must match across ranks).
+            prev = torch.zeros_like(tokens) if x0_prev is None else x0_prev.to(tokens.dtype)
+            x = x + self.sc_embed(prev if shard is None else shard.local(prev))
         text = self.text_embed(batch.text.to(x.dtype))  # (M, D)
         pooled = segment_mean(text, batch.cu_seqlens_k, batch.num_samples)  # (B, D); 0 if no text
         t_emb = timestep_embedding(t, 256).to(x.dtype)
@@ -248,7 +263,29 @@ class DiT(nn.Module):
             x, shift, scale, view.sample_idx, norm="layer", impl=self.cfg.fused_impl
         )
         out = self.final(x)  # (n, patch_dim)
+        if self.conv_head is not None:
+            if shard is not None:
+                raise ValueError("train.model.conv_head does not work with sequence parallelism")
+            out = out + self._conv_head(out, batch)
         return out if shard is None else shard.scatter(out)
+
+    def _conv_head(self, out: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """The conv head over each sample's output latent, samples of one grid convolved together."""
+        assert self.conv_head is not None
+        patch, c = self.cfg.patch, self.cfg.in_channels
+        bounds = batch.cu_seqlens.tolist()
+        by_grid: dict[tuple[int, int, int], list[int]] = {}
+        for i, g in enumerate(batch.grids):
+            by_grid.setdefault(tuple(g), []).append(i)  # type: ignore[arg-type]
+        res = torch.empty_like(out)
+        for grid, members in by_grid.items():
+            lat = torch.stack(
+                [unpatchify(out[bounds[i] : bounds[i + 1]], grid, patch, c) for i in members]
+            )
+            y = self.conv_head(lat)
+            for j, i in enumerate(members):
+                res[bounds[i] : bounds[i + 1]] = patchify(y[j], patch)
+        return res
 
     def flops_per_token(self, seq_len: int, text_len: int) -> float:
         """Training FLOPs per video token of a sample of `seq_len` tokens with `text_len` text
@@ -262,7 +299,10 @@ class DiT(nn.Module):
         per_token = 2 * (4 * d * d + 2 * d * d + 2 * d * mlp)  # q kv out | cross q out | MLP
         attention = 4 * d * (seq_len + text_len)  # QK^T and AV, self and cross
         per_sample = 2 * (9 * d * d + 2 * d * d * text_len)  # modulation | text k, v
-        embed = 2 * d * (2 * self.cfg.patch_dim + frac_feature_dim(self.cfg))
+        patches = 3 if self.cfg.self_condition else 2  # in, out, and the previous estimate's
+        embed = 2 * d * (patches * self.cfg.patch_dim + frac_feature_dim(self.cfg))
+        if self.cfg.conv_head:  # 3x3 taps of C channels for each of a token's output values
+            embed += 2 * 9 * self.cfg.in_channels * self.cfg.patch_dim
         return 3.0 * (depth * (per_token + attention + per_sample / seq) + embed)
 
     def num_params(self) -> int:
