@@ -69,17 +69,20 @@ def test_temporal_chunks_equal_whole_clip(vae: CausalVAE) -> None:
             )
 
 
-@pytest.mark.parametrize("resample", ["average", "learned"])
-def test_time_stride_2_and_learned_resampling_are_causal_and_chunk_exactly(resample: str) -> None:
+@pytest.mark.parametrize(("resample", "space"), [("average", 4), ("learned", 4), ("learned", 2)])
+def test_time_stride_2_and_learned_resampling_are_causal_and_chunk_exactly(
+    resample: str, space: int
+) -> None:
     from trainer.vae.config import VAETrainConfig
 
-    cfg = VAETrainConfig(time_stride=2, space_stride=4, temporal_resample=resample).vae_config()
+    cfg = VAETrainConfig(time_stride=2, space_stride=space, temporal_resample=resample).vae_config()
+    assert (cfg.time_stride, cfg.space_stride) == (2, space)
     torch.manual_seed(0)
     vae = CausalVAE(cfg).double().eval()
     x = video(13, 24, 40)
     with torch.no_grad():
         z = vae.encode(x).mean
-        assert z.shape == (1, 4, 7, 6, 10) and vae.decode(z).shape == x.shape
+        assert z.shape == (1, 4, 7, 24 // space, 40 // space) and vae.decode(z).shape == x.shape
         x2 = x.clone()
         x2[:, :, 5:] += 0.5  # latent frame j sees input frames <= 2j only
         assert torch.equal(vae.encode(x2).mean[:, :, :3], z[:, :, :3])
@@ -129,3 +132,38 @@ def test_save_and_load_pretrained(vae: CausalVAE, tmp_path: Path) -> None:
     assert loaded.normalize(z)[0, 1].mean() != z[0, 1].mean()
     with pytest.raises(FileNotFoundError, match="not a VAE directory"):
         CausalVAE.from_pretrained(tmp_path)
+
+
+def test_spatial_weight_penalises_soft_edges_not_a_flat_error() -> None:
+    """vae_train.spatial_weight: L1 on the error's neighbour differences along H and W. Two
+    reconstructions of a square with the same squared error: a uniform offset costs nothing
+    extra, the same error put on the square's outline (soft edges, round corners) does."""
+    from trainer.vae.config import VAETrainConfig
+    from trainer.vae.model import Posterior
+    from trainer.vae.train import vae_loss
+
+    x = -torch.ones(1, 3, 3, 16, 16)
+    x[..., 4:12, 4:12] = 1.0
+    edge = torch.zeros(16, 16, dtype=torch.bool)
+    edge[4:12, 4:12] = True
+    edge[5:11, 5:11] = False  # the square's outline ring
+    flat = x + 0.1
+    soft = x.clone()
+    soft[..., edge] -= 0.1 * (256 / edge.sum()).sqrt()  # the same squared error, on the outline
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, rec: torch.Tensor):
+            super().__init__()
+            self.rec = rec
+
+        def forward(self, x: torch.Tensor, noise: torch.Tensor) -> tuple:  # type: ignore[type-arg]
+            z = torch.zeros(1, 4, 2, 4, 4)
+            return self.rec, Posterior(z, z)
+
+    def loss(rec: torch.Tensor, w: float) -> float:
+        cfg = VAETrainConfig(spatial_weight=w, temporal_weight=0.0, recon_loss="mse")
+        return float(vae_loss(Fixed(rec), x, torch.zeros(1), cfg))
+
+    assert loss(flat, 0.0) == pytest.approx(loss(soft, 0.0))
+    assert loss(flat, 1.0) == pytest.approx(loss(flat, 0.0))
+    assert loss(soft, 1.0) > loss(soft, 0.0) + 0.01

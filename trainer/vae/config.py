@@ -64,6 +64,9 @@ class VAETrainConfig:
     """Weight of the KL term (small: the latent should stay informative)."""
     temporal_weight: float = 0.1
     """Weight of an L1 loss on frame-to-frame differences (motion fidelity)."""
+    spatial_weight: float = 0.0
+    """Weight of an L1 loss on neighbouring pixels' differences along H and W (edge sharpness:
+    MSE alone rounds a small object's corners, which carry a square's shape)."""
     frames: int = 5
     """Frames per training crop (1 + k x time_stride)."""
     crop: int = 64
@@ -78,8 +81,9 @@ class VAETrainConfig:
     grad_clip: float = 0.0
     """Gradient clipping by global norm (0: off)."""
     space_stride: int = 8
-    """Spatial compression, 4, 8 or 16 (time is always 4x). Small objects in small frames (the
-    shapes demo) reconstruct far sooner at 4x."""
+    """Spatial compression, 2, 4, 8 or 16. Small objects in small frames (the shapes demo)
+    reconstruct far sooner at 4x than at 8x; 2x reconstructs them best, but a DiT on its latents
+    needs 4x wider patches for the same tokens, and learned the demo slower (BENCHMARKS.md)."""
     recon_loss: Literal["l1", "mse"] = "l1"
     """Reconstruction loss. On mostly-flat frames L1's optimum is the background colour; MSE
     penalises a missing small object more and learned the shapes demo's objects where L1 did not."""
@@ -98,8 +102,8 @@ class VAETrainConfig:
     a 2-core CPU took ~14% less time, with 0.17M page faults instead of 1.9-2.9M."""
 
     def vae_config(self) -> VAEConfig:
-        levels = {4: 2, 8: 3, 16: 4}[self.space_stride]
-        mults = (1, 2, 2, 4, 4)[: levels + 1] if levels > 2 else (1, 2, 4)
+        levels = {2: 1, 4: 2, 8: 3, 16: 4}[self.space_stride]
+        mults = (1, 2, 2, 4, 4)[: levels + 1] if levels > 2 else (1, 2, 4)[: levels + 1]
         more: dict[str, object] = {"temporal_resample": self.temporal_resample}
         if self.latent_channels:
             more["latent_channels"] = self.latent_channels
@@ -114,8 +118,8 @@ class VAETrainConfig:
     def validate(self) -> None:
         if self.zero_stage not in (0, 1, 2):
             raise ValueError(f"vae_train.zero_stage must be 0, 1 or 2, got {self.zero_stage}")
-        if self.space_stride not in (4, 8, 16):
-            raise ValueError(f"space_stride must be 4, 8 or 16, got {self.space_stride}")
+        if self.space_stride not in (2, 4, 8, 16):
+            raise ValueError(f"space_stride must be 2, 4, 8 or 16, got {self.space_stride}")
         if self.time_stride not in (1, 2, 4):
             raise ValueError(f"time_stride must be 1, 2 or 4, got {self.time_stride}")
         if (

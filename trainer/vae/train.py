@@ -56,6 +56,7 @@ RESUME_FIXED = (
     "space_stride",
     "kl_weight",
     "temporal_weight",
+    "spatial_weight",
     "recon_loss",
     "latent_channels",
     "time_stride",
@@ -154,9 +155,15 @@ def vae_loss(
     rec, post = vae(x, noise=noise)
     rec = rec.float()
     recon = (rec - x).pow(2).mean() if cfg.recon_loss == "mse" else (rec - x).abs().mean()
-    temporal = ((rec[:, :, 1:] - rec[:, :, :-1]) - (x[:, :, 1:] - x[:, :, :-1])).abs().mean()
+    err = rec - x
+    temporal = (err[:, :, 1:] - err[:, :, :-1]).abs().mean()
     kl = post.kl().float().mean() / x[0].numel()
-    return recon + cfg.temporal_weight * temporal + cfg.kl_weight * kl
+    loss = recon + cfg.temporal_weight * temporal + cfg.kl_weight * kl
+    if cfg.spatial_weight:
+        dy = (err[:, :, :, 1:] - err[:, :, :, :-1]).abs().mean()
+        dx = (err[..., 1:] - err[..., :-1]).abs().mean()
+        loss = loss + cfg.spatial_weight * (dx + dy)
+    return loss
 
 
 def train_vae(
