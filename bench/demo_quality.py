@@ -30,6 +30,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from demo_variants import DIT_VARIANTS, STILLS_VARIANTS, VAE_VARIANTS  # noqa: E402
+
 from data_pipeline.job import run_shard  # noqa: E402
 from infra.config import load, to_dict  # noqa: E402
 from infra.demo import shapes  # noqa: E402
@@ -44,120 +46,6 @@ from recaption.job import run_recaption  # noqa: E402
 from trainer.encode import run_encode  # noqa: E402
 from trainer.vae.pretrained import VideoVAE  # noqa: E402
 from trainer.vae.train import train_vae  # noqa: E402
-
-VAE_VARIANTS: dict[str, list[str]] = {
-    "demo": [],
-    "8 latent channels": ["vae_train.latent_channels=8"],
-    "9-frame crops": ["vae_train.frames=9"],
-    "time stride 2": ["vae_train.time_stride=2"],
-    "time stride 2 + 9-frame crops": ["vae_train.time_stride=2", "vae_train.frames=9"],
-    "time stride 2 + crop 48": ["vae_train.time_stride=2", "vae_train.crop=48"],
-    "time stride 2 + lr 3e-3": ["vae_train.time_stride=2", "vae_train.lr=3e-3"],
-    "time stride 2 + 2400 steps": ["vae_train.time_stride=2", "vae_train.steps=2400"],
-    "learned resample": ["vae_train.temporal_resample=learned"],
-    "time stride 2 + learned resample": [
-        "vae_train.time_stride=2",
-        "vae_train.temporal_resample=learned",
-    ],
-    "time stride 2 + learned resample + 1200 steps": [
-        "vae_train.time_stride=2",
-        "vae_train.temporal_resample=learned",
-        "vae_train.steps=1200",
-    ],
-}
-DIT_VARIANTS: dict[str, list[str]] = {
-    "EMA without warm-up (before)": ["train.ema_warmup=false"],
-    "EMA warm-up": [],
-    "EMA warm-up + cosine lr": ["train.optim.schedule=cosine"],
-    "EMA warm-up + lr 2e-3": ["train.optim.lr=2e-3"],
-    "EMA warm-up + lr 3e-3": ["train.optim.lr=3e-3"],
-    "no EMA (raw weights)": ["train.ema_decay=0"],
-    "logit-normal timesteps": ["train.flow.timestep_sampling=logit_normal"],
-    "patch 1x1x1": ["train.model.patch=[1,1,1]"],
-    # The demo's samples are 9x16x16 latents at 1x2x2 patches, 576 tokens: above the 256-token
-    # base, the flow's resolution shift moves their timesteps toward noise.
-    "no resolution time shift": ["train.flow.shift_base_tokens=0"],
-    "lr 2e-3 without EMA": ["train.optim.lr=2e-3", "train.ema_decay=0"],
-    # 4x4 latent pixels per token: a 64x64 clip is 144 tokens instead of 576, so a step of the
-    # same token budget holds ~5x the clips. (Measured with the guard off: its spike rule ended
-    # this run at step 49, inside the warm-up, before the guard stopped judging spikes there.)
-    "patch 1x4x4": ["train.model.patch=[1,4,4]", "train.guard.enabled=false"],
-    # Fractional positions along the (t, h, w) diagonals too: a motion's sign as one feature.
-    "diagonal positions": ["train.model.frac_pos_diagonals=true"],
-    # Without the flow's resolution shift, more of the draws fall at low noise, where outlines are drawn.
-    "diagonal positions + no resolution time shift": [
-        "train.model.frac_pos_diagonals=true",
-        "train.flow.shift_base_tokens=0",
-    ],
-    # The other way: a stronger shift (3x instead of 1.5x at the samples' 576 tokens), more draws
-    # at high noise, where the caption decides what is drawn.
-    "diagonal positions + shift base 64 tokens": [
-        "train.model.frac_pos_diagonals=true",
-        "train.flow.shift_base_tokens=64",
-    ],
-    "diagonal positions + patch 1x4x4": [
-        "train.model.frac_pos_diagonals=true",
-        "train.model.patch=[1,4,4]",
-    ],
-    # The loss weighted toward the object's tokens (1 + 4 x distance from the grey background):
-    # a shape's outline is a few of a clip's tokens.
-    "foreground weight 4": ["train.flow.foreground_weight=4"],
-    # The source captions ("a red circle moving left") instead of the recaption stage's paragraph.
-    "short captions": [],
-    "videos + stills (half the samples)": [],
-    # 4x4 latent pixels per token with the shift's base cut to 16 tokens (these samples' 3x shift,
-    # as at 1x2x2 with base 64): x0 prediction + patch 1x4x4 below without the x0 prediction. The
-    # demo preset since round 10, kept here as round 10 ran it (guard off).
-    "patch 1x4x4 + shift base 16 tokens": [
-        "train.guard.enabled=false",
-        "train.model.patch=[1,4,4]",
-        "train.flow.shift_base_tokens=16",
-    ],
-    # The model outputs the clean latent, not the velocity (Li & He 2025's x-prediction): at high
-    # noise, where the caption alone decides the shape, it need not also carry the noise through.
-    # (With the spike guard on, its first run was ended at step 74 by three skipped steps right
-    # after the warm-up, gradient norms 13-25 against a running median of 0.77 that still held
-    # the warm-up's norms; the guard no longer keeps those, but round 10 ran these variants
-    # without it and that is how they stay, so their rows can be rerun as measured.)
-    "x0 prediction": ["train.flow.prediction=x0", "train.guard.enabled=false"],
-    # ... with 4x4 latent pixels per token (144 tokens per 64x64 clip, 4x the clips per step), the
-    # shift's base cut to 16 tokens to keep these samples' 3x shift.
-    "x0 prediction + patch 1x4x4": [
-        "train.flow.prediction=x0",
-        "train.guard.enabled=false",
-        "train.model.patch=[1,4,4]",
-        "train.flow.shift_base_tokens=16",
-    ],
-    # 8x8 latent pixels per token (36 tokens per 64x64 clip): the object is one to four tokens,
-    # painted by the output layer (256 values per token from a 128-wide model: x0 prediction, as
-    # Li & He 2025 pair with patches wider than the model); the shift's base 4 keeps 3x.
-    "x0 prediction + patch 1x8x8": [
-        "train.flow.prediction=x0",
-        "train.guard.enabled=false",
-        "train.model.patch=[1,8,8]",
-        "train.flow.shift_base_tokens=4",
-    ],
-    # From the preset (1x4x4, guard on): the shift at base 4 tokens, 6x at these samples' 144
-    # tokens instead of 3x: still more draws at the high noise where a shape is decided (round 7).
-    "shift base 4 tokens": ["train.flow.shift_base_tokens=4"],
-    # The preset (1x4x4) on the source captions: round 8 ran "short captions" at 1x2x2.
-    "short captions at patch 1x4x4": [],
-    # bf16 weights and activations (DeepSpeed's bf16 mode): on a CPU with AVX512-BF16 a bf16
-    # matmul runs ~4x an fp32 one (850-890 vs 200-210 GFLOP/s on this session's EPYC).
-    "bf16": ["train.precision=bf16"],
-    # Width: 6 x 192 instead of 6 x 128 (2.25x the parameters, ~2x a step's matmuls).
-    "width 192": ["train.model.size=XS-wide"],
-    # Twice the clips per step (4,096-token micro-batches, twice a step's cost): is shape limited
-    # by steps or by the samples seen?
-    "token budget 4096": ["train.data.token_budget=4096"],
-    # Half the clips per step (1,024-token micro-batches, about half a step's cost).
-    "token budget 1024": ["train.data.token_budget=1024"],
-    # The preset with another seed (initialisation, data order, noise): how far one run's
-    # scores move by chance (runs with one seed repeat to the digit).
-    "seed 1": ["run.seed=1"],
-}
-# Variants that train on a mixture of the videos and still images: the stills' share of samples.
-STILLS_VARIANTS: dict[str, float] = {"videos + stills (half the samples)": 0.5}
 
 
 def config(overrides: list[str]) -> SpacetimeConfig:
@@ -227,7 +115,27 @@ def vae_scores(vae_dir: Path) -> dict[str, Any]:
     hits = sum(
         old_shape_rule(m["outline"]) == r["shape"] for m, r in zip(measured, rows, strict=True)
     )
-    return out | {"shape_old_rule": hits / len(rows)}
+    return out | {"shape_old_rule": hits / len(rows)} | margins(measured, rows)
+
+
+def margins(measured: list[dict[str, Any]], rows: list[dict[str, str]]) -> dict[str, float]:
+    """How far from the scorer's lines the outlines sit: the squares' median corner fill (a
+    square above 0.3; sharp 1.0) and the triangles' median half ratio (a triangle below 0.6;
+    sharp 0.42). A DiT draws the outline a little softer than its VAE decodes it, so a VAE
+    that just clears a line leaves it no margin."""
+
+    def median(shape: str, key: str) -> float:
+        vals = [
+            m["outline"][key]
+            for m, r in zip(measured, rows, strict=True)
+            if r["shape"] == shape and m.get("outline")
+        ]
+        return float(np.median(vals)) if vals else float("nan")
+
+    return {
+        "square_corner": median("square", "corner"),
+        "triangle_half": median("triangle", "half"),
+    }
 
 
 def train_vae_variant(root: Path, name: str) -> Path:
@@ -246,9 +154,11 @@ def cmd_vae(args: argparse.Namespace) -> None:
     root = Path(args.workdir)
     prepare(root, config([]))
     print("| VAE variant | train s | colour | direction | shape | shape (rule before issue 20) "
-          "| travel | intact |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
-    truth = score([measure(v) for v in eval_videos()[1]], eval_videos()[0]) | {"shape_old_rule": 1}
+          "| travel | intact | square corners (> 0.3) | triangle halves (< 0.6) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows, videos = eval_videos()
+    measured = [measure(v) for v in videos]
+    truth = score(measured, rows) | {"shape_old_rule": 1} | margins(measured, rows)
     print(_row("ground truth (no VAE)", 0.0, truth))
     for name in args.variants.split(",") if args.variants else VAE_VARIANTS:
         vae_dir = train_vae_variant(root, name)
@@ -259,7 +169,8 @@ def cmd_vae(args: argparse.Namespace) -> None:
 def _row(name: str, seconds: float, s: dict[str, Any]) -> str:
     return (
         f"| {name} | {seconds:.0f} | {s['colour']:.0%} | {s['direction']:.0%} | {s['shape']:.0%} "
-        f"| {s['shape_old_rule']:.0%} | {s['travel']:.2f} | {s['intact']:.0%} |"
+        f"| {s['shape_old_rule']:.0%} | {s['travel']:.2f} | {s['intact']:.0%} "
+        f"| {s['square_corner']:.2f} | {s['triangle_half']:.2f} |"
     )
 
 
