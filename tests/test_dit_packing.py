@@ -242,3 +242,18 @@ def test_conv_head_convolves_each_sample_alone_and_starts_as_identity() -> None:
     grad = out.grad.abs().sum(-1)
     assert grad[bounds[0] + 1] > 0  # its neighbour in the frame
     assert grad[bounds[1] :].sum() == 0  # nothing from the other samples
+
+
+@pytest.mark.parametrize("setting", ["parallel.sequence", "data.token_drop"])
+def test_conv_head_is_refused_where_a_rank_lacks_part_of_a_sample(setting: str) -> None:
+    from trainer.config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg.model.conv_head = True
+    cfg.validate()
+    if setting == "parallel.sequence":
+        cfg.parallel.sequence = 2
+    else:
+        cfg.data.token_drop = 0.25
+    with pytest.raises(ValueError, match="conv_head works without"):
+        cfg.validate()

@@ -339,6 +339,11 @@ class TrainConfig:
             )
         if self.model.self_condition and self.objective != "flow":
             raise ValueError("train.model.self_condition needs train.objective flow")
+        if self.model.conv_head and (self.parallel.sequence > 1 or self.data.token_drop > 0):
+            # The convolution needs each sample's whole grid of tokens on one rank.
+            raise ValueError(
+                "train.model.conv_head works without sequence parallelism and token dropping"
+            )
         if not self.flow.sigma_data > 0:  # also refuses NaN
             raise ValueError(f"train.flow.sigma_data must be > 0, got {self.flow.sigma_data}")
         starts = [st.start for st in self.stages]
