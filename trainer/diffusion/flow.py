@@ -39,6 +39,11 @@ def foreground_weights(x0: torch.Tensor, batch: PackedBatch, alpha: float) -> to
     return w
 
 
+def per_token(t: torch.Tensor, batch: PackedBatch, like: torch.Tensor) -> torch.Tensor:
+    """(B,) per-sample values -> (N, 1) per token, on `like`'s device and dtype."""
+    return t.to(like.device, like.dtype)[batch.sample_idx.long()][:, None]
+
+
 class RectifiedFlow:
     def __init__(self, cfg: FlowConfig):
         self.cfg = cfg
@@ -92,13 +97,13 @@ class RectifiedFlow:
         xt: torch.Tensor, v: torch.Tensor, t: torch.Tensor, batch: PackedBatch
     ) -> torch.Tensor:
         """The clean tokens a velocity implies: x0 = x_t - t·v."""
-        return xt - t.to(xt.device, xt.dtype)[batch.sample_idx.long()][:, None] * v
+        return xt - per_token(t, batch, xt) * v
 
     @staticmethod
     def interpolate(
         x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, batch: PackedBatch
     ) -> torch.Tensor:
-        tt = t.to(x0.device, x0.dtype)[batch.sample_idx.long()][:, None]
+        tt = per_token(t, batch, x0)
         return (1 - tt) * x0 + tt * noise
 
     def training_loss(
@@ -161,7 +166,7 @@ class RectifiedFlow:
             v = self.velocity(model, x, t, batch, x0_prev)
             if self_condition:
                 x0_prev = self.estimate_x0(x, v, t, batch)
-            dt = (t_next - t).to(x.device, x.dtype)[batch.sample_idx.long()][:, None]
+            dt = per_token(t_next - t, batch, x)
             x = x + dt * v
         if known is not None:
             x = torch.where(known[1][:, None], known[0], x)

@@ -17,7 +17,7 @@ from torch import nn
 from kernels import varlen_attention
 from kernels.fused import adaln_norm_modulate, per_sample_rows, rope_3d
 from trainer.model.config import SIZES, DiTConfig
-from trainer.model.packing import PackedBatch, patchify, unpatchify
+from trainer.model.packing import PackedBatch, patchify, unpack
 from trainer.model.sequence_parallel import (
     AttentionView,
     SequenceShard,
@@ -272,20 +272,16 @@ class DiT(nn.Module):
     def _conv_head(self, out: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         """The conv head over each sample's output latent, samples of one grid convolved together."""
         assert self.conv_head is not None
-        patch, c = self.cfg.patch, self.cfg.in_channels
-        bounds = batch.cu_seqlens.tolist()
+        lats = unpack(out, batch, self.cfg.patch)
         by_grid: dict[tuple[int, int, int], list[int]] = {}
-        for i, g in enumerate(batch.grids):
-            by_grid.setdefault(tuple(g), []).append(i)  # type: ignore[arg-type]
-        res = torch.empty_like(out)
-        for grid, members in by_grid.items():
-            lat = torch.stack(
-                [unpatchify(out[bounds[i] : bounds[i + 1]], grid, patch, c) for i in members]
-            )
-            y = self.conv_head(lat)
+        for i, grid in enumerate(batch.grids):
+            by_grid.setdefault(grid, []).append(i)
+        res: list[torch.Tensor] = [out[:0]] * batch.num_samples
+        for members in by_grid.values():
+            y = self.conv_head(torch.stack([lats[i] for i in members]))
             for j, i in enumerate(members):
-                res[bounds[i] : bounds[i + 1]] = patchify(y[j], patch)
-        return res
+                res[i] = patchify(y[j], self.cfg.patch)
+        return torch.cat(res)
 
     def flops_per_token(self, seq_len: int, text_len: int) -> float:
         """Training FLOPs per video token of a sample of `seq_len` tokens with `text_len` text

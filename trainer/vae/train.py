@@ -154,8 +154,8 @@ def vae_loss(
 ) -> torch.Tensor:
     rec, post = vae(x, noise=noise)
     rec = rec.float()
-    recon = (rec - x).pow(2).mean() if cfg.recon_loss == "mse" else (rec - x).abs().mean()
     err = rec - x
+    recon = err.pow(2).mean() if cfg.recon_loss == "mse" else err.abs().mean()
     temporal = (err[:, :, 1:] - err[:, :, :-1]).abs().mean()
     kl = post.kl().float().mean() / x[0].numel()
     loss = recon + cfg.temporal_weight * temporal + cfg.kl_weight * kl
