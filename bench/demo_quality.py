@@ -67,12 +67,13 @@ def prepare_stills(root: Path, cfg: SpacetimeConfig, vae_dir: Path, n: int) -> P
     """n still images of shapes (a random frame of a random shapes clip, captioned "a {colour}
     {shape}": a still shows no direction), sharded, captioned and encoded like the videos (issue
     21's images as 1-frame clips); returns their latents."""
-    latents = root / "latents-stills" / vae_dir.parent.name
+    tag = "" if n == 2 * 192 else f"-{n}"  # round 2's 384 stills keep their paths
+    latents = root / f"latents-stills{tag}" / vae_dir.parent.name
     if latents.exists():
         return latents
     from PIL import Image
 
-    stills = root / "stills"
+    stills = root / f"stills{tag}"
     if not (stills / "manifest.jsonl").exists():
         stills.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(1)
@@ -84,15 +85,16 @@ def prepare_stills(root: Path, cfg: SpacetimeConfig, vae_dir: Path, n: int) -> P
             rows.append({"path": name, "caption": f"a {clip.colour} {clip.shape}"})
         (stills / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     run_shard(
-        str(stills / "manifest.jsonl"), str(root / "clips-stills"), cfg.shard, cfg.storage,
+        str(stills / "manifest.jsonl"), str(root / f"clips-stills{tag}"), cfg.shard, cfg.storage,
         rerun=Rerun(overwrite=True),
     )  # fmt: skip
     run_recaption(
-        str(root / "clips-stills"), str(root / "captions-stills"), cfg.recaption, cfg.storage
-    )
+        str(root / f"clips-stills{tag}"), str(root / f"captions-stills{tag}"), cfg.recaption,
+        cfg.storage,
+    )  # fmt: skip
     run_encode(
-        str(root / "clips-stills"), str(latents), str(vae_dir), None, cfg.encode, cfg.storage,
-        captions=str(root / "captions-stills"),
+        str(root / f"clips-stills{tag}"), str(latents), str(vae_dir), None, cfg.encode,
+        cfg.storage, captions=str(root / f"captions-stills{tag}"),
     )  # fmt: skip
     return latents
 
@@ -225,9 +227,10 @@ def cmd_dit(args: argparse.Namespace) -> None:
         over = [*VAE_VARIANTS[args.vae], *DIT_VARIANTS[name]]
         short = name.startswith("short captions")
         latents = demo_latents(root, vae_dir, args.vae, short)
-        share = STILLS_VARIANTS.get(name)
-        if share is not None:  # a mixture of the videos and still images, by sample share
-            stills = prepare_stills(root, config(VAE_VARIANTS[args.vae]), vae_dir, 2 * 192)
+        mixture = STILLS_VARIANTS.get(name)
+        share = None if mixture is None else mixture[0]
+        if mixture is not None:  # a mixture of the videos and still images, by sample share
+            stills = prepare_stills(root, config(VAE_VARIANTS[args.vae]), vae_dir, mixture[1])
             over.append(
                 f"train.data.sources=[{{latents: {latents}, weight: {1 - share}}}, "
                 f"{{latents: {stills}, weight: {share}}}]"
@@ -252,14 +255,22 @@ def cmd_curve(args: argparse.Namespace) -> None:
     print("| DiT variant | step | colour | direction | shape | held-out colour "
           "| held-out direction | held-out shape | travel | intact |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in args.variants.split(",") if args.variants else ["EMA warm-up"]:
+    for name in args.variants.split(",") if args.variants else ["preset"]:
         short = name.startswith("short captions")
         over = [*VAE_VARIANTS[args.vae], *DIT_VARIANTS[name]]
         over += [f"train.checkpoint_every={args.every}", "train.keep_checkpoints=1000"]
-        cfg = config(over)
         latents = demo_latents(root, vae_dir, args.vae, short)
+        mixture = STILLS_VARIANTS.get(name)
+        if mixture is not None:
+            share, n = mixture
+            stills = prepare_stills(root, config(VAE_VARIANTS[args.vae]), vae_dir, n)
+            over.append(
+                f"train.data.sources=[{{latents: {latents}, weight: {1 - share}}}, "
+                f"{{latents: {stills}, weight: {share}}}]"
+            )
+        cfg = config(over)
         run = root / "curves" / f"{slug(args.vae)}--{slug(name)}--{args.steps}"
-        ckpt = train_once(run, cfg, latents, args.steps, False)
+        ckpt = train_once(run, cfg, latents, args.steps, mixture is not None)
         for c in sorted(ckpt.glob("step-*")):
             ev = evaluate(
                 str(c), str(vae_dir), str(run / "samples" / c.name), 24,
@@ -272,10 +283,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=("vae", "dit", "curve"))
     p.add_argument("--workdir", default="/tmp/demo-quality")
-    p.add_argument("--variants", default="", help="comma-separated names (default: all)")
+    p.add_argument(
+        "--variants", default="", help="comma-separated names (default: all; curve: the preset)"
+    )
     p.add_argument("--steps", type=int, default=0, help="dit: 450, curve: 900")
     p.add_argument("--every", type=int, default=150, help="curve: score every N steps")
-    p.add_argument("--vae", default="demo", help="the VAE variant the DiT trains on")
+    p.add_argument("--vae", default="preset", help="the VAE variant the DiT trains on")
     args = p.parse_args()
     args.steps = args.steps or (900 if args.what == "curve" else 450)
     torch.set_num_threads(2)

@@ -6,22 +6,39 @@ from __future__ import annotations
 
 # The demo's VAE since round 1 of issue 20: 2x in time with learned pair mixing.
 _LEARNED_2X = ["vae_train.time_stride=2", "vae_train.temporal_resample=learned"]
+# Each variant measured before round 15 names the preset it ran on: a 4x, 4-channel VAE, and the
+# DiT of rounds 10-14 (1x4x4 patches, AdamW, ZeRO 2, no contrastive term; rounds 1-9 ran 1x2x2,
+# as BENCHMARKS.md says), so it reruns as measured on the preset of round 15 (8x 16-channel VAE,
+# 1x2x2, Muon at ZeRO 0, contrastive flow matching): "preset" below.
+_VAE_4X = ["vae_train.space_stride=4", "vae_train.latent_channels=0"]
+_DIT_R14 = [
+    "train.model.patch=[1,4,4]",
+    "train.optim.name=adamw",
+    "train.zero_stage=2",
+    "train.flow.contrastive=0",
+]
 
 VAE_VARIANTS: dict[str, list[str]] = {
-    "demo": [],
-    "8 latent channels": ["vae_train.latent_channels=8"],
-    "9-frame crops": ["vae_train.frames=9"],
-    "time stride 2": ["vae_train.time_stride=2"],
-    "time stride 2 + 9-frame crops": ["vae_train.time_stride=2", "vae_train.frames=9"],
-    "time stride 2 + crop 48": ["vae_train.time_stride=2", "vae_train.crop=48"],
-    "time stride 2 + lr 3e-3": ["vae_train.time_stride=2", "vae_train.lr=3e-3"],
-    "time stride 2 + 2400 steps": ["vae_train.time_stride=2", "vae_train.steps=2400"],
-    "learned resample": ["vae_train.temporal_resample=learned"],
+    "preset": [],
+    "demo": [*_VAE_4X],
+    "8 latent channels": [*_VAE_4X, "vae_train.latent_channels=8"],
+    "9-frame crops": [*_VAE_4X, "vae_train.frames=9"],
+    "time stride 2": [*_VAE_4X, "vae_train.time_stride=2"],
+    "time stride 2 + 9-frame crops": [*_VAE_4X, "vae_train.time_stride=2", "vae_train.frames=9"],
+    "time stride 2 + crop 48": [*_VAE_4X, "vae_train.time_stride=2", "vae_train.crop=48"],
+    "time stride 2 + lr 3e-3": [*_VAE_4X, "vae_train.time_stride=2", "vae_train.lr=3e-3"],
+    "time stride 2 + 2400 steps": [*_VAE_4X, "vae_train.time_stride=2", "vae_train.steps=2400"],
+    "learned resample": [*_VAE_4X, "vae_train.temporal_resample=learned"],
     "time stride 2 + learned resample": _LEARNED_2X,
-    "time stride 2 + learned resample + 1200 steps": [*_LEARNED_2X, "vae_train.steps=1200"],
+    "time stride 2 + learned resample + 1200 steps": [
+        *_VAE_4X,
+        *_LEARNED_2X,
+        "vae_train.steps=1200",
+    ],
     # 2x in space instead of 4x: an object of 16-21 px spans 8-10 latent pixels, not 4-5, so a
     # one-latent-pixel error (which erases a shape at 4x, round 10) is a 2 px blur.
     "time stride 2 + space stride 2 + learned resample + 1200 steps": [
+        *_VAE_4X,
         *_LEARNED_2X,
         "vae_train.space_stride=2",
         "vae_train.steps=1200",
@@ -29,61 +46,92 @@ VAE_VARIANTS: dict[str, list[str]] = {
     # An L1 loss on the error's differences between neighbouring pixels: MSE alone rounds the
     # corners of a square (the VAE's squares fill 0.4 of their corner cells, a sharp one 1.0).
     "time stride 2 + learned resample + 1200 steps + spatial 0.1": [
+        *_VAE_4X,
         *_LEARNED_2X,
         "vae_train.steps=1200",
         "vae_train.spatial_weight=0.1",
     ],
     "time stride 2 + learned resample + 1200 steps + spatial 0.5": [
+        *_VAE_4X,
         *_LEARNED_2X,
         "vae_train.steps=1200",
         "vae_train.spatial_weight=0.5",
     ],
-    "time stride 2 + learned resample + 2400 steps": [*_LEARNED_2X, "vae_train.steps=2400"],
+    "time stride 2 + learned resample + 2400 steps": [
+        *_VAE_4X,
+        *_LEARNED_2X,
+        "vae_train.steps=2400",
+    ],
+    # 8x in space with 16 channels: an object of 16-21 px spans 2-3 latent pixels, so its shape
+    # cannot live in the latent's spatial detail (the last thing a DiT draws, round 10) and must
+    # be carried in the channels, as colour is (learned by the DiT in 150 steps).
+    "time stride 2 + learned resample + 1200 steps + space stride 8 + 16 channels": [
+        *_VAE_4X,
+        *_LEARNED_2X,
+        "vae_train.steps=1200",
+        "vae_train.space_stride=8",
+        "vae_train.latent_channels=16",
+    ],
+    # 16x in space with 64 channels: an object is one or two latent pixels, its shape a code in
+    # the channels.
+    "time stride 2 + learned resample + 1200 steps + space stride 16 + 64 channels": [
+        *_VAE_4X,
+        *_LEARNED_2X,
+        "vae_train.steps=1200",
+        "vae_train.space_stride=16",
+        "vae_train.latent_channels=64",
+    ],
 }
 DIT_VARIANTS: dict[str, list[str]] = {
-    "EMA without warm-up (before)": ["train.ema_warmup=false"],
-    "EMA warm-up": [],
-    "EMA warm-up + cosine lr": ["train.optim.schedule=cosine"],
-    "EMA warm-up + lr 2e-3": ["train.optim.lr=2e-3"],
-    "EMA warm-up + lr 3e-3": ["train.optim.lr=3e-3"],
-    "no EMA (raw weights)": ["train.ema_decay=0"],
-    "logit-normal timesteps": ["train.flow.timestep_sampling=logit_normal"],
-    "patch 1x1x1": ["train.model.patch=[1,1,1]"],
+    "preset": [],
+    "EMA without warm-up (before)": [*_DIT_R14, "train.ema_warmup=false"],
+    "EMA warm-up": [*_DIT_R14],
+    "EMA warm-up + cosine lr": [*_DIT_R14, "train.optim.schedule=cosine"],
+    "EMA warm-up + lr 2e-3": [*_DIT_R14, "train.optim.lr=2e-3"],
+    "EMA warm-up + lr 3e-3": [*_DIT_R14, "train.optim.lr=3e-3"],
+    "no EMA (raw weights)": [*_DIT_R14, "train.ema_decay=0"],
+    "logit-normal timesteps": [*_DIT_R14, "train.flow.timestep_sampling=logit_normal"],
+    "patch 1x1x1": [*_DIT_R14, "train.model.patch=[1,1,1]"],
     # The demo's samples are 9x16x16 latents at 1x2x2 patches, 576 tokens: above the 256-token
     # base, the flow's resolution shift moves their timesteps toward noise.
-    "no resolution time shift": ["train.flow.shift_base_tokens=0"],
-    "lr 2e-3 without EMA": ["train.optim.lr=2e-3", "train.ema_decay=0"],
+    "no resolution time shift": [*_DIT_R14, "train.flow.shift_base_tokens=0"],
+    "lr 2e-3 without EMA": [*_DIT_R14, "train.optim.lr=2e-3", "train.ema_decay=0"],
     # 4x4 latent pixels per token: a 64x64 clip is 144 tokens instead of 576, so a step of the
     # same token budget holds ~5x the clips. (Measured with the guard off: its spike rule ended
     # this run at step 49, inside the warm-up, before the guard stopped judging spikes there.)
-    "patch 1x4x4": ["train.model.patch=[1,4,4]", "train.guard.enabled=false"],
+    "patch 1x4x4": [*_DIT_R14, "train.model.patch=[1,4,4]", "train.guard.enabled=false"],
     # Fractional positions along the (t, h, w) diagonals too: a motion's sign as one feature.
-    "diagonal positions": ["train.model.frac_pos_diagonals=true"],
+    "diagonal positions": [*_DIT_R14, "train.model.frac_pos_diagonals=true"],
     # Without the flow's resolution shift, more of the draws fall at low noise, where outlines are drawn.
     "diagonal positions + no resolution time shift": [
+        *_DIT_R14,
         "train.model.frac_pos_diagonals=true",
         "train.flow.shift_base_tokens=0",
     ],
     # The other way: a stronger shift (3x instead of 1.5x at the samples' 576 tokens), more draws
     # at high noise, where the caption decides what is drawn.
     "diagonal positions + shift base 64 tokens": [
+        *_DIT_R14,
         "train.model.frac_pos_diagonals=true",
         "train.flow.shift_base_tokens=64",
     ],
     "diagonal positions + patch 1x4x4": [
+        *_DIT_R14,
         "train.model.frac_pos_diagonals=true",
         "train.model.patch=[1,4,4]",
     ],
     # The loss weighted toward the object's tokens (1 + 4 x distance from the grey background):
     # a shape's outline is a few of a clip's tokens.
-    "foreground weight 4": ["train.flow.foreground_weight=4"],
+    "foreground weight 4": [*_DIT_R14, "train.flow.foreground_weight=4"],
     # The source captions ("a red circle moving left") instead of the recaption stage's paragraph.
-    "short captions": [],
-    "videos + stills (half the samples)": [],
+    "short captions": [*_DIT_R14],
+    "videos + stills (half the samples)": [*_DIT_R14],
+    "videos + stills (80% of samples)": [*_DIT_R14],
     # 4x4 latent pixels per token with the shift's base cut to 16 tokens (these samples' 3x shift,
     # as at 1x2x2 with base 64): x0 prediction + patch 1x4x4 below without the x0 prediction. The
     # demo preset since round 10, kept here as round 10 ran it (guard off).
     "patch 1x4x4 + shift base 16 tokens": [
+        *_DIT_R14,
         "train.guard.enabled=false",
         "train.model.patch=[1,4,4]",
         "train.flow.shift_base_tokens=16",
@@ -94,10 +142,11 @@ DIT_VARIANTS: dict[str, list[str]] = {
     # after the warm-up, gradient norms 13-25 against a running median of 0.77 that still held
     # the warm-up's norms; the guard no longer keeps those, but round 10 ran these variants
     # without it and that is how they stay, so their rows can be rerun as measured.)
-    "x0 prediction": ["train.flow.prediction=x0", "train.guard.enabled=false"],
+    "x0 prediction": [*_DIT_R14, "train.flow.prediction=x0", "train.guard.enabled=false"],
     # ... with 4x4 latent pixels per token (144 tokens per 64x64 clip, 4x the clips per step), the
     # shift's base cut to 16 tokens to keep these samples' 3x shift.
     "x0 prediction + patch 1x4x4": [
+        *_DIT_R14,
         "train.flow.prediction=x0",
         "train.guard.enabled=false",
         "train.model.patch=[1,4,4]",
@@ -107,6 +156,7 @@ DIT_VARIANTS: dict[str, list[str]] = {
     # painted by the output layer (256 values per token from a 128-wide model: x0 prediction, as
     # Li & He 2025 pair with patches wider than the model); the shift's base 4 keeps 3x.
     "x0 prediction + patch 1x8x8": [
+        *_DIT_R14,
         "train.flow.prediction=x0",
         "train.guard.enabled=false",
         "train.model.patch=[1,8,8]",
@@ -114,37 +164,74 @@ DIT_VARIANTS: dict[str, list[str]] = {
     ],
     # From the preset (1x4x4, guard on): the shift at base 4 tokens, 6x at these samples' 144
     # tokens instead of 3x: still more draws at the high noise where a shape is decided (round 7).
-    "shift base 4 tokens": ["train.flow.shift_base_tokens=4"],
+    "shift base 4 tokens": [*_DIT_R14, "train.flow.shift_base_tokens=4"],
     # The preset (1x4x4) on the source captions: round 8 ran "short captions" at 1x2x2.
-    "short captions at patch 1x4x4": [],
+    "short captions at patch 1x4x4": [*_DIT_R14],
     # bf16 weights and activations (DeepSpeed's bf16 mode): on a CPU with AVX512-BF16 a bf16
     # matmul runs ~4x an fp32 one (850-890 vs 200-210 GFLOP/s on this session's EPYC).
-    "bf16": ["train.precision=bf16"],
+    "bf16": [*_DIT_R14, "train.precision=bf16"],
     # Width: 6 x 192 instead of 6 x 128 (2.25x the parameters, ~2x a step's matmuls).
-    "width 192": ["train.model.size=XS-wide"],
+    "width 192": [*_DIT_R14, "train.model.size=XS-wide"],
     # Twice the clips per step (4,096-token micro-batches, twice a step's cost): is shape limited
     # by steps or by the samples seen?
-    "token budget 4096": ["train.data.token_budget=4096"],
+    "token budget 4096": [*_DIT_R14, "train.data.token_budget=4096"],
     # Half the clips per step (1,024-token micro-batches, about half a step's cost).
-    "token budget 1024": ["train.data.token_budget=1024"],
+    "token budget 1024": [*_DIT_R14, "train.data.token_budget=1024"],
     # The preset with another seed (initialisation, data order, noise): how far one run's
     # scores move by chance (runs with one seed repeat to the digit).
-    "seed 1": ["run.seed=1"],
+    "seed 1": [*_DIT_R14, "run.seed=1"],
     # With a 2x-in-space VAE: 8x8 latent pixels per token, the same 16x16 pixels and 144 tokens
     # per sample as the preset's 1x4x4 on the 4x VAE.
-    "patch 1x8x8": ["train.model.patch=[1,8,8]"],
+    "patch 1x8x8": [*_DIT_R14, "train.model.patch=[1,8,8]"],
     # The model also sees its own previous estimate of the clean latent (on half the steps in
     # training, every step but the first when sampling).
-    "self-conditioning": ["train.model.self_condition=true"],
+    "self-conditioning": [*_DIT_R14, "train.model.self_condition=true"],
     # A weaker shift (1.5x at 144 tokens): more training draws at mid and low noise, where a
     # square's corners (the finest detail of the three shapes) appear.
-    "shift base 64 tokens": ["train.flow.shift_base_tokens=64"],
+    "shift base 64 tokens": [*_DIT_R14, "train.flow.shift_base_tokens=64"],
     # Adam's second moment over ~100 steps instead of ~1000: the early steps' large gradients stop
     # shrinking the later steps sooner.
-    "Adam beta2 0.99": ["train.optim.betas=[0.9,0.99]"],
+    "Adam beta2 0.99": [*_DIT_R14, "train.optim.betas=[0.9,0.99]"],
     # U-ViT's 3x3 convolution on the output latent: the samples' outlines are ragged at token
     # borders and the background carries token-sized texture.
-    "conv head": ["train.model.conv_head=true"],
+    "conv head": [*_DIT_R14, "train.model.conv_head=true"],
+    # Muon on the blocks' matrices, AdamW on the rest (trainer/muon.py), at ZeRO 0: its updates
+    # are orthogonalised, which trains language models in ~1/1.4-1/2 the steps of AdamW.
+    "Muon": [*_DIT_R14, "train.optim.name=muon", "train.zero_stage=0"],
+    # Contrastive flow matching (Stoica et al. 2025) at their weight: each prediction is also
+    # pushed away from another sample's target, so what all clips share cannot carry it; the
+    # caption's shape word must (round 13: the shape is decided by the caption at mid noise).
+    "contrastive 0.05": [*_DIT_R14, "train.flow.contrastive=0.05"],
+    "contrastive 0.2": [*_DIT_R14, "train.flow.contrastive=0.2"],
+    # The three that each read a few points above the preset at 900 steps (round 15), together,
+    # on the 8x VAE.
+    "patch 1x2x2 + Muon + contrastive 0.05": [
+        *_DIT_R14,
+        "train.model.patch=[1,2,2]",
+        "train.optim.name=muon",
+        "train.zero_stage=0",
+        "train.flow.contrastive=0.05",
+    ],
+    "patch 1x2x2 + Muon + contrastive 0.05 + seed 1": [
+        *_DIT_R14,
+        "train.model.patch=[1,2,2]",
+        "train.optim.name=muon",
+        "train.zero_stage=0",
+        "train.flow.contrastive=0.05",
+        "run.seed=1",
+    ],
+    # On the 8x VAE: 2x2 latent pixels per token are the same 16x16 pixels and 144 tokens per
+    # sample as the preset's 1x4x4 on the 4x VAE.
+    "patch 1x2x2": [*_DIT_R14, "train.model.patch=[1,2,2]"],
+    "patch 1x2x2 + seed 1": [*_DIT_R14, "train.model.patch=[1,2,2]", "run.seed=1"],
+    # On the 16x VAE: one latent pixel per token, again 16x16 pixels and 144 tokens per sample.
+    "patch 1x1x1 (16x VAE)": [*_DIT_R14, "train.model.patch=[1,1,1]"],
 }
-# Variants that train on a mixture of the videos and still images: the stills' share of samples.
-STILLS_VARIANTS: dict[str, float] = {"videos + stills (half the samples)": 0.5}
+# Variants that train on a mixture of the videos and still images: the stills' share of samples
+# and how many stills.
+STILLS_VARIANTS: dict[str, tuple[float, int]] = {
+    "videos + stills (half the samples)": (0.5, 2 * 192),
+    # At 1x4x4 a 64x64 still is 16 tokens against a clip's 144: four stills in five samples put
+    # ~40 still frames beside ~10 clips in a micro-batch, each showing a shape.
+    "videos + stills (80% of samples)": (0.8, 2000),
+}

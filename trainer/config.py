@@ -187,6 +187,10 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     """Global gradient-norm clipping (0: off)."""
+    name: Literal["adamw", "muon"] = "adamw"
+    """muon: Muon on the transformer blocks' matrices, AdamW on the rest (trainer/muon.py; its
+    lr is scaled to AdamW's update size, so `lr` serves both). Needs zero_stage 0."""
+    muon_momentum: float = 0.95
 
     def validate(self) -> None:
         if not math.isfinite(self.lr) or self.lr <= 0:
@@ -337,6 +341,15 @@ class TrainConfig:
             raise ValueError(
                 f"train.flow.foreground_weight must be >= 0, got {self.flow.foreground_weight}"
             )
+        if not 0 <= self.flow.contrastive < 1:
+            raise ValueError(
+                f"train.flow.contrastive must be in [0, 1), got {self.flow.contrastive}"
+            )
+        if self.flow.contrastive and (self.parallel.sequence > 1 or self.data.token_drop > 0):
+            raise ValueError(
+                "train.flow.contrastive pairs whole samples' tokens by position: it cannot run "
+                "with sequence parallelism or token dropping"
+            )
         if self.model.self_condition and self.objective != "flow":
             raise ValueError("train.model.self_condition needs train.objective flow")
         if self.model.conv_head and (self.parallel.sequence > 1 or self.data.token_drop > 0):
@@ -360,6 +373,11 @@ class TrainConfig:
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("steps, checkpoint_every and log_every must be >= 1")
+        if self.optim.name == "muon" and (self.zero_stage or self.offload_optimizer):
+            raise ValueError(
+                "train.optim.name=muon needs zero_stage 0 (ZeRO flattens the weight matrices "
+                "that Muon orthogonalises) and no offload_optimizer"
+            )
         if self.offload_optimizer and self.zero_stage == 0:
             raise ValueError("offload_optimizer needs zero_stage >= 1")
         if not 0 <= self.ema_decay < 1:

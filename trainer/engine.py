@@ -251,6 +251,10 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
         eps=cfg.optim.eps,
         weight_decay=cfg.optim.weight_decay,
     )
+    if cfg.optim.name == "muon":
+        from trainer.muon import MuonAdamW
+
+        return MuonAdamW(model, momentum=cfg.optim.muon_momentum, **kw)  # type: ignore[arg-type]
     if cfg.offload_optimizer:
         # ZeRO-Offload needs DeepSpeed's CPU Adam (JIT-built; resume not bit-exact, see PLATFORM.md).
         from deepspeed.ops.adam import (

@@ -44,3 +44,9 @@ class FlowConfig:
     """Training loss weight of a token: 1 + this x how far its clean latent is from its sample's
     background (the per-dimension median token), scaled to [0, 1] per sample. 0: off. Puts the
     loss where the content is when most of a clip is plain background (the demo's shapes)."""
+    contrastive: float = 0.0
+    """Contrastive flow matching (Stoica et al. 2025): the training loss also pushes each
+    sample's predicted velocity away from another sample's target, by this weight (they use
+    0.05). The model cannot lean on what every caption's video has in common, so the caption's
+    own detail must carry the prediction. Pairs are samples of one latent shape in a micro-batch.
+    0: off."""

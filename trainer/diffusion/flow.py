@@ -15,7 +15,7 @@ import torch
 
 from trainer.diffusion.common import Denoiser
 from trainer.diffusion.config import FlowConfig
-from trainer.model.packing import PackedBatch
+from trainer.model.packing import PackedBatch, partner_tokens
 
 
 def shift_time(t: torch.Tensor, tokens: torch.Tensor, base: int) -> torch.Tensor:
@@ -115,12 +115,14 @@ class RectifiedFlow:
         t: torch.Tensor | None = None,
         self_condition: bool = False,
     ) -> torch.Tensor:
-        """(N,) per-token MSE between predicted and true velocity, times the foreground weight
-        when training (`train.flow.foreground_weight`); `t`: (B,) fixed times in (0, 1) instead of
+        """(N,) per-token MSE between predicted and true velocity, less the contrastive term and
+        times the foreground weight when training (`train.flow.contrastive`,
+        `foreground_weight`); `t`: (B,) fixed times in (0, 1) instead of
         drawn ones (validation: unweighted, comparable across settings). `self_condition`: first
         estimate x0 from the same noisy input without gradient, then predict given that estimate,
         as a self-conditioning sampler's every step after the first does."""
-        weighted = t is None and self.cfg.foreground_weight > 0
+        training = t is None
+        weighted = training and self.cfg.foreground_weight > 0
         t = self.sample_t(batch, generator) if t is None else t.to(torch.float64)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         xt = self.interpolate(x0, noise, t, batch)
@@ -128,7 +130,13 @@ class RectifiedFlow:
         if self_condition:
             with torch.no_grad():
                 x0_prev = self.estimate_x0(xt, self.velocity(model, xt, t, batch), t, batch)
-        loss = (self.velocity(model, xt, t, batch, x0_prev) - (noise - x0)).pow(2).mean(-1)
+        target = noise - x0
+        v = self.velocity(model, xt, t, batch, x0_prev)
+        loss = (v - target).pow(2).mean(-1)
+        if training and self.cfg.contrastive > 0:
+            idx, has = partner_tokens(batch)
+            away = (v - target[idx]).pow(2).mean(-1)
+            loss = loss - self.cfg.contrastive * has.to(loss.dtype) * away
         if weighted:
             loss = loss * foreground_weights(x0, batch, self.cfg.foreground_weight)
         return loss

@@ -176,3 +176,22 @@ def drop_tokens(
         batch.shapes,
     )
     return tokens[kept], new, kept
+
+
+def partner_tokens(batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's counterpart in another sample of the same patch grid, and whether it has one:
+    ((N,) long, (N,) bool). Samples of one grid are paired in a ring (i -> the next of its grid),
+    so every sample serves as some other's counterpart; a grid held by one sample gets none."""
+    n = batch.coords.shape[0]
+    idx, has = torch.arange(n), torch.zeros(n, dtype=torch.bool)
+    starts = batch.cu_seqlens.tolist()
+    by_grid: dict[tuple[int, int, int], list[int]] = {}
+    for i, g in enumerate(batch.grids):
+        by_grid.setdefault(g, []).append(i)
+    for members in by_grid.values():
+        for a, b in zip(members, members[1:] + members[:1], strict=True):
+            if a == b or starts[a + 1] - starts[a] != starts[b + 1] - starts[b]:
+                continue  # alone in its grid, or tokens dropped unevenly
+            idx[starts[a] : starts[a + 1]] = torch.arange(starts[b], starts[b + 1])
+            has[starts[a] : starts[a + 1]] = True
+    return idx.to(batch.coords.device), has.to(batch.coords.device)

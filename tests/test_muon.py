@@ -1,0 +1,78 @@
+"""train.optim.name=muon: which parameters Muon takes, the schedule reaching both halves, resume."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from trainer.model.config import DiTConfig
+from trainer.model.dit import DiT
+from trainer.muon import MuonAdamW, muon_params
+
+
+def _model() -> DiT:
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(size="tiny", in_channels=4, text_dim=16))
+    for p in model.parameters():  # adaLN-Zero starts the output at 0: give every weight a gradient
+        torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def _step(model: DiT, opt: torch.optim.Optimizer, seed: int) -> None:
+    from trainer.model.packing import pack
+
+    g = torch.Generator().manual_seed(seed)
+    x0, batch = pack(
+        [torch.randn(4, 2, 4, 4, generator=g)], [torch.randn(3, 16, generator=g)], (1, 2, 2)
+    )
+    t = torch.full((1,), 0.5)
+    loss = (model(x0, t, batch) - x0).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest() -> None:
+    model = _model()
+    muon, adam = muon_params(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert muon and all(names[id(p)].startswith("blocks.") and p.ndim == 2 for p in muon)
+    assert {names[id(p)] for p in adam} >= {"x_embed.weight", "final.weight", "blocks.0.mlp.0.bias"}
+    assert len(muon) + len(adam) == len(list(model.parameters()))
+
+
+def test_the_schedule_reaches_both_halves_and_a_restored_state_steps_the_same() -> None:
+    model = _model()
+    opt = MuonAdamW(model, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0, momentum=0.95)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 ** (step + 1))
+    assert [g["lr"] for g in (*opt.muon.param_groups, *opt.adam.param_groups)] == [5e-3, 5e-3]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _step(model, opt, 0)
+    sched.step()
+    assert opt.muon.param_groups[0]["lr"] == opt.adam.param_groups[0]["lr"] == 2.5e-3
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert "blocks.0.mlp.0.weight" in moved and "final.weight" in moved
+
+    twin = copy.deepcopy(model)
+    twin_opt = MuonAdamW(
+        twin, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0, momentum=0.95
+    )
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for g, h in zip(opt.param_groups, twin_opt.param_groups, strict=True):
+        h["lr"] = g["lr"]
+    _step(model, opt, 1)
+    _step(twin, twin_opt, 1)
+    for (n, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q), n  # momentum buffers and Adam moments came back
+
+
+def test_muon_is_refused_with_zero_partitioning() -> None:
+    from infra.config import ConfigError, load
+    from infra.schema import SpacetimeConfig
+    from infra.schema.presets import get_preset
+
+    with pytest.raises(ConfigError, match="needs zero_stage 0"):
+        load(SpacetimeConfig, get_preset("demo"), None, ["train.optim.name=muon"])
+    load(SpacetimeConfig, get_preset("demo"), None, ["train.optim.name=muon", "train.zero_stage=0"])
