@@ -34,14 +34,16 @@ def test_contrastive_loss_subtracts_the_partners_target_in_training_only() -> No
     def zero_model(x, t, b):  # type: ignore[no-untyped-def]
         return torch.zeros_like(x)  # its velocity is 0: each term is its target's square
 
-    def loss(weight: float, t: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(weight: float, t: torch.Tensor | None = None, **kw: list) -> torch.Tensor:  # type: ignore[type-arg]
         flow = RectifiedFlow(FlowConfig(contrastive=weight))
         g = torch.Generator().manual_seed(3)
-        return flow.training_loss(zero_model, x0, batch, generator=g, t=t)
+        return flow.training_loss(zero_model, x0, batch, generator=g, t=t, **kw)
 
-    plain, with_term = loss(0.0), loss(0.25)
+    reported: list[torch.Tensor] = []
+    plain, with_term = loss(0.0), loss(0.25, plain=reported)
     idx, has = partner_tokens(batch)
     torch.testing.assert_close(with_term, plain - 0.25 * has.float() * plain[idx])
+    torch.testing.assert_close(reported[0], plain)  # what the trainer logs and the guard judges
     assert (with_term[has] < plain[has]).all() and torch.equal(with_term[~has], plain[~has])
     t = torch.full((batch.num_samples,), 0.5)
     torch.testing.assert_close(loss(0.25, t), loss(0.0, t))  # validation measures the plain loss

@@ -60,8 +60,12 @@ def test_the_schedule_reaches_both_halves_and_a_restored_state_steps_the_same() 
         twin, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0, momentum=0.95
     )
     twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
-    for g, h in zip(opt.param_groups, twin_opt.param_groups, strict=True):
-        h["lr"] = g["lr"]
+    for g in (*opt.param_groups, *twin_opt.param_groups):  # as the schedule sets it: outer groups
+        g["lr"] = 1e-3
+    assert [g["lr"] for g in (*twin_opt.muon.param_groups, *twin_opt.adam.param_groups)] == [
+        1e-3,
+        1e-3,
+    ]
     _step(model, opt, 1)
     _step(twin, twin_opt, 1)
     for (n, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
@@ -73,6 +77,13 @@ def test_muon_is_refused_with_zero_partitioning() -> None:
     from infra.schema import SpacetimeConfig
     from infra.schema.presets import get_preset
 
-    with pytest.raises(ConfigError, match="needs zero_stage 0"):
-        load(SpacetimeConfig, get_preset("demo"), None, ["train.optim.name=muon"])
-    load(SpacetimeConfig, get_preset("demo"), None, ["train.optim.name=muon", "train.zero_stage=0"])
+    for stage in (1, 2, 3):
+        with pytest.raises(ConfigError, match="needs zero_stage 0"):
+            load(
+                SpacetimeConfig,
+                get_preset("default"),
+                None,
+                ["train.optim.name=muon", f"train.zero_stage={stage}"],
+            )
+    cfg = load(SpacetimeConfig, get_preset("demo"), None, [])  # the demo's: Muon at ZeRO 0
+    assert (cfg.train.optim.name, cfg.train.zero_stage) == ("muon", 0)

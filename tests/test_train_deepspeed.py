@@ -301,6 +301,23 @@ def test_self_conditioning_on_two_zero3_ranks_matches_one_rank(
     assert w["sc_embed.weight"].abs().sum() > 0
 
 
+def test_muon_with_contrastive_loss_at_zero_0_resumes_bit_exact(
+    latents: Path, tmp_path: Path
+) -> None:
+    """The demo preset's optimizer and loss (train.optim.name=muon at ZeRO 0, contrastive flow
+    matching): a run that dies in a checkpoint save resumes from the one before with Muon's
+    momentum and AdamW's moments restored, to the same losses as the run that never stopped."""
+    more = ("--set", "train.optim.name=muon", "--set", "train.flow.contrastive=0.05")
+    _run(_cmd(1, latents, tmp_path, "straight", 0, *more))
+    cmd = _cmd(1, latents, tmp_path, "crashed", 0, *more)
+    _crash_in_save(cmd, 6)
+    log = _run([*cmd, "--resume", "auto"])
+    assert "resumed from step-00000004" in log
+    ref, got = _history(tmp_path, "straight"), _history(tmp_path, "crashed")
+    assert len(got) == STEPS and ref[-1] < ref[0] and min(ref) > 0  # the loss without the term
+    assert got == ref  # bit-exact
+
+
 def test_a_stale_extension_build_lock_does_not_hang_training(latents: Path, tmp_path: Path) -> None:
     """torch's JIT-build lock is a bare file that a killed process leaves behind; a rank must not
     wait on it (it did, forever, for DeepSpeed's shm allreduce op)."""

@@ -64,3 +64,5 @@ class MuonAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.muon.load_state_dict(state_dict["muon"])
         self.adam.load_state_dict(state_dict["adam"])
+        # torch's load makes new group dicts: share those, or the schedule's lr stops reaching them.
+        self.param_groups = [*self.muon.param_groups, *self.adam.param_groups]

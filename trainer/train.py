@@ -236,20 +236,17 @@ class Trainer:
                 x0, batch, _ = drop_tokens(x0, batch, cfg.data.token_drop, gen)
             x0, batch = x0.to(self.d.device), batch.to(self.d.device)
             shard = shard_pack(batch, mesh.sp_group, mesh.sp, mesh.sp_rank) if mesh.sp > 1 else None
+            kw = {"plain": []} if cfg.objective == "flow" and cfg.flow.contrastive else {}
             per_token = self.diffusion.training_loss(
-                self._denoiser(shard), x0, batch, generator=gen, self_condition=self_condition
+                self._denoiser(shard), x0, batch, generator=gen, self_condition=self_condition, **kw
             )
-            if shard is not None:  # this rank's tokens only; the group's ranks hold the others
-                per_token = per_token * shard.mask(per_token.device)
-            part = (
-                per_token.sum()
-                if cfg.loss_averaging == "token"
-                else per_sample(per_token, batch).sum()
-            )
+            part = self._reduce(per_token, batch, shard)
             self.engine.backward(part * (g_total / norm))
             if i_mb < last:  # the last one's step is the optimizer step: after the guard's inputs
                 self.engine.step()
-            loss_sum += part.detach().double().cpu()
+            # Reported and judged by the guard: the loss without a contrastive term (flow.py).
+            shown = self._reduce(kw["plain"][0], batch, shard) if kw else part
+            loss_sum += shown.detach().double().cpu()
             for i in range(len(samples) if first else 0):
                 n = int(batch.cu_seqlens[i + 1] - batch.cu_seqlens[i])
                 flops += n * self.model.flops_per_token(n, len(texts[i]))
@@ -277,6 +274,14 @@ class Trainer:
             "tokens": float(data.global_tokens),
             "samples": float(data.global_samples),
         }
+
+    def _reduce(self, per_token: torch.Tensor, batch: Any, shard: Any) -> torch.Tensor:
+        """A micro-batch's loss sum over its tokens or samples (`train.loss_averaging`)."""
+        if shard is not None:  # this rank's tokens only; the group's ranks hold the others
+            per_token = per_token * shard.mask(per_token.device)
+        if self.cfg.loss_averaging == "token":
+            return per_token.sum()
+        return per_sample(per_token, batch).sum()
 
     def _advance(self, data: StepData, s: dict[str, float]) -> None:
         """The run's position and counts after a step (what a checkpoint stores)."""

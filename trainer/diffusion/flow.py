@@ -114,13 +114,16 @@ class RectifiedFlow:
         generator: torch.Generator | None = None,
         t: torch.Tensor | None = None,
         self_condition: bool = False,
+        plain: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """(N,) per-token MSE between predicted and true velocity, less the contrastive term and
         times the foreground weight when training (`train.flow.contrastive`,
         `foreground_weight`); `t`: (B,) fixed times in (0, 1) instead of
         drawn ones (validation: unweighted, comparable across settings). `self_condition`: first
         estimate x0 from the same noisy input without gradient, then predict given that estimate,
-        as a self-conditioning sampler's every step after the first does."""
+        as a self-conditioning sampler's every step after the first does. `plain`: receives the
+        loss without the contrastive term (detached), the one to report and to judge spikes by:
+        the term can take the objective to 0 or below, where a spike's ratio means nothing."""
         training = t is None
         weighted = training and self.cfg.foreground_weight > 0
         t = self.sample_t(batch, generator) if t is None else t.to(torch.float64)
@@ -133,13 +136,14 @@ class RectifiedFlow:
         target = noise - x0
         v = self.velocity(model, xt, t, batch, x0_prev)
         loss = (v - target).pow(2).mean(-1)
+        weights = foreground_weights(x0, batch, self.cfg.foreground_weight) if weighted else None
+        if plain is not None:
+            plain.append((loss if weights is None else loss * weights).detach())
         if training and self.cfg.contrastive > 0:
             idx, has = partner_tokens(batch)
             away = (v - target[idx]).pow(2).mean(-1)
             loss = loss - self.cfg.contrastive * has.to(loss.dtype) * away
-        if weighted:
-            loss = loss * foreground_weights(x0, batch, self.cfg.foreground_weight)
-        return loss
+        return loss if weights is None else loss * weights
 
     @torch.no_grad()
     def sample(
