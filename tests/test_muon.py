@@ -85,5 +85,7 @@ def test_muon_is_refused_with_zero_partitioning() -> None:
                 None,
                 ["train.optim.name=muon", f"train.zero_stage={stage}"],
             )
-    cfg = load(SpacetimeConfig, get_preset("demo"), None, [])  # the demo's: Muon at ZeRO 0
+    cfg = load(
+        SpacetimeConfig, get_preset("demo"), None, ["train.optim.name=muon", "train.zero_stage=0"]
+    )
     assert (cfg.train.optim.name, cfg.train.zero_stage) == ("muon", 0)

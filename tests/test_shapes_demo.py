@@ -63,11 +63,8 @@ def test_killed_launch_shows_steps_and_eta_to_the_kill() -> None:
 # CI checks that every stage runs, every artefact is made, and that the model follows the
 # caption's colour: the easiest attribute, learned by ~100 steps on 48 videos with a 600-step VAE
 # (colour 12-16 of 24 prompts at 150 steps with 1x2x2 patches, BENCHMARKS.md "CI's colour floor";
-# with the 4x VAE and 1x4x4 patches 18 of 24 at 150 steps, 17 of 24 at 100, 177 s alone). The
-# demo's own 8x 16-channel VAE learns colour later on so few videos and steps (9-10 of 24 at
-# 100-300 steps, round 15), so this run keeps the 4x VAE and its 1x4x4 patches (the same 16x16
-# pixels per token); the rest is the demo preset. The full quality targets are measured by
-# bench/demo_quality.py at step counts CI cannot afford.
+# with the demo's 1x4x4 patches 18 of 24 at 150 steps, 17 of 24 at 100, 177 s alone). The full
+# quality targets are measured by bench/demo_quality.py at step counts CI cannot afford.
 STEPS, VAE_STEPS, PROMPTS, VIDEOS, EVERY = 100, 600, 24, 48, 25
 # A model at chance (1/6 per prompt) reaches 8 of 24 with probability 3.5%.
 COLOUR_FLOOR = 8
@@ -93,9 +90,6 @@ def test_shortened_demo_produces_every_artefact(
         "train.log_every=10",
         "train.optim.warmup_steps=30",
         "sample.steps=10",
-        "vae_train.space_stride=4",
-        "vae_train.latent_channels=0",
-        "train.model.patch=[1,4,4]",
     ):
         argv += ["--set", kv]
     assert main(argv) == 0

@@ -30,13 +30,9 @@ def demo() -> SpacetimeConfig:
     cfg.shard.shard_max_bytes = 1024 * 1024  # several shards: encode and recaption run in parallel
     cfg.vae_train.batch_size = 8
     cfg.vae_train.crop = 32  # shapes videos are 48-96 px
-    # 8x in space with 16 channels: an object of 16-21 px is 2-3 latent pixels, so its outline is
-    # carried in the channels rather than in the latent's finest spatial detail (the last thing a
-    # DiT learns to draw); it reconstructs shape 92% and trains in 109 s against 172 s for the
-    # former 4x, 4-channel VAE (BENCHMARKS.md, round 15). With MSE: with L1 an 8x 4-channel VAE
-    # decoded every clip to flat grey, PSNR looking fine (the background dominates PSNR).
-    cfg.vae_train.space_stride = 8
-    cfg.vae_train.latent_channels = 16
+    # A shape is a few latent pixels at 8x; at 4x with MSE the tiny VAE reconstructs it (with 8x and
+    # L1 it decoded every clip to flat grey, PSNR looking fine: the background dominates PSNR).
+    cfg.vae_train.space_stride = 4
     cfg.vae_train.recon_loss = "mse"
     # At 4x in time the tiny VAE smeared the moving object into ghost trails and lost its outline
     # (the scorer read shape 29% on its reconstructions); 2x with learned pair mixing and 1200
@@ -54,23 +50,18 @@ def demo() -> SpacetimeConfig:
     # Uniform timesteps: logit-normal rarely visits the high-noise end where a shape's layout and
     # direction are decided (PLATFORM.md calibration).
     t.flow.timestep_sampling = "uniform"
-    # 16x16 pixels per token (2x2 latent pixels at 8x): a 64x64 17-frame sample is 144 tokens.
-    # With 8x8 pixels per token shape stayed at chance (29-38%) through 1200 steps; with 16x16 a
-    # step of the same token budget and cost holds 4x the clips and shape rises with steps
-    # (BENCHMARKS.md, round 10).
-    t.model.patch = (1, 2, 2)
+    # 4x4 latent pixels per token (16x16 pixels): a 64x64 17-frame sample is 144 tokens instead of
+    # 576, so a step of the same token budget and cost holds 4x the clips. At 1x2x2 shape stayed
+    # at chance (29-38%) through 1200 steps; at 1x4x4 it rises with steps (46% at 600, 67% at
+    # 1500), and no sample splits or changes colour from step 450 (BENCHMARKS.md, round 10).
+    t.model.patch = (1, 4, 4)
     # A strong resolution shift, 3x at these samples' 144 tokens: more draws at high noise, where
     # the caption decides what is drawn (at 1.5x direction came 150 steps later: round 7).
     t.flow.shift_base_tokens = 16
     t.data.token_budget = 2048
     t.data.microbatches_per_step = 2
     t.data.caption_dropout = 0.1
-    # Muon on the blocks' matrices (it needs ZeRO 0; DiT-XS is small) and contrastive flow
-    # matching: with the 8x VAE, shape at 900 steps read 75% and 71% (two seeds) against 58% for
-    # the former preset (BENCHMARKS.md, round 15).
-    t.zero_stage = 0
-    t.optim.name = "muon"
-    t.flow.contrastive = 0.05
+    t.zero_stage = 2
     t.optim.lr = 1e-3
     t.optim.warmup_steps = 50
     t.ema_decay = 0.99
