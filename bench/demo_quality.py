@@ -189,6 +189,23 @@ def demo_latents(root: Path, vae_dir: Path, vae: str, short: bool = False) -> Pa
     return latents
 
 
+def with_stills(
+    root: Path, vae: str, vae_dir: Path, latents: Path, name: str, over: list[str]
+) -> bool:
+    """For a variant of STILLS_VARIANTS: makes its stills and appends the mixture of videos and
+    stills (by sample share) to `over`; True when it did."""
+    mixture = STILLS_VARIANTS.get(name)
+    if mixture is None:
+        return False
+    share, n = mixture
+    stills = prepare_stills(root, config(VAE_VARIANTS[vae]), vae_dir, n)
+    over.append(
+        f"train.data.sources=[{{latents: {latents}, weight: {1 - share}}}, "
+        f"{{latents: {stills}, weight: {share}}}]"
+    )
+    return True
+
+
 def train_once(run: Path, cfg: SpacetimeConfig, latents: Path, steps: int, mixture: bool) -> Path:
     """Trains the DiT of `cfg` in `run` (2 processes, as the demo) unless it already has; returns
     its checkpoints dir. A `mixture` names its latents in train.data.sources itself."""
@@ -227,17 +244,10 @@ def cmd_dit(args: argparse.Namespace) -> None:
         over = [*VAE_VARIANTS[args.vae], *DIT_VARIANTS[name]]
         short = name.startswith("short captions")
         latents = demo_latents(root, vae_dir, args.vae, short)
-        mixture = STILLS_VARIANTS.get(name)
-        share = None if mixture is None else mixture[0]
-        if mixture is not None:  # a mixture of the videos and still images, by sample share
-            stills = prepare_stills(root, config(VAE_VARIANTS[args.vae]), vae_dir, mixture[1])
-            over.append(
-                f"train.data.sources=[{{latents: {latents}, weight: {1 - share}}}, "
-                f"{{latents: {stills}, weight: {share}}}]"
-            )
+        mixture = with_stills(root, args.vae, vae_dir, latents, name, over)
         cfg = config(over)
         run = root / "runs" / f"{slug(args.vae)}--{slug(name)}"
-        ckpt = train_once(run, cfg, latents, args.steps, share is not None)
+        ckpt = train_once(run, cfg, latents, args.steps, mixture)
         state = json.loads((ckpt.parent / "train_summary.json").read_text())
         step_s = state["wall_s"] / max(1, state["trained_steps"])
         ev = evaluate(
@@ -260,17 +270,10 @@ def cmd_curve(args: argparse.Namespace) -> None:
         over = [*VAE_VARIANTS[args.vae], *DIT_VARIANTS[name]]
         over += [f"train.checkpoint_every={args.every}", "train.keep_checkpoints=1000"]
         latents = demo_latents(root, vae_dir, args.vae, short)
-        mixture = STILLS_VARIANTS.get(name)
-        if mixture is not None:
-            share, n = mixture
-            stills = prepare_stills(root, config(VAE_VARIANTS[args.vae]), vae_dir, n)
-            over.append(
-                f"train.data.sources=[{{latents: {latents}, weight: {1 - share}}}, "
-                f"{{latents: {stills}, weight: {share}}}]"
-            )
+        mixture = with_stills(root, args.vae, vae_dir, latents, name, over)
         cfg = config(over)
         run = root / "curves" / f"{slug(args.vae)}--{slug(name)}--{args.steps}"
-        ckpt = train_once(run, cfg, latents, args.steps, mixture is not None)
+        ckpt = train_once(run, cfg, latents, args.steps, mixture)
         for c in sorted(ckpt.glob("step-*")):
             ev = evaluate(
                 str(c), str(vae_dir), str(run / "samples" / c.name), 24,
