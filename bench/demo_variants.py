@@ -16,6 +16,9 @@ _DIT_R14 = [
     "train.zero_stage=2",
     "train.flow.contrastive=0",
 ]
+# Muon needs ZeRO 0 (trainer/muon.py); round 15's pair of changes to the DiT.
+_MUON = ["train.optim.name=muon", "train.zero_stage=0"]
+_MUON_CONTRASTIVE = [*_MUON, "train.flow.contrastive=0.05"]
 
 VAE_VARIANTS: dict[str, list[str]] = {
     "preset": [],
@@ -196,7 +199,7 @@ DIT_VARIANTS: dict[str, list[str]] = {
     "conv head": [*_DIT_R14, "train.model.conv_head=true"],
     # Muon on the blocks' matrices, AdamW on the rest (trainer/muon.py), at ZeRO 0: its updates
     # are orthogonalised, which trains language models in ~1/1.4-1/2 the steps of AdamW.
-    "Muon": [*_DIT_R14, "train.optim.name=muon", "train.zero_stage=0"],
+    "Muon": [*_DIT_R14, *_MUON],
     # Contrastive flow matching (Stoica et al. 2025) at their weight: each prediction is also
     # pushed away from another sample's target, so what all clips share cannot carry it; the
     # caption's shape word must (round 13: the shape is decided by the caption at mid noise).
@@ -207,23 +210,14 @@ DIT_VARIANTS: dict[str, list[str]] = {
     "patch 1x2x2 + Muon + contrastive 0.05": [
         *_DIT_R14,
         "train.model.patch=[1,2,2]",
-        "train.optim.name=muon",
-        "train.zero_stage=0",
-        "train.flow.contrastive=0.05",
+        *_MUON_CONTRASTIVE,
     ],
     # On the 4x VAE (whose blues stay blue): Muon and the contrastive term alone.
-    "Muon + contrastive 0.05": [
-        *_DIT_R14,
-        "train.optim.name=muon",
-        "train.zero_stage=0",
-        "train.flow.contrastive=0.05",
-    ],
+    "Muon + contrastive 0.05": [*_DIT_R14, *_MUON_CONTRASTIVE],
     "patch 1x2x2 + Muon + contrastive 0.05 + seed 1": [
         *_DIT_R14,
         "train.model.patch=[1,2,2]",
-        "train.optim.name=muon",
-        "train.zero_stage=0",
-        "train.flow.contrastive=0.05",
+        *_MUON_CONTRASTIVE,
         "run.seed=1",
     ],
     # On the 8x VAE: 2x2 latent pixels per token are the same 16x16 pixels and 144 tokens per

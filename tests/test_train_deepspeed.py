@@ -304,9 +304,9 @@ def test_self_conditioning_on_two_zero3_ranks_matches_one_rank(
 def test_muon_with_contrastive_loss_at_zero_0_resumes_bit_exact(
     latents: Path, tmp_path: Path
 ) -> None:
-    """The demo preset's optimizer and loss (train.optim.name=muon at ZeRO 0, contrastive flow
-    matching): a run that dies in a checkpoint save resumes from the one before with Muon's
-    momentum and AdamW's moments restored, to the same losses as the run that never stopped."""
+    """Muon (train.optim.name=muon, which needs ZeRO 0) with contrastive flow matching: a run that
+    dies in a checkpoint save resumes from the one before with Muon's momentum and AdamW's moments
+    restored, to the same losses as the run that never stopped."""
     more = ("--set", "train.optim.name=muon", "--set", "train.flow.contrastive=0.05")
     _run(_cmd(1, latents, tmp_path, "straight", 0, *more))
     cmd = _cmd(1, latents, tmp_path, "crashed", 0, *more)
