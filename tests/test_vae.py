@@ -167,3 +167,42 @@ def test_spatial_weight_penalises_soft_edges_not_a_flat_error() -> None:
     assert loss(flat, 0.0) == pytest.approx(loss(soft, 0.0))
     assert loss(flat, 1.0) == pytest.approx(loss(flat, 0.0))
     assert loss(soft, 1.0) > loss(soft, 0.0) + 0.01
+
+
+def test_foreground_weight_counts_an_error_on_the_object_more() -> None:
+    """vae_train.foreground_weight: the same squared error costs more on the object (pixels away
+    from the crop's median colour) than on the background, by the weight over the mean weight;
+    weight 1 is the plain MSE."""
+    from trainer.vae.config import VAETrainConfig
+    from trainer.vae.model import Posterior
+    from trainer.vae.train import foreground, vae_loss
+
+    x = torch.zeros(1, 3, 3, 16, 16)  # grey background
+    x[:, 2, :, 4:8, 4:8] = 0.8  # a blue-ish 4x4 object: 16 of 256 pixels a frame
+    fg = foreground(x)
+    assert fg.shape == (1, 1, 3, 16, 16) and int(fg.sum()) == 3 * 16
+    assert int(foreground(x, margin=2).sum()) == 3 * 8 * 8  # and 2 pixels around it
+    on_obj, on_bg = x.clone(), x.clone()
+    on_obj[:, 1, :, 4:8, 4:8] += 0.5  # the object's green off by 0.5
+    on_bg[:, 1, :, 11:15, 11:15] += 0.5  # the same error on 16 background pixels
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, rec: torch.Tensor):
+            super().__init__()
+            self.rec = rec
+
+        def forward(self, x: torch.Tensor, noise: torch.Tensor) -> tuple:  # type: ignore[type-arg]
+            z = torch.zeros(1, 4, 2, 4, 4)
+            return self.rec, Posterior(z, z)
+
+    def loss(rec: torch.Tensor, w: float) -> float:
+        cfg = VAETrainConfig(foreground_weight=w, temporal_weight=0.0, recon_loss="mse")
+        return float(vae_loss(Fixed(rec), x, torch.zeros(1), cfg))
+
+    plain = 0.25 * 16 / (3 * 256)
+    assert loss(on_obj, 1.0) == pytest.approx(plain) and loss(on_bg, 1.0) == pytest.approx(plain)
+    mean_w = 1 + 3 * 16 / 256
+    assert loss(on_obj, 4.0) == pytest.approx(plain * 4 / mean_w)
+    assert loss(on_bg, 4.0) == pytest.approx(plain / mean_w)
+    with pytest.raises(ValueError, match="foreground_weight"):
+        VAETrainConfig(foreground_weight=0.5).validate()

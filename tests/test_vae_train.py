@@ -81,17 +81,19 @@ def _clips(shards: Path) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
 def _check_tiled_matches_untiled(vae: CausalVAE, shards: Path) -> None:
     """Stated tolerance for tiled (64 px tiles, 32 px overlap, blended) + chunked encode and decode
     on a trained 4x VAE, on every clip larger than a tile: against the original, the tiled
-    reconstruction is at most 0.15 dB PSNR worse than the untiled one; against the untiled
-    reconstruction itself it reads >= 24 dB. They are not equal: the VAE's GroupNorm takes its
-    statistics per frame, hence per tile. Measured on this test's 300-step 4x VAE (10 clips):
-    tiled minus untiled +0.03 to +0.92 dB against the original, 26-47 dB against each other; 32 px
-    tiles read -1.4 to +1.8 dB and 21-33 dB. (An earlier 8x/L1 VAE read >= 41.9 dB between tiled
+    reconstruction is on average no worse than the untiled one and at most 0.5 dB worse on any
+    clip; against the untiled reconstruction itself it reads >= 24 dB. They are not equal: the
+    VAE's GroupNorm takes its statistics per frame, hence per tile. Measured on this test's
+    300-step 4x VAE (10 clips): tiled minus untiled +0.03 to +0.92 dB against the original, 26-47
+    dB against each other, on a 2-core AMD EPYC; -0.32 to +1.69 dB (mean +0.59) and 29-40 dB on
+    a 2-core Intel Xeon, whose float rounding trains another VAE; 32 px tiles read -1.4 to +1.8
+    dB and 21-33 dB. (An earlier 8x/L1 VAE read >= 41.9 dB between tiled
     and untiled at 32 px: it decoded everything to flat grey, which no tiling can change.)"""
     from trainer.vae.train import psnr
 
     vae.eval()
     tile, lt = 64, 64 // vae.cfg.space_stride  # the tile in pixels, and in latent pixels
-    checked = 0
+    gains: list[float] = []
     for _, x in _clips(shards):
         if max(x.shape[-2:]) <= tile:
             continue  # one tile: nothing to blend
@@ -101,10 +103,10 @@ def _check_tiled_matches_untiled(vae: CausalVAE, shards: Path) -> None:
             tiled = vae.decode_chunked(z, chunk_latent_frames=2, tile=lt, overlap=lt // 2)
             tiled = tiled.clamp(-1, 1)
         # One-sided: tiling must not cost quality (it often gains a little: per-tile norms).
-        assert psnr(tiled[0], x[0]) >= psnr(whole[0], x[0]) - 0.15
+        gains.append(psnr(tiled[0], x[0]) - psnr(whole[0], x[0]))
+        assert gains[-1] >= -0.5, gains
         assert psnr(tiled[0], whole[0]) >= 24.0
-        checked += 1
-    assert checked >= 3
+    assert len(gains) >= 3 and sum(gains) / len(gains) >= 0.0, gains
 
 
 def test_encode_writes_latent_shards_and_resumes(shards: Path, tmp_path: Path) -> None:
@@ -241,6 +243,13 @@ def test_train_vae_two_ranks_match_one_and_resume_on_one(shards: Path, tmp_path:
     assert two["world_size"] == 2 and len(two["losses"]) == 6
     for a, b in zip(one["losses"], two["losses"], strict=False):
         assert abs(a - b) <= 1e-4 * abs(a), (one["losses"], two["losses"])
+    # A checkpoint written before a setting existed resumes, the setting read as its default
+    # (which keeps the behaviour before it): drop the newest ones from the saved config.
+    saved = tmp_path / "two" / "checkpoints" / "step-00000006" / "trainer_state.json"
+    state = json.loads(saved.read_text())
+    for key in ("foreground_weight", "foreground_margin"):
+        del state["config"][key]
+    saved.write_text(json.dumps(state))
     # Resume the 2-rank run on 1 rank (ZeRO-1 partitions the optimizer: universal conversion):
     # steps 7-9 must be the uninterrupted run's.
     resumed = run(1, tmp_path / "two", 9, "--resume", "auto")

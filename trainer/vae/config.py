@@ -67,6 +67,15 @@ class VAETrainConfig:
     spatial_weight: float = 0.0
     """Weight of an L1 loss on neighbouring pixels' differences along H and W (edge sharpness:
     MSE alone rounds a small object's corners, which carry a square's shape)."""
+    foreground_weight: float = 1.0
+    """Weight of the reconstruction error on pixels that differ from their crop's median colour
+    (its background) against 1 elsewhere; the error is renormalised by the mean weight. A small
+    object on a plain background is a few percent of the pixels: the demo's 8x VAE decoded
+    some colours wrong (blue as cyan, red as yellow) in 5 of 9 trainings at weight 1 and in 1 of
+    6 at weight 4, whose outlines came out softer at 1200 steps (BENCHMARKS.md, round 16)."""
+    foreground_margin: int = 0
+    """Background pixels within this many pixels of the object weighted as the object (an
+    outline's halo). 2 was tried on the demo's 8x VAE: colour wrong in all 3 trainings."""
     frames: int = 5
     """Frames per training crop (1 + k x time_stride)."""
     crop: int = 64
@@ -136,8 +145,15 @@ class VAETrainConfig:
             raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if min(self.keep_checkpoints, self.holdout, self.latent_channels) < 0:
-            raise ValueError("keep_checkpoints, holdout and latent_channels must be >= 0")
+        if not self.foreground_weight >= 1:
+            raise ValueError(f"foreground_weight must be >= 1, got {self.foreground_weight}")
+        if (
+            min(self.keep_checkpoints, self.holdout, self.latent_channels, self.foreground_margin)
+            < 0
+        ):
+            raise ValueError(
+                "keep_checkpoints, holdout, latent_channels and foreground_margin must be >= 0"
+            )
         if not self.grad_clip >= 0:  # also refuses NaN
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
 

@@ -30,6 +30,7 @@ import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -57,6 +58,8 @@ RESUME_FIXED = (
     "kl_weight",
     "temporal_weight",
     "spatial_weight",
+    "foreground_weight",
+    "foreground_margin",
     "recon_loss",
     "latent_channels",
     "time_stride",
@@ -149,13 +152,30 @@ def step_noise(
     return torch.randn((cfg.batch_size, *latent), generator=g)[_rank_slice(cfg, rank, world)]
 
 
+def foreground(x: torch.Tensor, threshold: float = 0.1, margin: int = 0) -> torch.Tensor:
+    """(B, C, T, H, W) in [-1, 1] -> (B, 1, T, H, W) 1.0 where a pixel differs from its crop's
+    per-channel median (the background of a mostly plain frame) by more than `threshold`, or lies
+    within `margin` pixels of one."""
+    bg = x.flatten(2).median(dim=2).values[..., None, None, None]
+    fg = ((x - bg).abs().amax(dim=1, keepdim=True) > threshold).to(x.dtype)
+    if not margin:
+        return fg
+    k = 2 * margin + 1
+    return F.max_pool3d(fg, (1, k, k), stride=1, padding=(0, margin, margin))
+
+
 def vae_loss(
     vae: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor, cfg: VAETrainConfig
 ) -> torch.Tensor:
     rec, post = vae(x, noise=noise)
     rec = rec.float()
     err = rec - x
-    recon = err.pow(2).mean() if cfg.recon_loss == "mse" else err.abs().mean()
+    per_pixel = err.pow(2) if cfg.recon_loss == "mse" else err.abs()
+    if cfg.foreground_weight != 1.0:
+        w = 1 + (cfg.foreground_weight - 1) * foreground(x, margin=cfg.foreground_margin)
+        recon = (per_pixel * w).mean() / w.mean()
+    else:
+        recon = per_pixel.mean()
     temporal = (err[:, :, 1:] - err[:, :, :-1]).abs().mean()
     kl = post.kl().float().mean() / x[0].numel()
     loss = recon + cfg.temporal_weight * temporal + cfg.kl_weight * kl
@@ -188,7 +208,10 @@ def train_vae(
             path, state, tag, universal = store.prepare_resume(
                 tag, d.world_size, cfg.zero_stage, d.local_rank
             )
-            check_resume(state["config"], asdict(cfg), RESUME_FIXED, str(path))
+            # A setting added since that checkpoint was written reads as its default, which
+            # every new setting keeps equal to the behaviour before it.
+            then = asdict(VAETrainConfig()) | state["config"]
+            check_resume(then, asdict(cfg), RESUME_FIXED, str(path))
         if cfg.host_heap_retain:
             retain_freed_memory()
         torch.manual_seed(cfg.seed)
