@@ -20,6 +20,18 @@ _DIT_R14 = [
 _MUON = ["train.optim.name=muon", "train.zero_stage=0"]
 _MUON_CONTRASTIVE = [*_MUON, "train.flow.contrastive=0.05"]
 
+_VAE_8X = [
+    *_VAE_4X,
+    *_LEARNED_2X,
+    "vae_train.steps=1200",
+    "vae_train.space_stride=8",
+    "vae_train.latent_channels=16",
+]
+_CROP_48 = ["vae_train.crop=48", "vae_train.batch_size=4"]
+_FG_4 = ["vae_train.foreground_weight=4"]
+_FG_4_M0 = [*_FG_4, "vae_train.foreground_margin=0"]
+_FG_4_M2 = [*_FG_4, "vae_train.foreground_margin=2"]
+
 VAE_VARIANTS: dict[str, list[str]] = {
     "preset": [],
     "demo": [*_VAE_4X],
@@ -73,6 +85,49 @@ VAE_VARIANTS: dict[str, list[str]] = {
         "vae_train.steps=1200",
         "vae_train.space_stride=8",
         "vae_train.latent_channels=16",
+    ],
+    # Round 16: how reliable the 8x VAE is (its demo run decoded blue as cyan, round 15), over
+    # seeds, and with the 4x VAE's training time spent on more steps.
+    "8x16 seed 1": [*_VAE_8X, "vae_train.seed=1"],
+    "8x16 seed 2": [*_VAE_8X, "vae_train.seed=2"],
+    "8x16 1800 steps": [*_VAE_8X, "vae_train.steps=1800"],
+    "8x16 1800 steps seed 1": [*_VAE_8X, "vae_train.steps=1800", "vae_train.seed=1"],
+    "8x16 1800 steps seed 2": [*_VAE_8X, "vae_train.steps=1800", "vae_train.seed=2"],
+    # A 32 px crop is a 4x4 latent at 8x (every latent pixel at the border) and often misses the
+    # object; 48 px crops at half the batch cost about as much a step.
+    "8x16 crop 48 batch 4": [*_VAE_8X, *_CROP_48],
+    "8x16 crop 48 batch 4 seed 1": [*_VAE_8X, *_CROP_48, "vae_train.seed=1"],
+    "8x16 crop 48 batch 4 seed 2": [*_VAE_8X, *_CROP_48, "vae_train.seed=2"],
+    # The object's pixels weigh 4x the background's in the reconstruction error: alone (margin
+    # 0), then with the 2 px around it.
+    "8x16 foreground 4": [*_VAE_8X, *_FG_4_M0],
+    "8x16 foreground 4 seed 1": [
+        *_VAE_8X,
+        *_FG_4_M0,
+        "vae_train.seed=1",
+    ],
+    "8x16 foreground 4 seed 2": [
+        *_VAE_8X,
+        *_FG_4_M0,
+        "vae_train.seed=2",
+    ],
+    "8x16 foreground 4 margin 2": [*_VAE_8X, *_FG_4_M2],
+    "8x16 foreground 4 margin 2 seed 1": [*_VAE_8X, *_FG_4_M2, "vae_train.seed=1"],
+    "8x16 foreground 4 margin 2 seed 2": [*_VAE_8X, *_FG_4_M2, "vae_train.seed=2"],
+    # Margin 0 at 1800 steps (the 4x VAE's 1200 steps' time): colour from the weighting, shape
+    # from the steps.
+    "8x16 foreground 4 1800 steps": [*_VAE_8X, *_FG_4_M0, "vae_train.steps=1800"],
+    "8x16 foreground 4 1800 steps seed 1": [
+        *_VAE_8X,
+        *_FG_4_M0,
+        "vae_train.steps=1800",
+        "vae_train.seed=1",
+    ],
+    "8x16 foreground 4 1800 steps seed 2": [
+        *_VAE_8X,
+        *_FG_4_M0,
+        "vae_train.steps=1800",
+        "vae_train.seed=2",
     ],
     # 16x in space with 64 channels: an object is one or two latent pixels, its shape a code in
     # the channels.
