@@ -134,14 +134,25 @@ def test_save_and_load_pretrained(vae: CausalVAE, tmp_path: Path) -> None:
         CausalVAE.from_pretrained(tmp_path)
 
 
-def test_spatial_weight_penalises_soft_edges_not_a_flat_error() -> None:
-    """vae_train.spatial_weight: L1 on the error's neighbour differences along H and W. Two
-    reconstructions of a square with the same squared error: a uniform offset costs nothing
-    extra, the same error put on the square's outline (soft edges, round corners) does."""
+def _loss_of(rec: torch.Tensor, x: torch.Tensor, **settings: float) -> float:
+    """vae_loss (MSE, no temporal term) of a model whose reconstruction of `x` is `rec`."""
     from trainer.vae.config import VAETrainConfig
     from trainer.vae.model import Posterior
     from trainer.vae.train import vae_loss
 
+    class Fixed(torch.nn.Module):
+        def forward(self, x: torch.Tensor, noise: torch.Tensor) -> tuple:  # type: ignore[type-arg]
+            z = torch.zeros(1, 4, 2, 4, 4)
+            return rec, Posterior(z, z)
+
+    cfg = VAETrainConfig(temporal_weight=0.0, recon_loss="mse", **settings)  # type: ignore[arg-type]
+    return float(vae_loss(Fixed(), x, torch.zeros(1), cfg))
+
+
+def test_spatial_weight_penalises_soft_edges_not_a_flat_error() -> None:
+    """vae_train.spatial_weight: L1 on the error's neighbour differences along H and W. Two
+    reconstructions of a square with the same squared error: a uniform offset costs nothing
+    extra, the same error put on the square's outline (soft edges, round corners) does."""
     x = -torch.ones(1, 3, 3, 16, 16)
     x[..., 4:12, 4:12] = 1.0
     edge = torch.zeros(16, 16, dtype=torch.bool)
@@ -151,18 +162,8 @@ def test_spatial_weight_penalises_soft_edges_not_a_flat_error() -> None:
     soft = x.clone()
     soft[..., edge] -= 0.1 * (256 / edge.sum()).sqrt()  # the same squared error, on the outline
 
-    class Fixed(torch.nn.Module):
-        def __init__(self, rec: torch.Tensor):
-            super().__init__()
-            self.rec = rec
-
-        def forward(self, x: torch.Tensor, noise: torch.Tensor) -> tuple:  # type: ignore[type-arg]
-            z = torch.zeros(1, 4, 2, 4, 4)
-            return self.rec, Posterior(z, z)
-
     def loss(rec: torch.Tensor, w: float) -> float:
-        cfg = VAETrainConfig(spatial_weight=w, temporal_weight=0.0, recon_loss="mse")
-        return float(vae_loss(Fixed(rec), x, torch.zeros(1), cfg))
+        return _loss_of(rec, x, spatial_weight=w)
 
     assert loss(flat, 0.0) == pytest.approx(loss(soft, 0.0))
     assert loss(flat, 1.0) == pytest.approx(loss(flat, 0.0))
@@ -174,8 +175,7 @@ def test_foreground_weight_counts_an_error_on_the_object_more() -> None:
     from the crop's median colour) than on the background, by the weight over the mean weight;
     weight 1 is the plain MSE."""
     from trainer.vae.config import VAETrainConfig
-    from trainer.vae.model import Posterior
-    from trainer.vae.train import foreground, vae_loss
+    from trainer.vae.train import foreground
 
     x = torch.zeros(1, 3, 3, 16, 16)  # grey background
     x[:, 2, :, 4:8, 4:8] = 0.8  # a blue-ish 4x4 object: 16 of 256 pixels a frame
@@ -186,18 +186,8 @@ def test_foreground_weight_counts_an_error_on_the_object_more() -> None:
     on_obj[:, 1, :, 4:8, 4:8] += 0.5  # the object's green off by 0.5
     on_bg[:, 1, :, 11:15, 11:15] += 0.5  # the same error on 16 background pixels
 
-    class Fixed(torch.nn.Module):
-        def __init__(self, rec: torch.Tensor):
-            super().__init__()
-            self.rec = rec
-
-        def forward(self, x: torch.Tensor, noise: torch.Tensor) -> tuple:  # type: ignore[type-arg]
-            z = torch.zeros(1, 4, 2, 4, 4)
-            return self.rec, Posterior(z, z)
-
     def loss(rec: torch.Tensor, w: float) -> float:
-        cfg = VAETrainConfig(foreground_weight=w, temporal_weight=0.0, recon_loss="mse")
-        return float(vae_loss(Fixed(rec), x, torch.zeros(1), cfg))
+        return _loss_of(rec, x, foreground_weight=w)
 
     plain = 0.25 * 16 / (3 * 256)
     assert loss(on_obj, 1.0) == pytest.approx(plain) and loss(on_bg, 1.0) == pytest.approx(plain)
