@@ -6,11 +6,14 @@ from __future__ import annotations
 
 # The demo's VAE since round 1 of issue 20: 2x in time with learned pair mixing.
 _LEARNED_2X = ["vae_train.time_stride=2", "vae_train.temporal_resample=learned"]
-# Each variant names the preset it ran on: a 4x, 4-channel VAE, and the DiT of rounds 10-15
-# (1x4x4 patches, AdamW, ZeRO 2, no contrastive term; rounds 1-9 ran 1x2x2, as BENCHMARKS.md
-# says), so it reruns as measured whatever the demo preset ("preset" below) becomes.
+# Each variant names the preset it ran on: a 4x, 4-channel VAE, and the DiT of rounds 10-16
+# (DiT-XS, 1x4x4 patches, AdamW, ZeRO 2, no contrastive term, an unweighted loss; rounds 1-9 ran
+# 1x2x2, as BENCHMARKS.md says), so it reruns as measured whatever the demo preset ("preset"
+# below) becomes.
 _VAE_4X = ["vae_train.space_stride=4", "vae_train.latent_channels=0"]
 _DIT_R14 = [
+    "train.model.size=XS",
+    "train.flow.foreground_weight=0",
     "train.model.patch=[1,4,4]",
     "train.optim.name=adamw",
     "train.zero_stage=2",
@@ -281,6 +284,32 @@ DIT_VARIANTS: dict[str, list[str]] = {
     "patch 1x2x2 + seed 1": [*_DIT_R14, "train.model.patch=[1,2,2]", "run.seed=1"],
     # On the 16x VAE: one latent pixel per token, again 16x16 pixels and 144 tokens per sample.
     "patch 1x1x1 (16x VAE)": [*_DIT_R14, "train.model.patch=[1,1,1]"],
+    # Cheaper steps: 4 blocks instead of 6 (0.67x a step's time) or width 96 instead of 128 (0.76x):
+    # width 192 learned no faster per step (round 11), so a smaller model may buy steps for free.
+    "depth 4": [*_DIT_R14, "train.model.size=XS-shallow"],
+    "width 96": [*_DIT_R14, "train.model.size=XS-narrow"],
+    "depth 4 + foreground weight 4": [
+        *_DIT_R14,
+        "train.model.size=XS-shallow",
+        "train.flow.foreground_weight=4",
+    ],
+    "depth 4 + foreground weight 4 + seed 1": [
+        *_DIT_R14,
+        "train.model.size=XS-shallow",
+        "train.flow.foreground_weight=4",
+        "run.seed=1",
+    ],
+    # Two latent frames per token at half the token budget: the same ~28 clips a micro-batch at
+    # about half a step's cost (shape rises with optimizer steps, round 15). The shift's base
+    # halves with the tokens (3x at 19 frames' 80 tokens); 19 frames as 17 leave an odd 9 latent
+    # frames.
+    "patch 2x4x4 + token budget 1024": [
+        *_DIT_R14,
+        "train.model.patch=[2,4,4]",
+        "train.data.token_budget=1024",
+        "train.flow.shift_base_tokens=8",
+        "sample.frames=19",
+    ],
 }
 # Variants that train on a mixture of the videos and still images: the stills' share of samples
 # and how many stills.

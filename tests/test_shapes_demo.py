@@ -63,7 +63,8 @@ def test_killed_launch_shows_steps_and_eta_to_the_kill() -> None:
 # CI checks that every stage runs, every artefact is made, and that the model follows the
 # caption's colour: the easiest attribute, learned by ~100 steps on 48 videos with a 600-step VAE
 # (colour 12-16 of 24 prompts at 150 steps with 1x2x2 patches, BENCHMARKS.md "CI's colour floor";
-# with the demo's 1x4x4 patches 18 of 24 at 150 steps, 17 of 24 at 100, 177 s alone). The full
+# with the demo's 1x4x4 patches 18 of 24 at 150 steps, 17 of 24 at 100, 177 s alone; with round
+# 17's 4-block DiT and object-weighted loss 22 of 24 at 100, 198 s alone on a 2-core Xeon). The full
 # quality targets are measured by bench/demo_quality.py at step counts CI cannot afford.
 STEPS, VAE_STEPS, PROMPTS, VIDEOS, EVERY = 100, 600, 24, 48, 25
 # A model at chance (1/6 per prompt) reaches 8 of 24 with probability 3.5%.

@@ -9,6 +9,8 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (2, 64, 4),
     "XS": (6, 128, 4),  # the CPU demo
     "XS-wide": (6, 192, 4),  # the demo's depth at 1.5x its width (issue 20's width ablation)
+    "XS-narrow": (6, 96, 4),  # ... at 0.75x its width, and 2/3 its depth (cheaper steps)
+    "XS-shallow": (4, 128, 4),
     "S": (12, 384, 6),
     "B": (12, 768, 12),
     "L": (24, 1024, 16),
@@ -21,7 +23,7 @@ class DiTConfig:
     """Shape of the denoiser."""
 
     size: str = "tiny"
-    """Named size (depth, hidden, heads): tiny, XS, XS-wide, S, B, L, XL."""
+    """Named size (depth, hidden, heads): tiny, XS, XS-wide, XS-narrow, XS-shallow, S, B, L, XL."""
     in_channels: int = 0
     """Latent channels; 0: the trainer takes them from the latents (the VAE's latent channels:
     4 for spacetime's, 16 for Wan's and HunyuanVideo's)."""
