@@ -43,7 +43,7 @@ def demo() -> SpacetimeConfig:
     cfg.vae_train.steps = 1200
     t = cfg.train
     # 4 blocks of 128, not 6: a step costs 0.67-0.73x, and with the loss weighted toward the object
-    # (below) shape reads 83% at 1500 steps against the 6-block model's 76%, in 542 s against 735
+    # (below) shape reads 83% at 1500 steps against the 6-block model's 76%, in 542 s against 734
     # (BENCHMARKS.md, round 17).
     t.model.size = "XS-shallow"
     t.model.in_channels = 0  # read from the latents (the demo VAE's channels)

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 # DiT's named sizes (depth, hidden, heads), plus a tiny one for tests.
 SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (2, 64, 4),
-    "XS": (6, 128, 4),  # the CPU demo
-    "XS-wide": (6, 192, 4),  # the demo's depth at 1.5x its width (issue 20's width ablation)
-    "XS-narrow": (6, 96, 4),  # ... at 0.75x its width, and 2/3 its depth (cheaper steps)
-    "XS-shallow": (4, 128, 4),
+    "XS": (6, 128, 4),  # the CPU demo until issue 20's round 17
+    "XS-wide": (6, 192, 4),  # XS at 1.5x its width (issue 20's width ablation)
+    "XS-narrow": (6, 96, 4),  # XS at 0.75x its width: a cheaper step
+    "XS-shallow": (4, 128, 4),  # the CPU demo: XS at 2/3 its depth, 0.67-0.73x a step
     "S": (12, 384, 6),
     "B": (12, 768, 12),
     "L": (24, 1024, 16),
