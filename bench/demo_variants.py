@@ -22,6 +22,8 @@ _DIT_R14 = [
 # Muon needs ZeRO 0 (trainer/muon.py); round 15's pair of changes to the DiT.
 _MUON = ["train.optim.name=muon", "train.zero_stage=0"]
 _MUON_CONTRASTIVE = [*_MUON, "train.flow.contrastive=0.05"]
+# Round 17's pair of changes to the DiT (the demo preset since): 4 blocks, the object weighted 4.
+_DEPTH_4_FG_4 = [*_DIT_R14, "train.model.size=XS-shallow", "train.flow.foreground_weight=4"]
 
 _VAE_8X = [
     *_VAE_4X,
@@ -288,17 +290,8 @@ DIT_VARIANTS: dict[str, list[str]] = {
     # width 192 learned no faster per step (round 11), so a smaller model may buy steps for free.
     "depth 4": [*_DIT_R14, "train.model.size=XS-shallow"],
     "width 96": [*_DIT_R14, "train.model.size=XS-narrow"],
-    "depth 4 + foreground weight 4": [
-        *_DIT_R14,
-        "train.model.size=XS-shallow",
-        "train.flow.foreground_weight=4",
-    ],
-    "depth 4 + foreground weight 4 + seed 1": [
-        *_DIT_R14,
-        "train.model.size=XS-shallow",
-        "train.flow.foreground_weight=4",
-        "run.seed=1",
-    ],
+    "depth 4 + foreground weight 4": _DEPTH_4_FG_4,
+    "depth 4 + foreground weight 4 + seed 1": [*_DEPTH_4_FG_4, "run.seed=1"],
     # Two latent frames per token at half the token budget: the same ~28 clips a micro-batch at
     # about half a step's cost (shape rises with optimizer steps, round 15). The shift's base
     # halves with the tokens (3x at 19 frames' 80 tokens); 19 frames as 17 leave an odd 9 latent
