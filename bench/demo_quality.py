@@ -140,10 +140,25 @@ def margins(measured: list[dict[str, Any]], rows: list[dict[str, str]]) -> dict[
     }
 
 
+def settled(record: Path, settings: dict[str, Any], trained: bool) -> None:
+    """Writes the settings a run dir is trained with to `record`, or, when the dir is `trained`
+    already, refuses it if its record names other ones: a run is found by its variant's name,
+    and what a name means changes (the "preset" variants follow the demo preset)."""
+    text = yaml.safe_dump(settings, sort_keys=False)
+    if trained and record.exists() and record.read_text() != text:
+        raise SystemExit(
+            f"{record.parent}: trained with other settings than its variant names now ({record}); "
+            "move it away to retrain"
+        )
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(text)
+
+
 def train_vae_variant(root: Path, name: str) -> Path:
     out = root / "vae" / slug(name)
+    cfg = config(VAE_VARIANTS[name])
+    settled(out / "variant.yaml", to_dict(cfg.vae_train), (out / "vae").exists())
     if not (out / "vae").exists():
-        cfg = config(VAE_VARIANTS[name])
         train_vae(str(root / "clips"), str(out), cfg.vae_train, Storage())
     return out / "vae"
 
@@ -210,10 +225,9 @@ def train_once(run: Path, cfg: SpacetimeConfig, latents: Path, steps: int, mixtu
     """Trains the DiT of `cfg` in `run` (2 processes, as the demo) unless it already has; returns
     its checkpoints dir. A `mixture` names its latents in train.data.sources itself."""
     cfg.run.output_dir, cfg.run.name = str(run), "dit"
-    run.mkdir(parents=True, exist_ok=True)
     cfg_file = run / "config.yaml"
-    cfg_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     ckpt = run / "dit" / "checkpoints"
+    settled(cfg_file, to_dict(cfg), (ckpt / "latest").exists())
     if not (ckpt / "latest").exists():
         cmd = _train_cmd(cfg_file, latents, steps, 2)
         if mixture:
