@@ -292,6 +292,18 @@ DIT_VARIANTS: dict[str, list[str]] = {
     "width 96": [*_DIT_R14, "train.model.size=XS-narrow"],
     "depth 4 + foreground weight 4": _DEPTH_4_FG_4,
     "depth 4 + foreground weight 4 + seed 1": [*_DEPTH_4_FG_4, "run.seed=1"],
+    # Round 18: a third seed of the preset, and Muon with the contrastive term (round 16's pair)
+    # on the preset's 4-block, object-weighted model.
+    "depth 4 + foreground weight 4 + seed 2": [*_DEPTH_4_FG_4, "run.seed=2"],
+    "depth 4 + foreground weight 4 + Muon + contrastive 0.05": [
+        *_DEPTH_4_FG_4,
+        *_MUON_CONTRASTIVE,
+    ],
+    "depth 4 + foreground weight 4 + Muon + contrastive 0.05 + seed 1": [
+        *_DEPTH_4_FG_4,
+        *_MUON_CONTRASTIVE,
+        "run.seed=1",
+    ],
     # Two latent frames per token at half the token budget: the same ~28 clips a micro-batch at
     # about half a step's cost (shape rises with optimizer steps, round 15). The shift's base
     # halves with the tokens (3x at 19 frames' 80 tokens); 19 frames as 17 leave an odd 9 latent

@@ -19,6 +19,15 @@ VIDEOS = SHARED / "data" / "videos"
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on loopback only
+# The cores shared out among the xdist workers (and the processes their tests start): at torch's
+# default, each of two workers on a 2-core machine ran 2 OpenMP threads, and whichever trained in
+# process (a VAE fixture, the demo's VAE) lost its cores to the other worker's threads: the 300-step
+# VAE fixture took 247 s in the suite against 70 s alone (105 s alone on one thread). One thread
+# per worker there cut the suite from 1479 s to 1381 s, cold extensions cache both times
+# (BENCHMARKS.md, the suite's rows). Set before torch is imported, which reads it once.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 # Without a GPU, Triton kernels run (and are tested) in Triton's interpreter on CPU tensors. It must
 # be set before triton.jit decorates anything.
 if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exists():
@@ -142,12 +151,12 @@ def real_shards(
 # minutes start first, so none of them is left to end the run alone while the other worker idles.
 LONGEST_FIRST = (
     "test_train_deepspeed",
+    "test_shapes_demo",
     "test_vae_train",
+    "test_launch_two_hosts",
     "test_pretrained_vae",
     "test_recaption",
-    "test_launch_two_hosts",
     "test_long_runs",
-    "test_shapes_demo",
     "test_launch_ray",
     "test_ray_connect",
     "test_memory_model",
