@@ -24,6 +24,8 @@ _MUON = ["train.optim.name=muon", "train.zero_stage=0"]
 _MUON_CONTRASTIVE = [*_MUON, "train.flow.contrastive=0.05"]
 # Round 17's pair of changes to the DiT (the demo preset since): 4 blocks, the object weighted 4.
 _DEPTH_4_FG_4 = [*_DIT_R14, "train.model.size=XS-shallow", "train.flow.foreground_weight=4"]
+# Round 18's preset, pinned as measured.
+_DEPTH_4_FG_4_MUON_CONTRASTIVE = [*_DEPTH_4_FG_4, *_MUON_CONTRASTIVE]
 
 _VAE_8X = [
     *_VAE_4X,
@@ -295,13 +297,9 @@ DIT_VARIANTS: dict[str, list[str]] = {
     # Round 18: a third seed of the preset, and Muon with the contrastive term (round 16's pair)
     # on the preset's 4-block, object-weighted model.
     "depth 4 + foreground weight 4 + seed 2": [*_DEPTH_4_FG_4, "run.seed=2"],
-    "depth 4 + foreground weight 4 + Muon + contrastive 0.05": [
-        *_DEPTH_4_FG_4,
-        *_MUON_CONTRASTIVE,
-    ],
+    "depth 4 + foreground weight 4 + Muon + contrastive 0.05": _DEPTH_4_FG_4_MUON_CONTRASTIVE,
     "depth 4 + foreground weight 4 + Muon + contrastive 0.05 + seed 1": [
-        *_DEPTH_4_FG_4,
-        *_MUON_CONTRASTIVE,
+        *_DEPTH_4_FG_4_MUON_CONTRASTIVE,
         "run.seed=1",
     ],
     # Two latent frames per token at half the token budget: the same ~28 clips a micro-batch at

@@ -4,8 +4,8 @@ Every stage runs on real files with the real engines: generated videos -> `shard
 `recaption` (stats captioner, joined with the source captions) -> `train-vae` -> `encode` (latents
 and text states of the stats captions) -> `train` (the DiT under DeepSpeed, ZeRO-0 with Muon, in 2
 processes, gloo) -> a forced kill -9 mid-run and `--resume auto` -> `sample` of held-out prompts ->
-the shapes scorer. The training length adapts to `--minutes`: the step rate measured before the interruption
-sets the number of steps that fit in what is left of the budget.
+the shapes scorer. The training length adapts to `--minutes`: the step rate measured before the
+interruption sets the number of steps that fit in what is left of the budget.
 """
 
 from __future__ import annotations
