@@ -302,6 +302,16 @@ DIT_VARIANTS: dict[str, list[str]] = {
         *_DEPTH_4_FG_4_MUON_CONTRASTIVE,
         "run.seed=1",
     ],
+    # Round 19: the preset's peak learning rate, raised (Muon's update is matched to AdamW's size,
+    # so one lr serves both halves; Muon is known to tolerate larger steps than AdamW).
+    "depth 4 + foreground weight 4 + Muon + contrastive 0.05 + lr 2e-3": [
+        *_DEPTH_4_FG_4_MUON_CONTRASTIVE,
+        "train.optim.lr=2e-3",
+    ],
+    "depth 4 + foreground weight 4 + Muon + contrastive 0.05 + lr 3e-3": [
+        *_DEPTH_4_FG_4_MUON_CONTRASTIVE,
+        "train.optim.lr=3e-3",
+    ],
     # Two latent frames per token at half the token budget: the same ~28 clips a micro-batch at
     # about half a step's cost (shape rises with optimizer steps, round 15). The shift's base
     # halves with the tokens (3x at 19 frames' 80 tokens); 19 frames as 17 leave an odd 9 latent

@@ -9,7 +9,7 @@ import torch
 
 from trainer.model.config import DiTConfig
 from trainer.model.dit import DiT
-from trainer.muon import MuonAdamW, muon_params
+from trainer.muon import Muon, MuonAdamW, muon_params, orthogonalize
 
 
 def _model() -> DiT:
@@ -70,6 +70,60 @@ def test_the_schedule_reaches_both_halves_and_a_restored_state_steps_the_same() 
     _step(twin, twin_opt, 1)
     for (n, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
         assert torch.equal(p, q), n  # momentum buffers and Adam moments came back
+
+
+def test_orthogonalize_runs_in_fp32_on_cpu_and_flattens_the_spectrum() -> None:
+    g = torch.Generator().manual_seed(0)
+    update = torch.randn(96, 32, generator=g) @ torch.diag(torch.logspace(-2, 0, 32))
+    out = orthogonalize(update)
+    s = torch.linalg.svdvals(out)
+    assert out.dtype == torch.float32 and out.shape == update.shape
+    assert s.min() > 0.5 and s.max() < 1.5, s  # from singular values spread over 100x
+    # torch.optim.Muon's iteration, in bf16: the same up to bf16's rounding, and not bit-equal.
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    theirs = _zeropower_via_newtonschulz(update, (3.4445, -4.7750, 2.0315), 5, 1e-7).float()
+    assert not torch.equal(out, theirs) and (out - theirs).norm() < 0.03 * theirs.norm()
+
+
+def test_muon_steps_as_torchs_muon_and_loads_its_state() -> None:
+    """Checkpoints written with torch.optim.Muon (before round 19) load and step on the same.
+    Full-rank gradients: on a rank-deficient one, bf16's rounding puts ~0.05 into directions that
+    fp32 keeps at ~0, and the two differ by design."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(48, 16), (16, 32)]
+    ours_p = [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in shapes]
+    theirs_p = [torch.nn.Parameter(p.detach().clone()) for p in ours_p]
+    kw = {"lr": 1e-2, "weight_decay": 0.1, "momentum": 0.95}
+    ours = Muon(ours_p, **kw)
+    theirs = torch.optim.Muon(theirs_p, adjust_lr_fn="match_rms_adamw", **kw)
+    start = [p.detach().clone() for p in ours_p]
+
+    def step(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, seed: int) -> None:
+        grads = torch.Generator().manual_seed(seed)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=grads)
+        opt.step()
+
+    def close(a: list[torch.nn.Parameter], b: list[torch.nn.Parameter]) -> bool:
+        return all(
+            (p - q).norm() < 0.03 * (q - s).norm() and (p - s).abs().max() > 0
+            for p, q, s in zip(a, b, start, strict=True)
+        )
+
+    for seed in range(3):
+        step(ours_p, ours, seed)
+        step(theirs_p, theirs, seed)
+    assert close(ours_p, theirs_p)
+
+    resumed_p = [torch.nn.Parameter(p.detach().clone()) for p in theirs_p]
+    fresh_p = [torch.nn.Parameter(p.detach().clone()) for p in theirs_p]
+    resumed = Muon(resumed_p, **kw)
+    resumed.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    for params, opt in ((theirs_p, theirs), (resumed_p, resumed), (fresh_p, Muon(fresh_p, **kw))):
+        step(params, opt, 3)
+    assert close(resumed_p, theirs_p)  # the momentum came back
+    assert not close(fresh_p, theirs_p)  # without it, the step differs
 
 
 def test_muon_is_refused_with_zero_partitioning() -> None:
