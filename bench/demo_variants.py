@@ -18,6 +18,7 @@ _DIT_R14 = [
     "train.optim.name=adamw",
     "train.zero_stage=2",
     "train.flow.contrastive=0",
+    "train.optim.lr=1e-3",
 ]
 # Muon needs ZeRO 0 (trainer/muon.py); round 15's pair of changes to the DiT.
 _MUON = ["train.optim.name=muon", "train.zero_stage=0"]
@@ -311,6 +312,18 @@ DIT_VARIANTS: dict[str, list[str]] = {
     "depth 4 + foreground weight 4 + Muon + contrastive 0.05 + lr 3e-3": [
         *_DEPTH_4_FG_4_MUON_CONTRASTIVE,
         "train.optim.lr=3e-3",
+    ],
+    # Two more seeds of lr 3e-3, trained after Muon's orthogonalisation moved to fp32 on CPU (the
+    # two rows above ran torch's bf16 one).
+    "depth 4 + foreground weight 4 + Muon + contrastive 0.05 + lr 3e-3 + seed 1": [
+        *_DEPTH_4_FG_4_MUON_CONTRASTIVE,
+        "train.optim.lr=3e-3",
+        "run.seed=1",
+    ],
+    "depth 4 + foreground weight 4 + Muon + contrastive 0.05 + lr 3e-3 + seed 2": [
+        *_DEPTH_4_FG_4_MUON_CONTRASTIVE,
+        "train.optim.lr=3e-3",
+        "run.seed=2",
     ],
     # Two latent frames per token at half the token budget: the same ~28 clips a micro-batch at
     # about half a step's cost (shape rises with optimizer steps, round 15). The shift's base
