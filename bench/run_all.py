@@ -33,6 +33,7 @@ BENCHES: dict[str, list[str]] = {
     "packing": [PY, "bench/packing.py"],
     "train": [PY, "bench/train.py"],
     "train_profile": [PY, "bench/train_profile.py"],
+    "muon": [PY, "bench/muon.py"],
     "checkpoint": [PY, "bench/checkpoint.py"],
     "sequence_parallel": [PY, "bench/sequence_parallel.py"],
     "recaption": [PY, "bench/recaption.py"],

@@ -2,8 +2,8 @@
 Moonlight, Liu et al. 2025): the update of each hidden weight matrix is orthogonalised, so every
 direction of it moves at the same rate instead of the few that dominate the gradient.
 
-Muon takes 2-D parameters only; this pairs it with AdamW for the embeddings, norms,
-biases and output head in one optimizer object, so the trainer's LR schedule, step guard and
+Muon takes 2-D parameters only; this pairs it with AdamW for the embeddings, norms, biases and
+output head in one optimizer object, so the trainer's LR schedule, step guard and
 checkpoints see a single optimizer. The two share the param-group dicts, so the schedule's
 learning rate reaches both.
 
@@ -26,20 +26,25 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
 
 
-def orthogonalize(update: torch.Tensor, steps: int = NS_STEPS, eps: float = 1e-7) -> torch.Tensor:
+def orthogonalize(
+    update: torch.Tensor,
+    steps: int = NS_STEPS,
+    eps: float = 1e-7,
+    coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+) -> torch.Tensor:
     """U S' V^T for update = U S V^T, S' ~ 1 (0.5-1.5: the iteration trades exactness for steps),
     computed in bf16 on CUDA and fp32 elsewhere; returned in the update's dtype."""
-    a, b, c = NS_COEFFICIENTS
+    a, b, c = coefficients
     dtype = torch.bfloat16 if update.is_cuda else torch.float32
     x = update.to(dtype)
-    wide = x.size(0) > x.size(1)
-    if wide:  # the Gram matrix on the short side is the cheap one
+    tall = x.size(0) > x.size(1)
+    if tall:  # the Gram matrix on the short side is the cheap one
         x = x.T
     x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
     for _ in range(steps):
         gram = x @ x.T
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return (x.T if wide else x).to(update.dtype)
+    return (x.T if tall else x).to(update.dtype)
 
 
 class Muon(torch.optim.Optimizer):
@@ -70,7 +75,9 @@ class Muon(torch.optim.Optimizer):
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
                 buf.lerp_(p.grad, 1 - m)
                 update = p.grad.lerp(buf, m) if group["nesterov"] else buf
-                update = orthogonalize(update, group["ns_steps"], group["eps"])
+                update = orthogonalize(
+                    update, group["ns_steps"], group["eps"], group["ns_coefficients"]
+                )
                 p.mul_(1 - lr * group["weight_decay"])
                 p.add_(update, alpha=-lr * 0.2 * math.sqrt(max(p.shape)))
         return loss
