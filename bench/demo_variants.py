@@ -25,8 +25,9 @@ _MUON = ["train.optim.name=muon", "train.zero_stage=0"]
 _MUON_CONTRASTIVE = [*_MUON, "train.flow.contrastive=0.05"]
 # Round 17's pair of changes to the DiT (the demo preset since): 4 blocks, the object weighted 4.
 _DEPTH_4_FG_4 = [*_DIT_R14, "train.model.size=XS-shallow", "train.flow.foreground_weight=4"]
-# Round 18's preset, pinned as measured.
+# Round 18's preset, pinned as measured, and round 19's (its lr 3x).
 _DEPTH_4_FG_4_MUON_CONTRASTIVE = [*_DEPTH_4_FG_4, *_MUON_CONTRASTIVE]
+_R19 = [*_DEPTH_4_FG_4_MUON_CONTRASTIVE, "train.optim.lr=3e-3"]
 
 _VAE_8X = [
     *_VAE_4X,
@@ -309,20 +310,15 @@ DIT_VARIANTS: dict[str, list[str]] = {
         *_DEPTH_4_FG_4_MUON_CONTRASTIVE,
         "train.optim.lr=2e-3",
     ],
-    "depth 4 + foreground weight 4 + Muon + contrastive 0.05 + lr 3e-3": [
-        *_DEPTH_4_FG_4_MUON_CONTRASTIVE,
-        "train.optim.lr=3e-3",
-    ],
+    "depth 4 + foreground weight 4 + Muon + contrastive 0.05 + lr 3e-3": _R19,
     # Two more seeds of lr 3e-3, trained after Muon's orthogonalisation moved to fp32 on CPU (the
     # two rows above ran torch's bf16 one).
     "depth 4 + foreground weight 4 + Muon + contrastive 0.05 + lr 3e-3 + seed 1": [
-        *_DEPTH_4_FG_4_MUON_CONTRASTIVE,
-        "train.optim.lr=3e-3",
+        *_R19,
         "run.seed=1",
     ],
     "depth 4 + foreground weight 4 + Muon + contrastive 0.05 + lr 3e-3 + seed 2": [
-        *_DEPTH_4_FG_4_MUON_CONTRASTIVE,
-        "train.optim.lr=3e-3",
+        *_R19,
         "run.seed=2",
     ],
     # Two latent frames per token at half the token budget: the same ~28 clips a micro-batch at

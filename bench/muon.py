@@ -56,15 +56,15 @@ def main() -> None:
     from infra.config import load
     from infra.schema import SpacetimeConfig
     from infra.schema.presets import get_preset
+    from trainer import muon
     from trainer.model.packing import pack
-    from trainer.muon import NS_COEFFICIENTS, NS_STEPS, MuonAdamW, muon_params, orthogonalize
     from trainer.train import build_model
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = load(SpacetimeConfig, get_preset("demo"), None, ["train.model.in_channels=4"]).train
     model = build_model(cfg)
-    matrices = muon_params(model)[0]
+    matrices = muon.muon_params(model)[0]
     grads = [torch.randn_like(p) for p in matrices]
 
     # 14 clips of 9 latent frames at 16x16 (the demo's 17x64x64 through its 2x/4x VAE): 2016
@@ -80,21 +80,21 @@ def main() -> None:
 
     fwd_bwd()
     kw = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.95}
-    ours = MuonAdamW(model, **kw)  # type: ignore[arg-type]
-    theirs = MuonAdamW(model, **kw)  # type: ignore[arg-type]
+    ours = muon.MuonAdamW(model, **kw)  # type: ignore[arg-type]
+    theirs = muon.MuonAdamW(model, **kw)  # type: ignore[arg-type]
     theirs.muon = torch.optim.Muon(
-        [theirs.param_groups[0]], lr=1e-3, weight_decay=0.0, momentum=0.95,
-        adjust_lr_fn="match_rms_adamw",
+        [theirs.param_groups[0]], lr=kw["lr"], weight_decay=kw["weight_decay"],
+        momentum=kw["momentum"], adjust_lr_fn="match_rms_adamw",
     )  # fmt: skip
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def ns_torch() -> None:
         for gr in grads:
-            _zeropower_via_newtonschulz(gr, NS_COEFFICIENTS, NS_STEPS, 1e-7)
+            _zeropower_via_newtonschulz(gr, muon.NS_COEFFICIENTS, muon.NS_STEPS, muon.NS_EPS)
 
     def ns_ours() -> None:
         for gr in grads:
-            orthogonalize(gr)
+            muon.orthogonalize(gr)
 
     rows = {
         f"orthogonalise the {len(matrices)} matrices": (

@@ -24,12 +24,13 @@ import torch
 # Keller Jordan's quintic Newton-Schulz coefficients and step count (torch.optim.Muon's defaults).
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
+NS_EPS = 1e-7  # the floor of the norm the update is divided by
 
 
 def orthogonalize(
     update: torch.Tensor,
     steps: int = NS_STEPS,
-    eps: float = 1e-7,
+    eps: float = NS_EPS,
     coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
 ) -> torch.Tensor:
     """U S' V^T for update = U S V^T, S' ~ 1 (0.5-1.5: the iteration trades exactness for steps),
@@ -57,7 +58,7 @@ class Muon(torch.optim.Optimizer):
     ):
         defaults = {
             "lr": lr, "weight_decay": weight_decay, "momentum": momentum, "nesterov": nesterov,
-            "ns_coefficients": NS_COEFFICIENTS, "eps": 1e-7, "ns_steps": NS_STEPS,
+            "ns_coefficients": NS_COEFFICIENTS, "eps": NS_EPS, "ns_steps": NS_STEPS,
             "adjust_lr_fn": "match_rms_adamw",
         }  # fmt: skip
         super().__init__(params, defaults)
