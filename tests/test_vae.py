@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -69,16 +70,31 @@ def test_temporal_chunks_equal_whole_clip(vae: CausalVAE) -> None:
             )
 
 
-@pytest.mark.parametrize(("resample", "space"), [("average", 4), ("learned", 4), ("learned", 2)])
+@pytest.mark.parametrize(
+    ("resample", "space", "patch"),
+    [("average", 4, 1), ("learned", 4, 1), ("learned", 2, 1), ("learned", 4, 2), ("learned", 8, 2)],
+)
 def test_time_stride_2_and_learned_resampling_are_causal_and_chunk_exactly(
-    resample: str, space: int
+    resample: str, space: int, patch: int
 ) -> None:
     from trainer.vae.config import VAETrainConfig
 
-    cfg = VAETrainConfig(time_stride=2, space_stride=space, temporal_resample=resample).vae_config()
+    train_cfg = VAETrainConfig(
+        time_stride=2, space_stride=space, temporal_resample=resample, patch=patch
+    )
+    train_cfg.validate()
+    cfg = train_cfg.vae_config()
     assert (cfg.time_stride, cfg.space_stride) == (2, space)
     torch.manual_seed(0)
     vae = CausalVAE(cfg).double().eval()
+    # Pixels folded into channels: the first and last convolutions see 3 x patch^2 channels, and
+    # one fewer spatial downsample per doubling of the patch.
+    assert (
+        vae.encoder.conv_in.conv.in_channels
+        == 3 * patch**2
+        == vae.decoder.conv_out.conv.out_channels
+    )
+    assert len(cfg.channel_mults) == 1 + (space // patch).bit_length() - 1
     x = video(13, 24, 40)
     with torch.no_grad():
         z = vae.encode(x).mean
@@ -132,6 +148,21 @@ def test_save_and_load_pretrained(vae: CausalVAE, tmp_path: Path) -> None:
     assert loaded.normalize(z)[0, 1].mean() != z[0, 1].mean()
     with pytest.raises(FileNotFoundError, match="not a VAE directory"):
         CausalVAE.from_pretrained(tmp_path)
+    # A VAE saved before patch_size existed loads as unpatched.
+    cfg_file = tmp_path / "vae" / "config.json"
+    raw = json.loads(cfg_file.read_text())
+    cfg_file.write_text(json.dumps({k: v for k, v in raw.items() if k != "patch_size"}))
+    assert (
+        raw["patch_size"] == 1 and CausalVAE.from_pretrained(tmp_path / "vae").cfg.patch_size == 1
+    )
+
+
+def test_a_patch_that_leaves_time_no_downsample_is_refused() -> None:
+    from trainer.vae.config import VAETrainConfig
+
+    with pytest.raises(ValueError, match="patch x time_stride"):
+        VAETrainConfig(time_stride=4, space_stride=4, patch=2).validate()
+    VAETrainConfig(time_stride=4, space_stride=8, patch=2).validate()
 
 
 def _loss_of(rec: torch.Tensor, x: torch.Tensor, **settings: float) -> float:

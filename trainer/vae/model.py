@@ -84,7 +84,8 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         chs = [cfg.base_channels * m for m in cfg.channel_mults]
-        self.conv_in = CausalConv3d(cfg.in_channels, chs[0])
+        self.patch = cfg.patch_size
+        self.conv_in = CausalConv3d(cfg.in_channels * self.patch**2, chs[0])
         layers: list[nn.Module] = []
         cin = chs[0]
         for level, ch in enumerate(chs):
@@ -100,6 +101,8 @@ class Encoder(nn.Module):
         self.conv_out = CausalConv3d(cin, 2 * cfg.latent_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.patch > 1:
+            x = per_frame(nn.PixelUnshuffle(self.patch), x)
         h = self.body(self.conv_in(x))
         return self.conv_out(F.silu(per_frame(self.norm, h)))
 
@@ -121,10 +124,12 @@ class Decoder(nn.Module):
                 )
         self.body = nn.Sequential(*layers)
         self.norm = frame_norm(cin)
-        self.conv_out = CausalConv3d(cin, cfg.in_channels)
+        self.patch = cfg.patch_size
+        self.conv_out = CausalConv3d(cin, cfg.in_channels * self.patch**2)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.conv_out(F.silu(per_frame(self.norm, self.body(self.conv_in(z)))))
+        out = self.conv_out(F.silu(per_frame(self.norm, self.body(self.conv_in(z)))))
+        return per_frame(nn.PixelShuffle(self.patch), out) if self.patch > 1 else out
 
 
 @dataclass
