@@ -19,6 +19,7 @@ _DIT_R14 = [
     "train.zero_stage=2",
     "train.flow.contrastive=0",
     "train.optim.lr=1e-3",
+    "train.data.token_budget=2048",
 ]
 # Muon needs ZeRO 0 (trainer/muon.py); round 15's pair of changes to the DiT.
 _MUON = ["train.optim.name=muon", "train.zero_stage=0"]
@@ -28,6 +29,8 @@ _DEPTH_4_FG_4 = [*_DIT_R14, "train.model.size=XS-shallow", "train.flow.foregroun
 # Round 18's preset, pinned as measured, and round 19's (its lr 3x).
 _DEPTH_4_FG_4_MUON_CONTRASTIVE = [*_DEPTH_4_FG_4, *_MUON_CONTRASTIVE]
 _R19 = [*_DEPTH_4_FG_4_MUON_CONTRASTIVE, "train.optim.lr=3e-3"]
+# Round 20's DiT (the preset's, on the folded VAE "preset + patch 2"): half round 19's batch.
+_R20 = [*_R19, "train.data.token_budget=1024"]
 
 _VAE_8X = [
     *_VAE_4X,
@@ -53,6 +56,11 @@ VAE_VARIANTS: dict[str, list[str]] = {
     "time stride 2 + 2400 steps": [*_VAE_4X, "vae_train.time_stride=2", "vae_train.steps=2400"],
     "learned resample": [*_VAE_4X, "vae_train.temporal_resample=learned"],
     "time stride 2 + learned resample": _LEARNED_2X,
+    # Round 20: pixels folded 2x2 into channels before the first convolution (and unfolded after
+    # the last), so no convolution runs at full size: half the FLOPs a step. The preset since; the
+    # VAE of rounds 1-19 without it.
+    "preset + patch 2": ["vae_train.patch=2"],
+    "round 19 (no patch)": ["vae_train.patch=1"],
     "time stride 2 + learned resample + 1200 steps": [
         *_VAE_4X,
         *_LEARNED_2X,
@@ -321,6 +329,10 @@ DIT_VARIANTS: dict[str, list[str]] = {
         *_R19,
         "run.seed=2",
     ],
+    # Round 20: half the batch (a micro-batch of 1024 tokens a rank, ~7 clips), so a step costs
+    # about half: is shape learned per step or per clip seen?
+    "round 19 + half batch": _R20,
+    "round 19 + half batch + seed 1": [*_R20, "run.seed=1"],
     # Two latent frames per token at half the token budget: the same ~28 clips a micro-batch at
     # about half a step's cost (shape rises with optimizer steps, round 15). The shift's base
     # halves with the tokens (3x at 19 frames' 80 tokens); 19 frames as 17 leave an odd 9 latent

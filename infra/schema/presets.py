@@ -41,6 +41,11 @@ def demo() -> SpacetimeConfig:
     cfg.vae_train.time_stride = 2
     cfg.vae_train.temporal_resample = "learned"
     cfg.vae_train.steps = 1200
+    # Pixels folded 2x2 into channels first: no convolution at full size, half the FLOPs and
+    # time of a step (140 s against 271 s for 1200 steps on 2 cores), its reconstructions read as
+    # the unfolded VAE's (shape, colour, direction, intact 100%), and the DiT learns shape from its
+    # latents sooner: 85% at 600 steps against 67-69% (BENCHMARKS.md, round 20).
+    cfg.vae_train.patch = 2
     t = cfg.train
     # 4 blocks of 128, not 6: a step costs 0.67-0.73x, and with the loss weighted toward the object
     # (below) shape reads 83% at 1500 steps against the 6-block model's 76%, in 542 s against 734
@@ -64,7 +69,10 @@ def demo() -> SpacetimeConfig:
     # A strong resolution shift, 3x at these samples' 144 tokens: more draws at high noise, where
     # the caption decides what is drawn (at 1.5x direction came 150 steps later: round 7).
     t.flow.shift_base_tokens = 16
-    t.data.token_budget = 2048
+    # Half round 19's batch (~7 clips a micro-batch, ~14 a step): a step costs ~0.55x, and shape
+    # reads 64-78 / 94 / 97-99% at 600 / 1200 / 1800 steps (two seeds), the clips of 300 / 600 /
+    # 900 full-batch steps, which read 47 / 85 / 93% (BENCHMARKS.md, round 20).
+    t.data.token_budget = 1024
     t.data.microbatches_per_step = 2
     t.data.caption_dropout = 0.1
     # Muon on the blocks' matrices (ZeRO 0: trainer/muon.py) and the contrastive term, each
