@@ -64,6 +64,7 @@ RESUME_FIXED = (
     "latent_channels",
     "time_stride",
     "temporal_resample",
+    "patch",
 )
 
 
