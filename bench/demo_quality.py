@@ -193,14 +193,15 @@ def _row(name: str, seconds: float, s: dict[str, Any]) -> str:
 
 def demo_latents(root: Path, vae_dir: Path, vae: str, short: bool = False) -> Path:
     """The demo's clips encoded by VAE variant `vae`, once per workdir: with the recaption stage's
-    paragraphs, or (`short`) with their source captions ("a red circle moving left")."""
+    paragraphs, or (`short`) with their source captions ("a red circle moving left"). Encode runs
+    every time: it skips the shards already encoded and refuses latents made by another VAE (a
+    variant retrained under the same name) or with other settings."""
     latents = root / ("latents-short" if short else "latents") / slug(vae)
-    if not latents.exists():
-        cfg = config(VAE_VARIANTS[vae])
-        run_encode(
-            str(root / "clips"), str(latents), str(vae_dir), None, cfg.encode, cfg.storage,
-            captions=None if short else str(root / "captions"),
-        )  # fmt: skip
+    cfg = config(VAE_VARIANTS[vae])
+    run_encode(
+        str(root / "clips"), str(latents), str(vae_dir), None, cfg.encode, cfg.storage,
+        captions=None if short else str(root / "captions"),
+    )  # fmt: skip
     return latents
 
 
