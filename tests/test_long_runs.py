@@ -1,6 +1,6 @@
 """Long-run safety under the real DeepSpeed engine on CPU (gloo), in real processes: asynchronous
-checkpoints (bit-identical to synchronous ones, kill -9 while one is being written), the step
-guard (a NaN in one rank's gradients, a spike, clustered spikes rolling back), the EMA under
+checkpoints (bit-identical to synchronous ones, kill -9 while one is being written), the
+wall-clock stop (train.time_limit_s), the step guard (a NaN in one rank's gradients, a spike, clustered spikes rolling back), the EMA under
 ZeRO-3, and the held-out validation across a resume (its world-size test: test_validation.py)."""
 
 from __future__ import annotations
@@ -183,3 +183,24 @@ def test_clustered_spikes_roll_back_and_a_resume_keeps_the_window(
     assert "resumed from step-00000006" in log and "skipped (a rolled-back window)" in log
     assert _history(tmp_path, "rb2") == _history(tmp_path, "rb")
     assert _equal(_weights(tmp_path / "rb2", STEPS), _weights(tmp_path / "rb", STEPS))
+
+
+def test_a_time_limit_stops_both_ranks_at_one_step_checkpointed_and_resume_goes_on(
+    latents: Path,  # noqa: F811 (the imported fixture)
+    tmp_path: Path,
+) -> None:
+    """A time limit shorter than the launch's setup: rank 0's clock says stop after the first
+    step and both ranks stop there (a rank deciding alone would hang the other in the next
+    step's collectives); step 1, not a multiple of checkpoint_every, is checkpointed and the
+    launch exits 0. `--resume auto` without the limit trains the rest."""
+    cmd = _cmd(2, latents, tmp_path, "tl", 2)
+    log = _run([*cmd, "--set", "train.time_limit_s=0.5"])
+    assert f"time limit: stopped at step 1 of {STEPS}, checkpointed" in log
+    run = tmp_path / "tl"
+    assert (run / "checkpoints" / "latest").read_text() == "step-00000001"
+    assert json.loads((run / "train_summary.json").read_text())["stopped_at_time_limit"] is True
+    log = _run([*cmd, "--resume", "auto"])
+    assert "resumed from step-00000001" in log
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["steps"] == STEPS and summary["trained_steps"] == STEPS - 1
+    assert summary["stopped_at_time_limit"] is False

@@ -294,6 +294,12 @@ class TrainConfig:
     save_timeout_s: float = 10800.0
     """How long ranks wait for each other around a checkpoint save (uploads to S3 included);
     separate from dist_timeout_s, which a long upload must not trip."""
+    time_limit_s: float = 0.0
+    """Stop this launch at the step boundary before this many seconds from its start (setup
+    included) run out, checkpoint that step and exit 0, so `--resume auto` continues (0: off).
+    Leave a margin for the last save and the exit (trainer/deadline.py)."""
+    stop_at: float = 0.0
+    """The same at a Unix time, e.g. Slurm's $SLURM_JOB_END_TIME less a margin (0: off)."""
     peak_tflops: float = 0.0
     """Peak of one device for MFU (0: measured with a matmul on CPU; 989 for H100 bf16 dense)."""
     preview: PreviewConfig = field(default_factory=PreviewConfig)
@@ -386,3 +392,5 @@ class TrainConfig:
             raise ValueError("keep_checkpoints, bucket_elements and watchdog_s must be >= 0")
         if not self.dist_timeout_s > 0 or not self.save_timeout_s > 0 or not self.peak_tflops >= 0:
             raise ValueError("dist_timeout_s and save_timeout_s must be > 0, peak_tflops >= 0")
+        if not self.time_limit_s >= 0 or not self.stop_at >= 0:
+            raise ValueError("time_limit_s and stop_at must be >= 0 (0: off)")

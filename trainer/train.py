@@ -30,6 +30,7 @@ from trainer.checkpoint import CheckpointStore, check_resume, local_run_dir
 from trainer.config import RESUME_FIXED, RunConfig, TrainConfig
 from trainer.data.loader import StepData, adopt_latent_space, training_index
 from trainer.data.stages import STAGE_EPOCHS, run_loader, stage_entry, stages
+from trainer.deadline import Deadline, stop_at_limit
 from trainer.diffusion.common import per_sample
 from trainer.diffusion.objectives import build_diffusion
 from trainer.ema import EMA
@@ -104,6 +105,8 @@ class Trainer:
         self.data_position = (0, 0)  # where the running step's data comes from
         self.validation: list[dict[str, Any]] = []  # held-out results, as the run state keeps them
         self.lora_base: str | None = None  # digest of a LoRA run's frozen base weights
+        self.deadline = Deadline(cfg.time_limit_s, cfg.stop_at, time.time(), dinfo.device)
+        self.stopped_at_limit = False  # this launch ended at train.time_limit_s or stop_at
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -340,6 +343,9 @@ class Trainer:
                         self.saver.wait()  # previews sample the published checkpoint
                         preview(self, metrics)
             if self.step >= cfg.steps:
+                break
+            if self.deadline.due():
+                stop_at_limit(self, dog, metrics)
                 break
             if stage_entry(cfg, self.step, self.epoch) is not None:
                 return True  # the next stage's plan: iterate again from its first position
