@@ -38,12 +38,13 @@ from infra.demo import shapes  # noqa: E402
 from infra.demo.evaluate import HELD_OUT, eval_prompts, evaluate  # noqa: E402
 from infra.demo.run import _env, _train_cmd  # noqa: E402
 from infra.demo.score import measure, old_shape_rule, score  # noqa: E402
-from infra.provenance import Rerun  # noqa: E402
+from infra.provenance import Rerun, differences, flatten  # noqa: E402
 from infra.schema import SpacetimeConfig  # noqa: E402
 from infra.schema.presets import get_preset  # noqa: E402
 from infra.storage import Storage  # noqa: E402
 from recaption.job import run_recaption  # noqa: E402
 from trainer.encode import run_encode  # noqa: E402
+from trainer.vae.config import VAETrainConfig  # noqa: E402
 from trainer.vae.pretrained import VideoVAE  # noqa: E402
 from trainer.vae.train import train_vae  # noqa: E402
 
@@ -140,16 +141,23 @@ def margins(measured: list[dict[str, Any]], rows: list[dict[str, str]]) -> dict[
     }
 
 
-def settled(record: Path, settings: dict[str, Any], trained: bool) -> None:
+def settled(
+    record: Path, settings: dict[str, Any], trained: bool, defaults: dict[str, Any]
+) -> None:
     """Writes the settings a run dir is trained with to `record`, or, when the dir is `trained`
     already, refuses it if its record names other ones: a run is found by its variant's name,
-    and what a name means changes (the "preset" variants follow the demo preset)."""
+    and what a name means changes (the "preset" variants follow the demo preset). A setting the
+    record lacks counts as its default (`defaults`): it was added to the schema since, and its
+    default is what the old code did."""
     text = yaml.safe_dump(settings, sort_keys=False)
-    if trained and record.exists() and record.read_text() != text:
-        raise SystemExit(
-            f"{record.parent}: trained with other settings than its variant names now ({record}); "
-            "move it away to retrain"
-        )
+    if trained and record.exists():
+        then = flatten(defaults) | flatten(yaml.safe_load(record.read_text()) or {})
+        diff = differences(then, flatten(settings))
+        if diff:
+            raise SystemExit(
+                f"{record.parent}: trained with other settings than its variant names now "
+                f"({'; '.join(diff[:4])}); move it away to retrain"
+            )
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(text)
 
@@ -157,7 +165,8 @@ def settled(record: Path, settings: dict[str, Any], trained: bool) -> None:
 def train_vae_variant(root: Path, name: str) -> Path:
     out = root / "vae" / slug(name)
     cfg = config(VAE_VARIANTS[name])
-    settled(out / "variant.yaml", to_dict(cfg.vae_train), (out / "vae").exists())
+    trained = (out / "vae").exists()
+    settled(out / "variant.yaml", to_dict(cfg.vae_train), trained, to_dict(VAETrainConfig()))
     if not (out / "vae").exists():
         train_vae(str(root / "clips"), str(out), cfg.vae_train, Storage())
     return out / "vae"
@@ -228,7 +237,7 @@ def train_once(run: Path, cfg: SpacetimeConfig, latents: Path, steps: int, mixtu
     cfg.run.output_dir, cfg.run.name = str(run), "dit"
     cfg_file = run / "config.yaml"
     ckpt = run / "dit" / "checkpoints"
-    settled(cfg_file, to_dict(cfg), (ckpt / "latest").exists())
+    settled(cfg_file, to_dict(cfg), (ckpt / "latest").exists(), to_dict(SpacetimeConfig()))
     if not (ckpt / "latest").exists():
         cmd = _train_cmd(cfg_file, latents, steps, 2)
         if mixture:
