@@ -333,6 +333,10 @@ DIT_VARIANTS: dict[str, list[str]] = {
     # about half: is shape learned per step or per clip seen?
     "round 19 + half batch": _R20,
     "round 19 + half batch + seed 1": [*_R20, "run.seed=1"],
+    # Round 21: at the slow machine's ~1000 steps, does ending the run annealed (cosine to 0.1x
+    # over the run's steps) read more shapes than the constant rate?
+    "round 20 + cosine": [*_R20, "train.optim.schedule=cosine"],
+    "round 20 + cosine + seed 1": [*_R20, "train.optim.schedule=cosine", "run.seed=1"],
     # Two latent frames per token at half the token budget: the same ~28 clips a micro-batch at
     # about half a step's cost (shape rises with optimizer steps, round 15). The shift's base
     # halves with the tokens (3x at 19 frames' 80 tokens); 19 frames as 17 leave an odd 9 latent
