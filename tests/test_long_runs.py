@@ -184,6 +184,18 @@ def test_clustered_spikes_roll_back_and_a_resume_keeps_the_window(
     assert _history(tmp_path, "rb2") == _history(tmp_path, "rb")
     assert _equal(_weights(tmp_path / "rb2", STEPS), _weights(tmp_path / "rb", STEPS))
 
+    # ZeRO-0 writes no partitions, on which DeepSpeed's zero_to_fp32 fails: export and sampling
+    # without the EMA read the whole module from its model states (the demo trains at ZeRO-0).
+    from trainer.checkpoint import export_weights
+    from trainer.weights import read_weights
+
+    tag = f"step-{STEPS:08d}"
+    out = export_weights(tmp_path / "rb" / "checkpoints", tag, tmp_path / "export")
+    exported = load_file(str(out / "model.safetensors"))
+    assert _equal(exported, _weights(tmp_path / "rb", STEPS))
+    live, _, _ = read_weights(tmp_path / "rb" / "checkpoints" / tag, use_ema=False)
+    assert _equal(live, exported) and not _equal(live, _ema(tmp_path / "rb", STEPS))
+
 
 def test_a_time_limit_stops_both_ranks_at_one_step_checkpointed_and_resume_goes_on(
     latents: Path,  # noqa: F811 (the imported fixture)

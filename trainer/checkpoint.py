@@ -37,6 +37,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
@@ -341,14 +342,26 @@ def to_universal(ckpt_dir: Path, tag: str) -> str:
     return out_tag
 
 
-def export_weights(ckpt_dir: Path, tag: str, out_dir: Path) -> Path:
-    """Consolidated fp32 weights (model.safetensors, and ema.safetensors when present) plus the
-    model config, loadable without DeepSpeed (trainer.sample)."""
+def fp32_weights(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
+    """The model's fp32 weights in checkpoint `tag`, gathered from its ZeRO partitions. ZeRO-0
+    writes no partitions (the whole module sits in its model-states file), and DeepSpeed's
+    zero_to_fp32 fails on such a checkpoint: read the module there."""
+    if not any((ckpt_dir / tag).glob("*optim_states.pt")):
+        states = torch.load(  # our own checkpoint: DeepSpeed pickles more than tensors into it
+            ckpt_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+        )
+        return {k: v.float() for k, v in states["module"].items()}
     # deepspeed imports in seconds and only consolidation needs it.
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+
+
+def export_weights(ckpt_dir: Path, tag: str, out_dir: Path) -> Path:
+    """Consolidated fp32 weights (model.safetensors, and ema.safetensors when present) plus the
+    model config, loadable without DeepSpeed (trainer.sample)."""
     state = read_state(ckpt_dir / tag)
-    sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    sd = fp32_weights(ckpt_dir, tag)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(out_dir / "model.safetensors"))
     if (ckpt_dir / tag / "ema.safetensors").exists():

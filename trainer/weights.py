@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from infra.config import from_dict
 from infra.errors import JobError
 from trainer import lora
-from trainer.checkpoint import LATEST, read_state
+from trainer.checkpoint import LATEST, fp32_weights, read_state
 from trainer.config import TrainConfig
 from trainer.model.dit import DiT
 
@@ -62,9 +62,7 @@ def read_weights(p: Path, use_ema: bool) -> tuple[dict[str, Any], dict[str, Any]
         return load_file(str(p / "ema.safetensors")), cfg, f"{p} (EMA)"
     if (p / "model.safetensors").exists():
         return load_file(str(p / "model.safetensors")), cfg, str(p)
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # see export
-
-    return get_fp32_state_dict_from_zero_checkpoint(str(p.parent), tag=p.name), cfg, str(p)
+    return fp32_weights(p.parent, p.name), cfg, str(p)
 
 
 def lora_base(p: Path) -> dict[str, Any] | None:
