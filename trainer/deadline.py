@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 if TYPE_CHECKING:
     from trainer.metrics import TrainMetrics
-    from trainer.train import Trainer
     from trainer.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -52,9 +51,10 @@ class Deadline:
         return bool(flag.item())
 
 
-def stop_at_limit(tr: Trainer, dog: Watchdog, metrics: TrainMetrics) -> None:
-    """The launch's time is up: its last step is checkpointed (unless it just was) and the loop
-    ends; the steps left are for `--resume auto`."""
+def stop_at_limit(tr: Any, dog: Watchdog, metrics: TrainMetrics) -> None:
+    """The launch's time is up: trainer `tr`'s last step is checkpointed (unless it just was) and
+    the loop ends; the steps left are for `--resume auto`. (`tr` is not typed as the Trainer:
+    importing trainer.train here, even for type checking only, is an import cycle.)"""
     tr.stopped_at_limit = True
     if tr.step % tr.cfg.checkpoint_every:
         with dog.allowance(tr.cfg.save_timeout_s, f"checkpoint at step {tr.step}"):
