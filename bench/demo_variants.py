@@ -341,6 +341,10 @@ DIT_VARIANTS: dict[str, list[str]] = {
     # over the run's steps) read more shapes than the constant rate?
     "round 20 + cosine": [*_R20, "train.optim.schedule=cosine"],
     "round 20 + cosine + seed 1": [*_R20, "train.optim.schedule=cosine", "run.seed=1"],
+    # Half the batch again (~3.5 clips a micro-batch): round 20's half batch learned more per clip
+    # seen; a step's fixed costs (Muon's orthogonalisation) make it ~0.65x, not 0.5x.
+    "round 20 + token budget 512": [*_R20, "train.data.token_budget=512"],
+    "round 20 + token budget 512 + seed 1": [*_R20, "train.data.token_budget=512", "run.seed=1"],
     # Squares are the shape missed most (drawn with round corners, read as circles): weight the
     # object's tokens twice as much again.
     "round 20 + foreground weight 8": [*_R20, "train.flow.foreground_weight=8.0"],
