@@ -345,6 +345,10 @@ DIT_VARIANTS: dict[str, list[str]] = {
     # seen; a step's fixed costs (Muon's orthogonalisation) make it ~0.65x, not 0.5x.
     "round 20 + token budget 512": [*_R20, "train.data.token_budget=512"],
     "round 20 + token budget 512 + seed 1": [*_R20, "train.data.token_budget=512", "run.seed=1"],
+    # Twice the contrastive term: each prediction pushed harder from another clip's target, so
+    # the caption's shape word must carry more (the held-out misses are squares drawn round).
+    "round 20 + contrastive 0.1": [*_R20, "train.flow.contrastive=0.1"],
+    "round 20 + contrastive 0.1 + seed 1": [*_R20, "train.flow.contrastive=0.1", "run.seed=1"],
     # Squares are the shape missed most (drawn with round corners, read as circles): weight the
     # object's tokens twice as much again.
     "round 20 + foreground weight 8": [*_R20, "train.flow.foreground_weight=8.0"],
