@@ -295,9 +295,9 @@ class TrainConfig:
     """How long ranks wait for each other around a checkpoint save (uploads to S3 included);
     separate from dist_timeout_s, which a long upload must not trip."""
     time_limit_s: float = 0.0
-    """Stop this launch at the step boundary before this many seconds from its start (setup
-    included) run out, checkpoint that step and exit 0, so `--resume auto` continues (0: off).
-    Leave a margin for the last save and the exit (trainer/deadline.py)."""
+    """Stop this launch at the step boundary before this many seconds from the trainer's start
+    (its setup counted, the interpreter's imports not) run out, checkpoint that step and exit 0,
+    so `--resume auto` continues (0: off). Leave a margin for the last save and the exit."""
     stop_at: float = 0.0
     """The same at a Unix time, e.g. Slurm's $SLURM_JOB_END_TIME less a margin (0: off)."""
     peak_tflops: float = 0.0
