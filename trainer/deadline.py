@@ -36,6 +36,7 @@ class Deadline:
         self.at = min(ends) if ends else None
         self.device = device
         self.last: float | None = None  # when the previous call came: one step ago
+        self.reached = False  # due() said so: this launch ends here
 
     def due(self) -> bool:
         """True on every rank when rank 0 finds that one more step, as long as the last one,
@@ -48,14 +49,14 @@ class Deadline:
         flag = torch.tensor([float(now + step_s >= self.at)], device=self.device)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.broadcast(flag, src=0)  # on the rank's device: NCCL moves no CPU tensor
-        return bool(flag.item())
+        self.reached = bool(flag.item())
+        return self.reached
 
 
 def stop_at_limit(tr: Any, dog: Watchdog, metrics: TrainMetrics) -> None:
     """The launch's time is up: trainer `tr`'s last step is checkpointed (unless it just was) and
     the loop ends; the steps left are for `--resume auto`. (`tr` is not typed as the Trainer:
     importing trainer.train here, even for type checking only, is an import cycle.)"""
-    tr.stopped_at_limit = True
     if tr.step % tr.cfg.checkpoint_every:
         with dog.allowance(tr.cfg.save_timeout_s, f"checkpoint at step {tr.step}"):
             metrics.scalar("checkpoint/blocked_s", tr.saver.save(), tr.step)

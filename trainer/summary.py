@@ -57,7 +57,7 @@ def write_summary(tr: Trainer, start: int, wall: float) -> dict[str, Any]:
         "checkpoint_blocked_s": tr.saver.blocked_s,
         "skipped_steps": [h["step"] for h in tr.history if "skipped" in h],
         "rollbacks": tr.guard.rollbacks,
-        "stopped_at_time_limit": tr.stopped_at_limit,
+        "stopped_at_time_limit": tr.deadline.reached,
     }
     if tr.d.rank == 0:
         (tr.local / "train_summary.json").write_text(json.dumps(summary, indent=2))

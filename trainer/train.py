@@ -106,7 +106,6 @@ class Trainer:
         self.validation: list[dict[str, Any]] = []  # held-out results, as the run state keeps them
         self.lora_base: str | None = None  # digest of a LoRA run's frozen base weights
         self.deadline = Deadline(cfg.time_limit_s, cfg.stop_at, time.time(), dinfo.device)
-        self.stopped_at_limit = False  # this launch ended at train.time_limit_s or stop_at
 
     # -- setup -----------------------------------------------------------------------------------
 
