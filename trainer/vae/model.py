@@ -84,8 +84,9 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         chs = [cfg.base_channels * m for m in cfg.channel_mults]
-        self.patch = cfg.patch_size
-        self.conv_in = CausalConv3d(cfg.in_channels * self.patch**2, chs[0])
+        p = cfg.patch_size
+        self.fold = nn.PixelUnshuffle(p) if p > 1 else None
+        self.conv_in = CausalConv3d(cfg.in_channels * p**2, chs[0])
         layers: list[nn.Module] = []
         cin = chs[0]
         for level, ch in enumerate(chs):
@@ -101,8 +102,8 @@ class Encoder(nn.Module):
         self.conv_out = CausalConv3d(cin, 2 * cfg.latent_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.patch > 1:
-            x = per_frame(nn.PixelUnshuffle(self.patch), x)
+        if self.fold is not None:
+            x = per_frame(self.fold, x)
         h = self.body(self.conv_in(x))
         return self.conv_out(F.silu(per_frame(self.norm, h)))
 
@@ -124,12 +125,13 @@ class Decoder(nn.Module):
                 )
         self.body = nn.Sequential(*layers)
         self.norm = frame_norm(cin)
-        self.patch = cfg.patch_size
-        self.conv_out = CausalConv3d(cin, cfg.in_channels * self.patch**2)
+        p = cfg.patch_size
+        self.unfold = nn.PixelShuffle(p) if p > 1 else None
+        self.conv_out = CausalConv3d(cin, cfg.in_channels * p**2)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         out = self.conv_out(F.silu(per_frame(self.norm, self.body(self.conv_in(z)))))
-        return per_frame(nn.PixelShuffle(self.patch), out) if self.patch > 1 else out
+        return per_frame(self.unfold, out) if self.unfold is not None else out
 
 
 @dataclass
