@@ -170,7 +170,7 @@ def train_vae_variant(root: Path, name: str) -> Path:
     cfg = config(VAE_VARIANTS[name])
     trained = (out / "vae").exists()
     settled(out / "variant.yaml", to_dict(cfg.vae_train), trained, to_dict(VAETrainConfig()))
-    if not (out / "vae").exists():
+    if not trained:
         train_vae(str(root / "clips"), str(out), cfg.vae_train, Storage())
     return out / "vae"
 
