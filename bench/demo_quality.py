@@ -55,8 +55,12 @@ def config(overrides: list[str]) -> SpacetimeConfig:
 
 
 def prepare(root: Path, cfg: SpacetimeConfig) -> None:
-    """Videos, clip shards and captions, once per workdir."""
+    """Videos, clip shards and captions, once per workdir (a workdir holds one data size)."""
+    manifest = root / "videos" / "manifest.jsonl"
     if (root / "captions").exists():
+        made = len(manifest.read_text().splitlines())
+        if made != cfg.demo.videos:
+            raise SystemExit(f"{root} holds {made} videos, not {cfg.demo.videos}: use another")
         return
     manifest = shapes.generate(root / "videos", cfg.demo.videos, cfg.run.seed, set(HELD_OUT))
     run_shard(
@@ -181,7 +185,7 @@ def slug(name: str) -> str:
 
 def cmd_vae(args: argparse.Namespace) -> None:
     root = Path(args.workdir)
-    prepare(root, config([]))
+    prepare(root, config(args.data))
     print("| VAE variant | train s | colour | direction | shape | shape (rule before issue 20) "
           "| travel | intact | square corners (> 0.3) | triangle halves (< 0.6) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -272,7 +276,7 @@ def _per_shape(ev: dict[str, Any]) -> str:
 
 def cmd_dit(args: argparse.Namespace) -> None:
     root = Path(args.workdir)
-    prepare(root, config([]))
+    prepare(root, config(args.data))
     vae_dir = train_vae_variant(root, args.vae)
     print(f"DiT ablations: {args.steps} steps each, VAE '{args.vae}'")
     print("| DiT variant | s/step | final loss | colour | direction | shape | held-out colour "
@@ -297,7 +301,7 @@ def cmd_dit(args: argparse.Namespace) -> None:
 
 def cmd_curve(args: argparse.Namespace) -> None:
     root = Path(args.workdir)
-    prepare(root, config([]))
+    prepare(root, config(args.data))
     vae_dir = train_vae_variant(root, args.vae)
     print(f"DiT learning curves: {args.steps} steps, scored every {args.every}, VAE '{args.vae}'")
     print("| DiT variant | step | colour | direction | shape | held-out colour "
@@ -363,7 +367,12 @@ def main() -> None:
         "--held-out-seeds", type=int, default=1,
         help="curve: sample the held-out combinations with this many seeds (a last column)",
     )  # fmt: skip
+    p.add_argument(
+        "--videos", type=int, default=0,
+        help="shapes videos the workdir's data holds (default: the preset's); one size a workdir",
+    )  # fmt: skip
     args = p.parse_args()
+    args.data = [f"demo.videos={args.videos}"] if args.videos else []
     args.steps = args.steps or (900 if args.what == "curve" else 450)
     torch.set_num_threads(2)
     {"vae": cmd_vae, "dit": cmd_dit, "curve": cmd_curve}[args.what](args)
