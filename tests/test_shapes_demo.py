@@ -124,17 +124,25 @@ def test_shortened_demo_produces_every_artefact(
         "train.log",
     ):
         assert (root / f).stat().st_size > 0, f
-    assert len(list((root / "samples").glob("*.mp4"))) == PROMPTS
+    # The 24 prompts, then the 6 held-out combinations drawn twice more (demo.held_out_draws).
+    assert len(list((root / "samples").glob("*.mp4"))) == PROMPTS + 12
     ev = summary["eval"]
-    assert ev["n"] == PROMPTS and ev["held_out"]["n"] == 6
+    assert ev["n"] == PROMPTS and ev["held_out"]["n"] == 18 and ev["held_out"]["draws"] == 3
     # The scores are measurements of the sampled videos: recompute them from what was measured.
     per_sample = json.loads((root / "samples" / "eval.json").read_text())["samples"]
-    assert len(per_sample) == PROMPTS and all(
+    assert len(per_sample) == PROMPTS + 12 and all(
         set(r["measured"]) >= {"colour", "direction", "shape"} for r in per_sample
     )
+    held = [r for r in per_sample if r["held_out"] == "True"]
+    assert {r.get("draw") for r in held} == {None, "2", "3"}
     for attr in ("colour", "direction", "shape"):
-        hits = sum(r["measured"][attr] == r[attr] for r in per_sample)
+        hits = sum(r["measured"][attr] == r[attr] for r in per_sample[:PROMPTS])
         assert ev[attr] == hits / PROMPTS, attr
+        hits = sum(r["measured"][attr] == r[attr] for r in held)
+        assert ev["held_out"][attr] == hits / 18, attr
+    # The redraws are other samples of the same prompts, not copies.
+    first = {r["prompt"]: r for r in held if "draw" not in r}
+    assert any(r["measured"] != first[r["prompt"]]["measured"] for r in held if "draw" in r)
     rec = json.loads(next((root / "samples").glob("00-*.json")).read_text())
     assert rec["conditioned_on"].startswith(rec["prompt"] + ". A 1:1 video clip")  # upsampled
     assert list((root / "runs" / "demo" / "tensorboard").glob("events.*"))
@@ -153,9 +161,9 @@ def test_shortened_demo_produces_every_artefact(
     # The contact sheet: one labelled row per prompt (a label panel beside 8 frames), and the
     # animated grid has every frame of the 17-frame samples.
     sheet = Image.open(root / "samples" / "contact_sheet.png")
-    assert sheet.size[0] > 8 * 2 * 64 and sheet.size[1] >= PROMPTS * 2 * 64, sheet.size
+    assert sheet.size[0] > 8 * 2 * 64 and sheet.size[1] >= (PROMPTS + 12) * 2 * 64, sheet.size
     assert Image.open(root / "samples" / "samples.gif").n_frames == 17
-    hits = sum(r["measured"]["colour"] == r["colour"] for r in per_sample)
+    hits = sum(r["measured"]["colour"] == r["colour"] for r in per_sample[:PROMPTS])
     assert hits >= COLOUR_FLOOR, f"colour right in {hits} of {PROMPTS} samples (chance: 4)"
     captions = [
         s["txt"].decode()

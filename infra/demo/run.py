@@ -290,7 +290,12 @@ def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int
     plot_loss(history, int(tr["killed_after"].split("-")[1]), root / "loss.png")
     stage("train", t, **tr)
 
-    t = begin("sample+eval", f"sampling {cfg.demo.eval_prompts} prompts and scoring them")
+    redraws = len(HELD_OUT) * (cfg.demo.held_out_draws - 1)
+    t = begin(
+        "sample+eval",
+        f"sampling {cfg.demo.eval_prompts} prompts and {redraws} more draws of the held-out "
+        "combinations, and scoring them",
+    )
     ev = evaluate(
         str(ckpt.parent),
         str(root / "vae" / "vae"),
@@ -298,6 +303,7 @@ def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int
         k=cfg.demo.eval_prompts,
         captions=str(root / "captions"),
         sample_cfg=cfg.sample,
+        held_out_draws=cfg.demo.held_out_draws,
     )
     stage("sample+eval", t, colour=ev["colour"], direction=ev["direction"], shape=ev["shape"])
 
@@ -319,8 +325,9 @@ def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int
     store.write_text(str(root / "summary.json"), json.dumps(summary, indent=2))
     log.info(
         "demo: %d videos -> %d clips -> %d training steps (killed after %s, resumed) -> %d samples "
-        "in %.0fs; colour %.0f%%, direction %.0f%%, shape %.0f%% (chance 17/25/33%%), travel "
-        "%.2f of the frame (data 0.61), intact %.0f%%; contact sheet %s",
+        "in %.0fs; colour %.0f%%, direction %.0f%%, shape %.0f%% (chance 17/25/33%%; held-out "
+        "shape %.0f%% of %d draws), travel %.2f of the frame (data 0.61), intact %.0f%%; contact "
+        "sheet %s",
         num_videos,
         sh["clips"],
         tr["steps"],
@@ -330,6 +337,8 @@ def run_demo(cfg: SpacetimeConfig, workdir: str, minutes: float, num_videos: int
         100 * ev["colour"],
         100 * ev["direction"],
         100 * ev["shape"],
+        100 * ev["held_out"]["shape"],
+        ev["held_out"]["n"],
         ev["travel"],
         100 * ev["intact"],
         summary["artefacts"]["contact_sheet"],

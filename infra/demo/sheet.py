@@ -46,7 +46,8 @@ def scored_sheet(samples: list[dict[str, Any]], videos: list[np.ndarray], path: 
         held = sample.get("held_out") in (True, "True")
         draw.text((6, 6), sample["prompt"], fill=INK, font=font)
         if held:
-            draw.text((6, 24), "held out of training", fill=(0, 0, 160), font=font)
+            again = f" (draw {sample['draw']})" if sample.get("draw") else ""
+            draw.text((6, 24), f"held out of training{again}", fill=(0, 0, 160), font=font)
         y = 46
         for text, ok in _verdicts(sample):
             draw.text((6, y), text, fill=GOOD if ok else BAD, font=font)
