@@ -4,7 +4,10 @@ in tests/test_long_runs.py."""
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,3 +40,25 @@ def test_the_earlier_of_the_two_limits_counts() -> None:
 def test_a_stop_at_in_the_past_is_refused() -> None:
     with pytest.raises(ValueError, match=r"train\.stop_at \(.*\) has passed"):
         Deadline(0.0, time.time() - 60.0, time.time(), CPU)
+
+
+def test_the_eta_is_the_time_limits_when_that_comes_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run planned for more steps than its time allows reports the time left, marked, not the
+    steps' ETA (the demo plans generously and lets the limit end it)."""
+    from trainer.metrics import TrainMetrics
+
+    caplog.set_level(logging.INFO, logger="trainer.metrics")
+    step = {"loss": 1.0, "grad_norm": 1.0, "lr": 1e-3, "tokens": 10, "samples": 1, "flops": 1.0}
+    m = TrainMetrics(tmp_path, 0, 1000, 1, 1.0, 1)
+    m.t_start = time.monotonic() - 1.0  # one step took 1 s: 999 s for the rest
+    m.update(1, 0, step)
+    assert re.search(r"eta (99[89]|1000)s$", caplog.records[-1].getMessage())
+    m.ends_at = time.time() + 60.0
+    m.update(2, 0, step)
+    assert re.search(r"eta (59|60)s \(time limit\)$", caplog.records[-1].getMessage())
+    m.ends_at = time.time() + 1e6  # a limit after the steps' end: the steps' ETA
+    m.update(3, 0, step)
+    assert re.search(r"eta 3\d\ds$", caplog.records[-1].getMessage())  # ~999 / 3
+    m.writer.close()

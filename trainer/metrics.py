@@ -30,6 +30,7 @@ class TrainMetrics:
             SummaryWriter(str(tensorboard), purge_step=start_step) if tensorboard else None
         )
         self.start_step, self.steps, self.log_every = start_step, steps, log_every
+        self.ends_at: float | None = None  # a Unix time the run stops at (train.time_limit_s)
         self.peak_flops = peak_tflops * 1e12 * world_size
         self.t_start = time.monotonic()
         self._reset()
@@ -52,6 +53,9 @@ class TrainMetrics:
             "mfu": self.flops / dt / self.peak_flops,
         }
         eta = (time.monotonic() - self.t_start) / (step - self.start_step) * (self.steps - step)
+        limit = ""
+        if self.ends_at is not None and self.ends_at - time.time() < eta:
+            eta, limit = max(0.0, self.ends_at - time.time()), " (time limit)"
         if self.writer is not None:
             for k in ("loss", "grad_norm", "lr"):
                 self.writer.add_scalar(f"train/{k}", s[k], step)
@@ -59,7 +63,7 @@ class TrainMetrics:
                 self.writer.add_scalar(f"train/{k}", v, step)
             log.info(
                 "step %d/%d loss %.4f grad %.3f lr %.2e | %.0f tok/s %.1f samples/s MFU %.1f%% | "
-                "epoch %d | eta %.0fs",
+                "epoch %d | eta %.0fs%s",
                 step,
                 self.steps,
                 s["loss"],
@@ -70,6 +74,7 @@ class TrainMetrics:
                 100 * rates["mfu"],
                 epoch,
                 eta,
+                limit,
             )
         self._reset()
 

@@ -353,14 +353,9 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         start = self.step
-        metrics = TrainMetrics(
-            self.local / "tensorboard" if self.d.rank == 0 else None,
-            start,
-            cfg.steps,
-            cfg.log_every,
-            self.peak,
-            self.d.world_size,
-        )
+        tb = self.local / "tensorboard" if self.d.rank == 0 else None
+        metrics = TrainMetrics(tb, start, cfg.steps, cfg.log_every, self.peak, self.d.world_size)
+        metrics.ends_at = self.deadline.at  # the ETA is the time limit's when that comes first
         log_start(self)
         if self.step >= cfg.steps:
             log.info("already at step %d of %d: nothing to train", self.step, cfg.steps)
