@@ -2,9 +2,10 @@
 
 K prompts (colour x shape x direction, always including the combinations held out of training)
 are sampled with `spacetime sample`'s code, written as mp4s, decoded back and measured with
-infra.demo.score. The held-out combinations can be drawn again from other noise: six samples
-measure held-out accuracy in steps of 17 points, too coarse for an 80% target. Reports accuracy per attribute beside the chance level, the object's travel and
-how many samples stay intact; writes a scored contact sheet and an animated grid.
+infra.demo.score. Reports accuracy per attribute beside the chance level, the object's travel and
+how many samples stay intact; writes a scored contact sheet and an animated grid. The held-out
+combinations can be drawn again from other noise: six samples measure held-out accuracy in steps
+of 17 points, too coarse for an 80% target.
 """
 
 from __future__ import annotations
@@ -92,9 +93,9 @@ def evaluate(
     scored_sheet(result["samples"], videos, out / "contact_sheet.png")
     animated_grid(videos, out / "samples.gif", cfg.fps)
     log.info(
-        "shapes eval (%d prompts; %d held-out samples): colour %.0f%% (chance %.0f%%), direction %.0f%% "
-        "(chance %.0f%%), shape %.0f%% (chance %.0f%%); held-out colour %.0f%%, direction %.0f%%, "
-        "shape %.0f%%; travel %.2f of the frame (data 0.61), intact %.0f%%",
+        "shapes eval (%d prompts; %d held-out samples): colour %.0f%% (chance %.0f%%), direction "
+        "%.0f%% (chance %.0f%%), shape %.0f%% (chance %.0f%%); held-out colour %.0f%%, direction "
+        "%.0f%%, shape %.0f%%; travel %.2f of the frame (data 0.61), intact %.0f%%",
         k,
         len(held),
         100 * result["colour"],
