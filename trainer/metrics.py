@@ -23,14 +23,17 @@ class TrainMetrics:
         log_every: int,
         peak_tflops: float,
         world_size: int,
+        ends_at: float | None = None,
     ) -> None:
+        """`ends_at`: a Unix time the run stops at (train.time_limit_s, train.stop_at); the ETA is
+        the time left to it when that comes before the last step."""
         from torch.utils.tensorboard import SummaryWriter  # TensorBoard imports in seconds
 
         self.writer = (
             SummaryWriter(str(tensorboard), purge_step=start_step) if tensorboard else None
         )
         self.start_step, self.steps, self.log_every = start_step, steps, log_every
-        self.ends_at: float | None = None  # a Unix time the run stops at (train.time_limit_s)
+        self.ends_at = ends_at
         self.peak_flops = peak_tflops * 1e12 * world_size
         self.t_start = time.monotonic()
         self._reset()
@@ -54,8 +57,9 @@ class TrainMetrics:
         }
         eta = (time.monotonic() - self.t_start) / (step - self.start_step) * (self.steps - step)
         limit = ""
-        if self.ends_at is not None and self.ends_at - time.time() < eta:
-            eta, limit = max(0.0, self.ends_at - time.time()), " (time limit)"
+        left = self.ends_at - time.time() if self.ends_at is not None else eta
+        if left < eta:
+            eta, limit = max(0.0, left), " (time limit)"
         if self.writer is not None:
             for k in ("loss", "grad_norm", "lr"):
                 self.writer.add_scalar(f"train/{k}", s[k], step)

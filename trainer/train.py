@@ -354,8 +354,9 @@ class Trainer:
         cfg = self.cfg
         start = self.step
         tb = self.local / "tensorboard" if self.d.rank == 0 else None
-        metrics = TrainMetrics(tb, start, cfg.steps, cfg.log_every, self.peak, self.d.world_size)
-        metrics.ends_at = self.deadline.at  # the ETA is the time limit's when that comes first
+        metrics = TrainMetrics(
+            tb, start, cfg.steps, cfg.log_every, self.peak, self.d.world_size, self.deadline.at
+        )
         log_start(self)
         if self.step >= cfg.steps:
             log.info("already at step %d of %d: nothing to train", self.step, cfg.steps)
