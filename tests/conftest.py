@@ -11,6 +11,9 @@ import pytest
 
 from infra.procs import free_port
 
+# The training tests' fixtures (`latents`, `baseline`) and helpers, for every test module.
+pytest_plugins = ["tests.train_runs"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 VIDEOS = SHARED / "data" / "videos"
@@ -151,19 +154,21 @@ def real_shards(
 # minutes start first, so none of them is left to end the run alone while the other worker idles.
 LONGEST_FIRST = (
     "test_train_deepspeed",
+    "test_train_sp",
     "test_shapes_demo",
-    "test_vae_train",
     "test_launch_two_hosts",
-    "test_pretrained_vae",
     "test_recaption",
+    "test_vae_train",
     "test_long_runs",
-    "test_launch_ray",
-    "test_ray_connect",
+    "test_train_launchers",
     "test_memory_model",
-    "test_lora",
-    "test_shard_two_nodes",
+    "test_launch_ray",
+    "test_pretrained_vae",
+    "test_ray_connect",
     "test_curation",
     "test_stages",
+    "test_lora",
+    "test_shard_two_nodes",
 )
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.test_long_runs import _ema, _equal, _weights, latents  # noqa: F401 (fixture)
-from tests.test_train_deepspeed import _cmd, _env, _run
+from tests.test_long_runs import _ema, _equal, _weights
+from tests.train_runs import _cmd, _env, _run
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -23,7 +23,7 @@ FROZEN = (
 )  # lr 1e-30: below fp32 precision, the weights stay put
 
 
-def test_init_starts_a_new_run_from_the_weights_of_another(latents: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_init_starts_a_new_run_from_the_weights_of_another(latents: Path, tmp_path: Path) -> None:
     _run(_cmd(1, latents, tmp_path, "base", 2, "--set", "train.steps=4"))
     base = tmp_path / "base"
     # ZeRO-3 on 2 ranks from the base run's EMA (the default), learning rate 1e-30.

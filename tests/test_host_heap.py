@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from tests.test_train_deepspeed import REPO
+from tests.train_runs import REPO
 
 # A child process, so the allocator settings never leak into the test worker's own heap. Six
 # steps of a small MLP whose activations (4-16 MiB) are above glibc's mmap threshold.

@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from tests.netns import can_make_namespaces, ray_cluster, ray_env, two_hosts
-from tests.test_train_deepspeed import _cmd, _history, _run, baseline, latents  # noqa: F401
+from tests.train_runs import _cmd, _history, _run
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess, pytest.mark.root]
 
 
 def test_ray_train_across_two_nodes_matches_torchrun_and_leaks_no_secret(
-    latents: Path,  # noqa: F811
-    baseline: tuple[Path, str],  # noqa: F811
+    latents: Path,
+    baseline: tuple[Path, str],
     tmp_path: Path,
 ) -> None:
     reason = can_make_namespaces()

@@ -23,7 +23,7 @@ import torch
 from infra.procs import children_map, free_port, kill_tree
 from tests.faults import fault_env
 from tests.netns import TwoHosts, can_make_namespaces, two_hosts
-from tests.test_train_deepspeed import REPO, _cmd, _env, _history, _run, latents  # noqa: F401
+from tests.train_runs import REPO, _cmd, _env, _history, _run
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.multiprocess]
 
@@ -144,7 +144,7 @@ def _hurt_node_1(
     return rc, took, job.log(0)
 
 
-def test_two_hosts_train_fail_fast_freeze_and_resume(latents: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_two_hosts_train_fail_fast_freeze_and_resume(latents: Path, tmp_path: Path) -> None:
     reason = can_make_namespaces()
     if reason:
         pytest.fail(f"this test must run (CI runs as root): {reason}")

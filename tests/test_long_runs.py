@@ -15,15 +15,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import REPO
 from tests.faults import fault_env
-from tests.test_train_deepspeed import (  # noqa: F401 (latents: the same fixture)
-    STEPS,
-    _cmd,
-    _crash_in_save,
-    _env,
-    _history,
-    _run,
-    latents,
-)
+from tests.train_runs import STEPS, _cmd, _crash_in_save, _env, _history, _run
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -70,7 +62,7 @@ GUARD = ("--set", "train.guard.spike_factor=5", "--set", "train.guard.min_histor
 
 
 def test_async_saves_equal_sync_saves_and_survive_kill_9_while_writing(
-    latents: Path,  # noqa: F811 (the imported fixture)
+    latents: Path,
     held_out: Path,
     tmp_path: Path,
 ) -> None:
@@ -129,7 +121,7 @@ def test_async_saves_equal_sync_saves_and_survive_kill_9_while_writing(
 
 
 def test_nan_in_one_ranks_gradients_skips_the_step_on_every_rank(
-    latents: Path,  # noqa: F811 (the imported fixture)
+    latents: Path,
     tmp_path: Path,
 ) -> None:
     """Rank 1's gradients of step 6 are NaN (its loss is not): DeepSpeed's ZeRO-2 drops the update
@@ -157,7 +149,7 @@ def test_nan_in_one_ranks_gradients_skips_the_step_on_every_rank(
 
 
 def test_clustered_spikes_roll_back_and_a_resume_keeps_the_window(
-    latents: Path,  # noqa: F811 (the imported fixture)
+    latents: Path,
     tmp_path: Path,
 ) -> None:
     """Spikes in steps 6 and 7 (max_skips 2): the run rolls back to step 6's checkpoint and never
@@ -198,7 +190,7 @@ def test_clustered_spikes_roll_back_and_a_resume_keeps_the_window(
 
 
 def test_a_time_limit_stops_both_ranks_at_one_step_checkpointed_and_resume_goes_on(
-    latents: Path,  # noqa: F811 (the imported fixture)
+    latents: Path,
     tmp_path: Path,
 ) -> None:
     """A time limit shorter than the launch's setup: rank 0's clock says stop after the first

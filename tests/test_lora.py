@@ -13,7 +13,7 @@ import torch
 from infra.errors import JobError
 from tests.faults import fault_env
 from tests.test_long_runs import _ema, _equal, _state
-from tests.test_train_deepspeed import _cmd, _run, latents  # noqa: F401 (fixture)
+from tests.train_runs import _cmd, _run
 from trainer import lora
 from trainer.finetune import prepare_lora
 from trainer.model.config import DiTConfig, LoraConfig
@@ -99,7 +99,7 @@ def _ckpt_bytes(run: Path, step: int) -> int:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_lora_run_trains_only_adapters_saves_them_alone_resumes_exactly_and_merges(
-    latents: Path,  # noqa: F811 (the imported fixture)
+    latents: Path,
     tmp_path: Path,
 ) -> None:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

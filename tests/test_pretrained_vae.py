@@ -20,7 +20,7 @@ from infra.cli import main
 from infra.media import decode_frames
 from infra.storage import Storage
 from tests.pretrained_vaes import FAMILIES, save
-from tests.test_train_deepspeed import REPO, _cmd, _env, _history
+from tests.train_runs import REPO, _cmd, _env, _history
 from trainer.vae.pretrained import VideoVAE, vae_info
 
 pytestmark = pytest.mark.slow

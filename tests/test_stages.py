@@ -16,7 +16,7 @@ import torch
 from infra.procs import kill_tree
 from infra.storage import Storage
 from tests.latents import write_latent_shards
-from tests.test_train_deepspeed import _cmd, _env, _history, _run, _wait_latest
+from tests.train_runs import _cmd, _env, _history, _run, _wait_latest
 from trainer.config import StageConfig, TrainConfig
 from trainer.data.plan import load_index
 from trainer.data.stages import STAGE_EPOCHS, StagedLoader, limit, stage_at, stages

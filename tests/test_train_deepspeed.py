@@ -7,11 +7,7 @@ bit-identical weights and losses; a run resumes on a different world size.
 from __future__ import annotations
 
 import json
-import os
 import random
-import re
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,120 +17,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from infra.procs import children_map, kill_tree
+from infra.procs import kill_tree
 from infra.storage import Storage
 from infra.storage_config import StorageConfig
-from tests.conftest import REPO, free_port
-from tests.faults import fault_env
-from tests.latents import write_latent_shards
+from tests.conftest import REPO
+from tests.train_runs import (
+    STEPS,
+    _cmd,
+    _crash_in_save,
+    _env,
+    _history,
+    _run,
+    _wait_latest,
+    _weights,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
-
-STEPS = 10
-ABORTED = "Aborting so the job can be relaunched"  # trainer/watchdog.py's last words
-
-
-@pytest.fixture(scope="module")
-def latents(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    r = random.Random(0)
-    shapes = [(4, r.choice([1, 2, 3]), r.choice([4, 6, 8]), r.choice([4, 6, 8])) for _ in range(40)]
-    out = tmp_path_factory.mktemp("lat")
-    write_latent_shards(out, shapes, per_shard=10)
-    return out
-
-
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # the venv's ninja (PLATFORM.md)
-    env["OMP_NUM_THREADS"] = "1"
-    env.pop("RANK", None)
-    return env | (extra or {})
-
-
-def _cmd(nproc: int, latents: Path, out: Path, name: str, stage: int, *more: str) -> list[str]:
-    args = [
-        "train",
-        "--preset",
-        "tiny",
-        "--latents",
-        str(latents),
-        "--set",
-        f"run.output_dir={out}",
-        "--set",
-        f"run.name={name}",
-        "--set",
-        f"train.zero_stage={stage}",
-        "--set",
-        f"train.steps={STEPS}",
-        "--set",
-        "train.data.token_budget=128",
-        "--set",
-        "train.data.microbatches_per_step=2",
-        "--set",
-        "train.checkpoint_every=2",
-        "--set",
-        "train.log_every=5",
-        "--set",
-        "train.optim.warmup_steps=3",
-        "--set",
-        "train.optim.lr=1e-3",
-        "--set",
-        "train.optim.schedule=cosine",
-        "--set",
-        "train.data.workers=1",
-        "--set",
-        "train.peak_tflops=1",
-        *more,
-    ]
-    if nproc == 1:
-        return [sys.executable, "-m", "infra.cli", *args]
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        str(nproc),
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(free_port()),
-        "-m",
-        "infra.cli",
-        *args,
-    ]
-
-
-def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> str:
-    p = subprocess.run(
-        cmd, cwd=REPO, env=_env(env), capture_output=True, text=True, timeout=timeout
-    )
-    if p.returncode != 0:
-        # ZeRO-3 ranks have been seen to abort at exit after finishing (PLATFORM.md): say so.
-        raise AssertionError(
-            f"exit {p.returncode} ({' '.join(cmd[:6])} ...):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
-        )
-    return p.stdout + p.stderr
-
-
-def _history(out: Path, name: str) -> list[float]:
-    ck = out / name / "checkpoints"
-    state = json.loads((ck / (ck / "latest").read_text() / "trainer_state.json").read_text())
-    return [h["loss"] for h in state["history"]]
-
-
-def _weights(out: Path, name: str) -> dict[str, torch.Tensor]:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    ck = out / name / "checkpoints"
-    return get_fp32_state_dict_from_zero_checkpoint(str(ck), tag=(ck / "latest").read_text())
-
-
-@pytest.fixture(scope="module")
-def baseline(latents: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """One process, ZeRO-2: the reference every multi-rank run is compared with."""
-    out = tmp_path_factory.mktemp("runs")
-    _run(_cmd(1, latents, out, "single", 2))
-    return out, "single"
 
 
 @pytest.fixture(scope="module")
@@ -196,17 +94,6 @@ def test_two_ranks_survive_micro_batches_without_any_caption(latents: Path, tmp_
     assert summary["textless_microbatches"] >= 1  # the case this guards against did occur
 
 
-def _wait_latest(path: Path, tag: str, proc: subprocess.Popen[str], timeout: float = 240) -> None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if path.exists() and path.read_text() >= tag:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"training exited ({proc.returncode}) before {tag}")
-        time.sleep(0.02)
-    raise AssertionError(f"no {tag} within {timeout}s")
-
-
 @pytest.mark.parametrize("stage", [2, 3])
 def test_kill_9_then_resume_is_bit_exact(
     latents: Path, two_rank_runs: Callable[[int], tuple[Path, str]], tmp_path: Path, stage: int
@@ -234,20 +121,6 @@ def test_kill_9_then_resume_is_bit_exact(
     assert _history(tmp_path, "killed") == _history(straight, "two")  # bit-exact
     w_a, w_b = _weights(straight, "two"), _weights(tmp_path, "killed")
     assert all(torch.equal(w_a[k], w_b[k]) for k in w_a)
-
-
-def _crash_in_save(cmd: list[str], step: int, point: str = "save:written") -> None:
-    """Runs `cmd` with rank 0 SIGKILLing itself at `point` of the save of `step` (tests/faults.py,
-    through the trainer's hook object)."""
-    p = subprocess.run(
-        cmd,
-        cwd=REPO,
-        env=_env(fault_env(f"{point}@{step}")),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert p.returncode != 0, p.stderr[-2000:]
 
 
 def test_kill_during_checkpoint_save_keeps_previous(
@@ -606,165 +479,6 @@ def test_activation_checkpointing_trains_the_same_losses(
     assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-5, atol=1e-7), (got, ref)
 
 
-def test_watchdog_ends_a_job_whose_peer_froze(latents: Path, tmp_path: Path) -> None:
-    """SIGSTOP one rank (frozen, not dead): gloo would wait for it forever; the other rank's
-    watchdog aborts, torchrun tears the job down, and --resume auto continues."""
-    cmd = _cmd(
-        2,
-        latents,
-        tmp_path,
-        "frozen",
-        2,
-        "--set",
-        "train.steps=100000",
-        "--set",
-        "train.watchdog_s=8",
-    )
-    log_file = (tmp_path / "frozen.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log_file, stderr=subprocess.STDOUT)
-    latest = tmp_path / "frozen" / "checkpoints" / "latest"
-    _wait_latest(latest, "step-00000002", proc)
-    workers = sorted(children_map().get(proc.pid, []))
-    assert len(workers) == 2
-    os.kill(workers[1], signal.SIGSTOP)
-    t0 = time.monotonic()
-    try:
-        # Once rank 0's watchdog has fired, the frozen rank is let go: torchrun's SIGTERM would
-        # otherwise wait out its fixed 30 s grace before SIGKILL (torchrun's teardown, not ours).
-        # Rank 0 notices by whichever limit runs out first, its own idle time or rank 1's silent
-        # heartbeat (both 8 s, started about a step apart), so either message counts.
-        while ABORTED not in (tmp_path / "frozen.log").read_text():
-            assert proc.poll() is None and time.monotonic() - t0 < 90
-            time.sleep(0.5)
-        detected = time.monotonic() - t0
-        os.kill(workers[1], signal.SIGCONT)
-        proc.wait(timeout=120)
-    finally:
-        kill_tree(proc.pid)
-        log_file.close()
-    out = (tmp_path / "frozen.log").read_text()
-    assert proc.returncode != 0 and detected < 60, detected
-    assert re.search(
-        r"watchdog: rank 0( made no training progress|'s neighbour rank 1 sent no)", out
-    )
-    log = _run(
-        [*_cmd(2, latents, tmp_path, "frozen", 2, "--set", "train.steps=12"), "--resume", "auto"]
-    )
-    assert "resumed from step-" in log
-
-
-def test_launch_max_restarts_relaunches_and_resumes(
-    latents: Path, baseline: tuple[Path, str], tmp_path: Path
-) -> None:
-    """A rank is killed inside the save of step 6; `spacetime launch --max-restarts 1` relaunches
-    the node with --resume auto and the run ends with the uninterrupted run's losses."""
-    train = _cmd(1, latents, tmp_path, "relaunch", 2)[3:]  # the `train ...` arguments
-    cmd = [
-        sys.executable,
-        "-m",
-        "infra.cli",
-        "launch",
-        "--nproc-per-node",
-        "2",
-        "--max-restarts",
-        "1",
-        "--",
-        *train,
-    ]
-    log = _run(cmd, env=fault_env("save:written@6"))
-    assert "relaunching from the latest checkpoint" in log and "resumed from step-00000004" in log
-    got, ref = _history(tmp_path, "relaunch"), _history(*baseline)
-    assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-4, atol=1e-6)
-
-
-def _descendants(pid: int) -> set[int]:
-    children, todo, out = children_map(), [pid], set()
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.add(c)
-            todo.append(c)
-    return out
-
-
-def test_workers_exit_when_their_launcher_is_killed(latents: Path, tmp_path: Path) -> None:
-    train = _cmd(1, latents, tmp_path, "orphans", 2, "--set", "train.steps=100000")[3:]
-    cmd = [sys.executable, "-m", "infra.cli", "launch", "--nproc-per-node", "2", "--", *train]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
-    )
-    workers: set[int] = set()
-    try:
-        _wait_latest(tmp_path / "orphans" / "checkpoints" / "latest", "step-00000002", proc)
-        workers = _descendants(proc.pid)
-        assert len(workers) >= 3  # torchrun and its two ranks (and their reader processes)
-        os.kill(proc.pid, signal.SIGKILL)  # the launcher alone, as an OOM killer would
-        proc.wait()
-        deadline = time.monotonic() + 20
-        alive = workers
-        while alive and time.monotonic() < deadline:
-            time.sleep(0.2)
-            alive = {p for p in alive if Path(f"/proc/{p}").exists() and _not_zombie(p)}
-        assert not alive, f"still running {time.monotonic() - deadline + 20:.0f}s after: {alive}"
-    finally:
-        for p in workers | {proc.pid}:  # whatever the test left, it does not leave running
-            kill_tree(p)
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def test_launch_node_that_never_joins_fails_fast_and_says_so(latents: Path, tmp_path: Path) -> None:
-    train = _cmd(1, latents, tmp_path, "alone", 2)[3:]
-    cmd = [
-        sys.executable,
-        "-m",
-        "infra.cli",
-        "launch",
-        "--nnodes",
-        "2",
-        "--node-rank",
-        "0",
-        "--master",
-        f"127.0.0.1:{free_port()}",
-        "--join-timeout",
-        "10",
-        "--",
-        *train,
-    ]
-    t0 = time.monotonic()
-    p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
-    assert p.returncode != 0 and time.monotonic() - t0 < 60
-    assert "not every node joined" in p.stderr and "this is node 0 of 2" in p.stderr, p.stderr[
-        -2000:
-    ]
-
-
-def test_deepspeed_launcher_runs_the_same_entry(
-    latents: Path, baseline: tuple[Path, str], tmp_path: Path
-) -> None:
-    """The `deepspeed` launcher (2 CPU ranks) runs `-m infra.cli train` and matches one rank."""
-    train = _cmd(1, latents, tmp_path, "ds", 2)[3:]
-    cmd = [
-        str(Path(sys.executable).with_name("deepspeed")),
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(free_port()),
-        "--no_local_rank",
-        "--module",
-        "infra.cli",
-        *train,
-    ]
-    log = _run(cmd)
-    assert "world 2" in log
-    got, ref = _history(tmp_path, "ds"), _history(*baseline)
-    assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-4, atol=1e-6), (got, ref)
-
-
 def test_optimizer_offload_trains_and_resumes(
     latents: Path, baseline: tuple[Path, str], tmp_path: Path
 ) -> None:
@@ -787,94 +501,6 @@ def test_optimizer_offload_trains_and_resumes(
         again[6:],
         got[6:],
     )
-
-
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_sequence_parallel_on_two_ranks_matches_one_rank(
-    latents: Path, baseline: tuple[Path, str], tmp_path: Path, stage: int
-) -> None:
-    """SP=2 (each pack split over 2 ranks, Ulysses all-to-all around self-attention) trains the
-    one-rank run's losses and weights, under ZeRO 1, 2 and 3; killed (-9) at SP=2 it resumes on
-    one rank (SP=1), and the one-rank run's checkpoint resumes at SP=2, each continuing on the
-    same global batches."""
-    sp = ("--set", "train.parallel.sequence=2")
-    _run(_cmd(2, latents, tmp_path, "sp", stage, *sp))
-    got, ref = _history(tmp_path, "sp"), _history(*baseline)
-    assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-5, atol=1e-7), (got, ref)
-    w_sp, w_ref = _weights(tmp_path, "sp"), _weights(*baseline)
-    for k in w_ref:
-        assert torch.allclose(w_sp[k], w_ref[k], rtol=1e-5, atol=1e-6), k
-    if stage != 2:
-        return
-    # kill -9 at SP=2 (rank 0 SIGKILLs itself with step 6 written, not yet published; its peer
-    # dies with it), then --resume auto at SP=1 on one rank: step 4 continues on the same global
-    # batches.
-    _crash_in_save(_cmd(2, latents, tmp_path, "sp_killed", stage, *sp), 6)
-    log = _run(_cmd(1, latents, tmp_path, "sp_killed", stage, "--resume", "auto"))
-    assert "resumed from step-00000004" in log
-    again = _history(tmp_path, "sp_killed")
-    assert torch.allclose(torch.tensor(again), torch.tensor(ref), rtol=1e-5, atol=1e-7)
-    # SP=1 -> SP=2: the one-rank run's step 6 continues on an SP group of two.
-    shutil.copytree(baseline[0] / baseline[1], tmp_path / "sp_from_one")
-    single = tmp_path / "sp_from_one" / "checkpoints" / "step-00000006"
-    log = _run(_cmd(2, latents, tmp_path, "sp_from_one", 2, *sp, "--resume", str(single)))
-    assert "resumed from step-00000006" in log
-    assert torch.allclose(
-        torch.tensor(_history(tmp_path, "sp_from_one")), torch.tensor(ref), rtol=1e-5, atol=1e-7
-    )
-
-
-def test_sequence_parallel_in_a_dp_by_sp_mesh_with_token_dropping(
-    latents: Path, tmp_path: Path
-) -> None:
-    """4 ranks as DP=2 x SP=2 train the losses of DP=2 x SP=1 (2 ranks) on the same global
-    batches, with NaViT token dropping and caption dropout on."""
-    drop = ("--set", "train.data.token_drop=0.3", "--set", "train.steps=6")
-    _run(_cmd(2, latents, tmp_path, "dp2", 2, *drop))
-    _run(_cmd(4, latents, tmp_path, "dp2sp2", 2, *drop, "--set", "train.parallel.sequence=2"))
-    got, ref = _history(tmp_path, "dp2sp2"), _history(tmp_path, "dp2")
-    assert len(got) == 6
-    assert torch.allclose(torch.tensor(got), torch.tensor(ref), rtol=1e-5, atol=1e-7), (got, ref)
-
-
-def test_sampling_on_a_sequence_parallel_group_equals_one_process(
-    baseline: tuple[Path, str], tmp_path: Path
-) -> None:
-    import numpy as np
-    from PIL import Image
-
-    from trainer.vae.config import VAEConfig
-    from trainer.vae.model import CausalVAE
-
-    vae = tmp_path / "vae"
-    CausalVAE(VAEConfig.named("tiny")).save_pretrained(vae)
-    args = [
-        "sample",
-        "--checkpoint",
-        str(baseline[0] / baseline[1]),
-        "--vae",
-        str(vae),
-        "--prompt",
-        "a red circle moving right",
-        "--prompt",
-        "a blue square",
-        "--frames",
-        "9",
-        "--height",
-        "48",
-        "--width",
-        "32",
-        "--steps",
-        "3",
-    ]
-    _run([sys.executable, "-m", "infra.cli", *args, "--output", str(tmp_path / "one")])
-    launch = [sys.executable, "-m", "infra.cli", "launch", "--nproc-per-node", "2", "--"]
-    log = _run([*launch, *args, "--output", str(tmp_path / "sp")])
-    assert "sample: 2 t2v samples" in log
-    for name in ("contact_sheet.png", "00-a-red-circle-moving-right.png"):
-        one = np.asarray(Image.open(tmp_path / "one" / name), dtype=np.int16)
-        sp = np.asarray(Image.open(tmp_path / "sp" / name), dtype=np.int16)
-        assert one.shape == sp.shape and np.abs(one - sp).max() <= 1, name
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.latents import write_latent_shards
-from tests.test_train_deepspeed import _cmd, _run
+from tests.train_runs import _cmd, _run
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
