@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_train_deepspeed import REPO, _env
+from tests.train_runs import REPO, _env
 
 XL = [
     "--world-size",
