@@ -351,6 +351,10 @@ DIT_VARIANTS: dict[str, list[str]] = {
     "round 20 + contrastive 0.1 + seed 1": [*_R20, "train.flow.contrastive=0.1", "run.seed=1"],
     "round 20 + contrastive 0.1 + seed 2": [*_R20, "train.flow.contrastive=0.1", "run.seed=2"],
     "round 20 + seed 2": [*_R20, "run.seed=2"],
+    # Twice again (round 23): 0.1 read more held-out draws than 0.05 on every seed.
+    "round 20 + contrastive 0.2": [*_R20, "train.flow.contrastive=0.2"],
+    "round 20 + contrastive 0.2 + seed 1": [*_R20, "train.flow.contrastive=0.2", "run.seed=1"],
+    "round 20 + contrastive 0.2 + seed 2": [*_R20, "train.flow.contrastive=0.2", "run.seed=2"],
     # Squares are the shape missed most (drawn with round corners, read as circles): weight the
     # object's tokens twice as much again.
     "round 20 + foreground weight 8": [*_R20, "train.flow.foreground_weight=8.0"],
