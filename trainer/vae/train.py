@@ -26,7 +26,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -39,6 +38,7 @@ from infra.host_heap import retain_freed_memory
 from infra.media import decode_frames, write_mp4
 from infra.shards import iter_samples, open_clips
 from infra.storage import Storage
+from trainer import deepspeed_init
 from trainer.checkpoint import CheckpointStore, check_resume, code_version, tag_for, write_state
 from trainer.engine import DistInfo, deepspeed_config, distributed
 from trainer.vae.config import VAETrainConfig
@@ -235,7 +235,7 @@ def train_vae(
             num_params=sum(p.numel() for p in vae.parameters()),
             load_universal=universal,
         )
-        engine, *_ = deepspeed.initialize(model=vae, optimizer=opt, config=ds)
+        engine, *_ = deepspeed_init.initialize(model=vae, optimizer=opt, config=ds)
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         start = 0
         history: list[dict[str, float]] = []
