@@ -15,9 +15,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.config import CurateConfig, FilterConfig, ShardConfig
+from data_pipeline.config import CurateConfig, FilterConfig, ScoreConfig, ShardConfig
 from data_pipeline.curate import curate
 from data_pipeline.dedup import near_duplicates
+from data_pipeline.scores import ClipScorer
 from data_pipeline.sources import Source
 from data_pipeline.worker import process_source
 from infra.shards import open_clips
@@ -77,6 +78,21 @@ def test_motion_orders_static_slow_fast_and_classes_the_camera(scored: dict[str,
     assert abs(_scores(scored, "fast")["pan"] - 96 / 256) < 0.06
     cameras = {k: _scores(scored, k)["camera"] for k in scored if k in cm.CAMERA_FIXTURES}
     assert cameras == cm.CAMERA_FIXTURES
+
+
+def test_a_clip_narrower_than_the_flow_width_reads_the_same_speeds(videos_dir: Path) -> None:
+    # The demo's 64 px clips are measured at their own size, not upscaled to 128 px: a pan of 2
+    # and 4 px per frame at 256 px is 0.1875 and 0.375 frame widths per second at any size.
+    img = cm.still(videos_dir)
+    for px, want in ((2, 0.1875), (4, 0.375)):
+        frames = cm.pan(img, px, 0)
+        scorer = ClipScorer(len(frames), 24.0, ScoreConfig(text_frames=0))
+        for f in cm.resized(frames, 64, 36):
+            y = cm.cv2.cvtColor(f, cm.cv2.COLOR_RGB2YUV_I420)[:36]
+            scorer.add([y, y[:18, :32], y[:18, :32]])
+        got = scorer.result()
+        assert scorer.i == len(frames) and got["camera"] == "pan", got
+        assert abs(got["pan"] - want) < 0.02 and abs(got["flow"] - want) < 0.03, (got, want)
 
 
 def test_text_score_grows_with_the_burnt_in_text_area(scored: dict[str, Any]) -> None:
