@@ -89,13 +89,15 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(gpu_for(local_rank, torch.cuda.device_count()))
+    # DeepSpeed JIT-builds its shared-memory allreduce op when it first wraps the process group
+    # (here, or in deepspeed.initialize where a launcher made the group: Ray Train does), for
+    # tensor-parallel inference_all_reduce only: training never calls it. torch guards the build
+    # with a bare lock file, so a rank killed inside it (a fail-fast peer, kill -9 at start-up) left
+    # every later process on the machine waiting forever; it also cost a 23-80 s build on a fresh
+    # machine (in every Ray-launched run until this was set outside the `if` below). Mark the op
+    # unavailable and DeepSpeed skips it.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not dist.is_initialized():
-        # DeepSpeed JIT-builds its shared-memory allreduce op here, before joining the group, for
-        # tensor-parallel inference_all_reduce only: training never calls it. torch guards the
-        # build with a bare lock file, so a rank killed inside it (a fail-fast peer, kill -9 at
-        # start-up) left every later process on the machine waiting forever; it also cost a
-        # 23-56 s build on a fresh machine. Mark the op unavailable and DeepSpeed skips it.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(
             dist_backend="nccl" if cuda else "gloo",
             timeout=datetime.timedelta(seconds=timeout_s),
