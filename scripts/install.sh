@@ -42,10 +42,13 @@ EXT_PID=""
 if [ "${1:-}" = "--test" ]; then
     # The suite's optimizer-offload test runs DeepSpeed's CPU Adam, which DeepSpeed JIT-builds on
     # first use: ~100 s of CPU (57 s on 2 idle cores) that would otherwise land inside the suite.
-    # Built here, beside chromium's install, into the cache the tests use (tests/conftest.py).
+    # Built here, beside chromium's install, into the cache the tests use (tests/conftest.py), by
+    # the venv's ninja as in the tests (tests/train_runs.py): a system ninja 1.11 writes a log that
+    # the venv's 1.13 discards, and then it builds everything again.
     EXT_LOG=$(mktemp)
-    TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$(pwd)/.cache/torch_extensions}" .venv/bin/python \
-        -c 'from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load()' \
+    PATH="$(pwd)/.venv/bin:$PATH" \
+        TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$(pwd)/.cache/torch_extensions}" \
+        .venv/bin/python -c 'from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load()' \
         >"$EXT_LOG" 2>&1 &
     EXT_PID=$!
 fi
