@@ -54,20 +54,18 @@ if [ "${1:-}" = "--test" ]; then
 fi
 # spacetime's own packages too (an editable install is not in site-packages, so uv skips them).
 .venv/bin/python -m compileall -q -j 0 trainer data_pipeline recaption kernels infra >/dev/null
-if [ -n "$EXT_PID" ]; then
-    if ! wait "$EXT_PID"; then
-        cat "$EXT_LOG" >&2
-        echo "building DeepSpeed's CPU Adam failed (log above)" >&2
+# await PID LOG WHAT: waits for a background job; if it failed, shows its log and stops.
+await() {
+    [ -n "$1" ] || return 0
+    if ! wait "$1"; then
+        cat "$2" >&2
+        echo "$3 failed (log above)" >&2
         exit 1
     fi
-    echo "DeepSpeed's CPU Adam built"
-fi
+}
+await "$EXT_PID" "${EXT_LOG:-}" "building DeepSpeed's CPU Adam"
+await "$APT_PID" "${APT_LOG:-}" "installing chromium"
 if [ -n "$APT_PID" ]; then
-    if ! wait "$APT_PID"; then
-        cat "$APT_LOG" >&2
-        echo "installing chromium failed (log above)" >&2
-        exit 1
-    fi
     echo "chromium installed: $(command -v chromium)"
 fi
 echo "spacetime installed in $(pwd)/.venv"
