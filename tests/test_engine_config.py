@@ -1,4 +1,5 @@
-"""The engine's settings: DeepSpeed buckets any model size passes, one GPU per launched rank, and\nno JIT build of an op training never calls."""
+"""The engine's settings: DeepSpeed buckets any model size passes, one GPU per launched rank, and
+no JIT build of an op training never calls."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from trainer.engine import deepspeed_config, gpu_for
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
