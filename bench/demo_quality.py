@@ -324,7 +324,8 @@ def cmd_curve(args: argparse.Namespace) -> None:
             )  # fmt: skip
             extra = ""
             if args.held_out_seeds > 1:
-                extra = f" {_held_out_shapes(ev, c, vae_dir, run / 'samples', tag, args, cfg)} |"
+                held = _held_out_shapes(ev, c, vae_dir, run / "samples", tag, args, cfg, short)
+                extra = f" {held} |"
             print(
                 f"| {name} | {int(c.name.split('-')[1])} {_scores(ev)} {_per_shape(ev)} |{extra}",
                 flush=True,
@@ -332,17 +333,26 @@ def cmd_curve(args: argparse.Namespace) -> None:
 
 
 def _held_out_shapes(
-    ev: dict[str, Any], ckpt: Path, vae_dir: Path, out: Path, tag: str, args: Any, cfg: Any
+    ev: dict[str, Any],
+    ckpt: Path,
+    vae_dir: Path,
+    out: Path,
+    tag: str,
+    args: Any,
+    cfg: Any,
+    short: bool,
 ) -> str:
     """Held-out shapes right over `args.held_out_seeds` sampling seeds ("17/18"): the 6 held-out
     combinations drawn once are a coarse measure (a miss is 17 points); each further seed
     samples them again from other noise."""
     held = [s for s in ev["samples"] if s["held_out"] == "True"]
+    # Short-caption variants are sampled from the prompt as given, as they were trained.
+    captions = None if short else str(Path(args.workdir) / "captions")
     for seed in range(1, args.held_out_seeds):
         again = dataclasses.replace(cfg.sample, seed=seed)
         more = evaluate(
             str(ckpt), str(vae_dir), str(out / f"{tag}-held-out-seed-{seed}"), len(HELD_OUT),
-            str(Path(args.workdir) / "captions"), again,
+            captions, again,
         )  # fmt: skip
         held += more["samples"]
     return f"{sum(s['measured']['shape'] == s['shape'] for s in held)}/{len(held)}"
