@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image
 
 from infra.cli import main
 from infra.demo import shapes
+from infra.demo.evaluate import HELD_OUT
 
 
 def test_generator_is_deterministic(tmp_path: Path) -> None:
@@ -30,6 +32,22 @@ def test_generator_is_deterministic(tmp_path: Path) -> None:
     assert {c.direction for c in clips} == set(shapes.DIRECTIONS) and {
         c.shape for c in clips
     } == set(shapes.SHAPES)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_every_combination_not_held_out_is_drawn_evenly(seed: int) -> None:
+    """The demo's 192 videos cover its 66 seen combinations 2 or 3 times each; drawn
+    independently, ~4 of them had no video (BENCHMARKS.md, issue 20 round 26)."""
+    clips = shapes.sample_clips(192, seed=seed, exclude=set(HELD_OUT))
+    counts = Counter((c.colour, c.shape, c.direction) for c in clips)
+    assert len(clips) == 192 and not set(counts) & HELD_OUT
+    assert len(counts) == 6 * 3 * 4 - len(HELD_OUT) and set(counts.values()) == {2, 3}, counts
+    # Not one fixed order: the seed reorders the combinations.
+    assert [c.colour for c in clips] != [
+        c.colour for c in shapes.sample_clips(192, seed=seed + 1, exclude=set(HELD_OUT))
+    ]
+    with pytest.raises(ValueError, match="every combination"):
+        shapes.sample_clips(1, seed=0, exclude=set(counts) | HELD_OUT)
 
 
 @pytest.mark.parametrize("seed", range(4))
