@@ -101,8 +101,8 @@ def sample_clips(
     (held out, for evaluating generalisation to unseen combinations): each appears n // k or
     n // k + 1 times (k combinations), in a seeded random order; sizes and lengths are drawn
     uniformly. Drawn independently instead (until 2026-12-07), the demo's 192 videos left ~4 of its
-    66 seen combinations with no video at all, unseen in all but name, and drawn wrong by every
-    model trained on them (BENCHMARKS.md, issue 20 round 26)."""
+    66 seen combinations with no video at all, unseen in all but name: a bench model drew such a
+    square right in 3 of 15 runs (BENCHMARKS.md, issue 20 round 26)."""
     combos = [
         (c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS if (c, s, d) not in exclude
     ]
