@@ -316,15 +316,17 @@ def cmd_curve(args: argparse.Namespace) -> None:
         cfg = config(over)
         run = root / "curves" / f"{slug(args.vae)}--{slug(name)}--{args.steps}"
         ckpt = train_once(run, cfg, latents, args.steps, mixture)
+        # Short-caption variants are sampled from the prompt as given, as they were trained.
+        captions = None if short else str(root / "captions")
         for c in sorted(ckpt.glob("step-*")):
             tag = c.name if args.prompts == 24 else f"{c.name}-{args.prompts}"
             ev = evaluate(
-                str(c), str(vae_dir), str(run / "samples" / tag), args.prompts,
-                None if short else str(root / "captions"), cfg.sample,
+                str(c), str(vae_dir), str(run / "samples" / tag), args.prompts, captions,
+                cfg.sample,
             )  # fmt: skip
             extra = ""
             if args.held_out_seeds > 1:
-                held = _held_out_shapes(ev, c, vae_dir, run / "samples", tag, args, cfg, short)
+                held = _held_out_shapes(ev, c, vae_dir, run / "samples", tag, args, cfg, captions)
                 extra = f" {held} |"
             print(
                 f"| {name} | {int(c.name.split('-')[1])} {_scores(ev)} {_per_shape(ev)} |{extra}",
@@ -340,14 +342,13 @@ def _held_out_shapes(
     tag: str,
     args: Any,
     cfg: Any,
-    short: bool,
+    captions: str | None,
 ) -> str:
     """Held-out shapes right over `args.held_out_seeds` sampling seeds ("17/18"): the 6 held-out
     combinations drawn once are a coarse measure (a miss is 17 points); each further seed
-    samples them again from other noise."""
+    samples them again from other noise, each prompt rewritten with the caption set `captions`
+    (None: as given), as in the first draw."""
     held = [s for s in ev["samples"] if s["held_out"] == "True"]
-    # Short-caption variants are sampled from the prompt as given, as they were trained.
-    captions = None if short else str(Path(args.workdir) / "captions")
     for seed in range(1, args.held_out_seeds):
         again = dataclasses.replace(cfg.sample, seed=seed)
         more = evaluate(

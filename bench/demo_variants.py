@@ -354,6 +354,7 @@ DIT_VARIANTS: dict[str, list[str]] = {
     # Twice again (round 23): 0.1 read more held-out draws than 0.05 on every seed.
     "round 20 + contrastive 0.2": [*_R20, "train.flow.contrastive=0.2"],
     "round 20 + contrastive 0.2 + seed 1": [*_R20, "train.flow.contrastive=0.2", "run.seed=1"],
+    "round 20 + contrastive 0.2 + seed 2": [*_R20, "train.flow.contrastive=0.2", "run.seed=2"],
     # Round 26: the preset on the 6-token source captions ("a green square moving up"): in the
     # recaption paragraph the colour and the direction are said twice more ("mostly green", "moves
     # up"), the shape once, so ~55 text tokens carry colour and direction and one carries shape.
@@ -368,7 +369,6 @@ DIT_VARIANTS: dict[str, list[str]] = {
         "train.flow.contrastive=0.1",
         "run.seed=2",
     ],
-    "round 20 + contrastive 0.2 + seed 2": [*_R20, "train.flow.contrastive=0.2", "run.seed=2"],
     # Squares are the shape missed most (drawn with round corners, read as circles): weight the
     # object's tokens twice as much again.
     "round 20 + foreground weight 8": [*_R20, "train.flow.foreground_weight=8.0"],
