@@ -230,6 +230,11 @@ def test_train_vae_two_ranks_match_one_and_resume_on_one(shards: Path, tmp_path:
             "vae_train.batch_size=4",
             "--set",
             "vae_train.checkpoint_every=3",
+            # Steps 3, 6 and 9 on 9-frame crops: long steps split over ranks and resume too.
+            "--set",
+            "vae_train.long_frames=9",
+            "--set",
+            "vae_train.long_every=3",
             *more,
         ]
         launch = ["launch", "--nproc-per-node", str(nproc), "--"] if nproc > 1 else []

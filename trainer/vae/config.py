@@ -85,6 +85,15 @@ class VAETrainConfig:
     outline's halo). 2 was tried on the demo's 8x VAE: colour wrong in all 3 trainings."""
     frames: int = 5
     """Frames per training crop (1 + k x time_stride)."""
+    long_frames: int = 0
+    """Frames per crop on every `long_every`-th step (0: none; 1 + k x time_stride, > frames).
+    Every convolution is causal and pads a clip's start with its first frame, so in a short crop
+    every output frame sees that padding; past the crop's length (a whole clip at encode time) the
+    frames see only real past frames, a case never trained: the demo's VAE on 5-frame crops
+    turned red objects yellow or cyan ones blue from frame ~6 of a 17-frame sample. A share of
+    long crops teaches those frames at a fraction of long crops' cost (BENCHMARKS.md, round 27)."""
+    long_every: int = 4
+    """With long_frames: one step in this many uses long crops."""
     crop: int = 64
     """Square crop side in pixels (a multiple of 8)."""
     holdout: int = 4
@@ -162,8 +171,15 @@ class VAETrainConfig:
                 f"frames must be 1 + {self.time_stride}k and crop a multiple of 8, got "
                 f"{self.frames}, {self.crop}"
             )
-        if min(self.steps, self.batch_size, self.checkpoint_every) < 1:
-            raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
+        if self.long_frames and (
+            self.long_frames <= self.frames or (self.long_frames - 1) % self.time_stride
+        ):
+            raise ValueError(
+                f"long_frames must be 0 or 1 + {self.time_stride}k above frames ({self.frames}), "
+                f"got {self.long_frames}"
+            )
+        if min(self.steps, self.batch_size, self.checkpoint_every, self.long_every) < 1:
+            raise ValueError("steps, batch_size, checkpoint_every and long_every must be >= 1")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not self.foreground_weight >= 1:

@@ -51,6 +51,8 @@ RESUME_FIXED = (
     "seed",
     "batch_size",
     "frames",
+    "long_frames",
+    "long_every",
     "crop",
     "holdout",
     "size",
@@ -100,11 +102,15 @@ def load_clips(
     return [c for _, c in clips[cfg.holdout :]], [c for _, c in clips[: cfg.holdout]]
 
 
-def crop(frames: np.ndarray, cfg: VAETrainConfig, rng: random.Random) -> torch.Tensor:
-    t0 = rng.randrange(0, frames.shape[0] - cfg.frames + 1)
+def crop(
+    frames: np.ndarray, cfg: VAETrainConfig, rng: random.Random, length: int = 0
+) -> torch.Tensor:
+    """A random crop of `length` frames (0: cfg.frames) and cfg.crop pixels square."""
+    n = length or cfg.frames
+    t0 = rng.randrange(0, frames.shape[0] - n + 1)
     y0 = rng.randrange(0, frames.shape[1] - cfg.crop + 1)
     x0 = rng.randrange(0, frames.shape[2] - cfg.crop + 1)
-    return _to_tensor(frames[t0 : t0 + cfg.frames, y0 : y0 + cfg.crop, x0 : x0 + cfg.crop])
+    return _to_tensor(frames[t0 : t0 + n, y0 : y0 + cfg.crop, x0 : x0 + cfg.crop])
 
 
 def reconstruct(
@@ -137,20 +143,34 @@ def _rank_slice(cfg: VAETrainConfig, rank: int, world: int) -> slice:
 def step_batch(
     train: list[np.ndarray], cfg: VAETrainConfig, step: int, rank: int, world: int
 ) -> torch.Tensor:
-    """This rank's slice of step `step`'s global batch of crops (the same for any world size)."""
+    """This rank's slice of step `step`'s global batch of crops (the same for any world size);
+    on long steps (cfg.long_frames) the crops are long, from the clips that hold them."""
+    n = step_frames(cfg, step)
+    pool = train if n == cfg.frames else [c for c in train if c.shape[0] >= n]
+    if not pool:
+        raise ValueError(f"vae_train.long_frames={n}: no training clip has {n} frames")
     rng = random.Random(_step_seed(cfg, step))
-    windows = [(train[rng.randrange(len(train))], rng.random()) for _ in range(cfg.batch_size)]
+    windows = [(pool[rng.randrange(len(pool))], rng.random()) for _ in range(cfg.batch_size)]
     return torch.stack(
-        [crop(c, cfg, random.Random(r)) for c, r in windows[_rank_slice(cfg, rank, world)]]
+        [crop(c, cfg, random.Random(r), n) for c, r in windows[_rank_slice(cfg, rank, world)]]
     )
+
+
+def step_frames(cfg: VAETrainConfig, step: int) -> int:
+    """Frames per crop at `step`: cfg.long_frames on every cfg.long_every-th step, else cfg.frames."""
+    long = cfg.long_frames and step % cfg.long_every == cfg.long_every - 1
+    return cfg.long_frames if long else cfg.frames
 
 
 def step_noise(
     cfg: VAETrainConfig, latent: tuple[int, ...], step: int, rank: int, world: int
 ) -> torch.Tensor:
-    """This rank's slice of step `step`'s posterior noise."""
+    """This rank's slice of step `step`'s posterior noise; `latent` is a cfg.frames crop's latent
+    shape, lengthened on long steps."""
+    c, t, h, w = latent
+    t += (step_frames(cfg, step) - cfg.frames) // cfg.time_stride
     g = torch.Generator().manual_seed(_step_seed(cfg, step))
-    return torch.randn((cfg.batch_size, *latent), generator=g)[_rank_slice(cfg, rank, world)]
+    return torch.randn((cfg.batch_size, c, t, h, w), generator=g)[_rank_slice(cfg, rank, world)]
 
 
 def foreground(x: torch.Tensor, threshold: float = 0.1, margin: int = 0) -> torch.Tensor:
