@@ -46,6 +46,11 @@ def demo() -> SpacetimeConfig:
     # the unfolded VAE's (shape, colour, direction, intact 100%), and the DiT learns shape from its
     # latents sooner: 85% at 600 steps against 67-69% (BENCHMARKS.md, round 20).
     cfg.vae_train.patch = 2
+    # Every 4th step on 9-frame crops: trained on 5-frame crops only, frames past the 6th of a
+    # sample drifted in colour (red to yellow, cyan to blue; 2 of 4 demo VAEs), the samples read
+    # "changes colour"; with them no reconstruction of 33 frames does, for ~15% more VAE time
+    # (BENCHMARKS.md, round 27).
+    cfg.vae_train.long_frames = 9
     t = cfg.train
     # 4 blocks of 128, not 6: a step costs 0.67-0.73x, and with the loss weighted toward the object
     # (below) shape reads 83% at 1500 steps against the 6-block model's 76%, in 542 s against 734
