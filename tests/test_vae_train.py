@@ -272,6 +272,15 @@ def test_train_vae_two_ranks_match_one_and_resume_on_one(shards: Path, tmp_path:
     assert (tmp_path / "two" / "checkpoints" / "latest").read_text() == "step-00000009"
 
 
+def test_long_crops_no_clip_holds_are_refused_before_training(
+    shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*_train_vae_argv(shards, tmp_path / "vae", 5), "--set", "vae_train.long_frames=65"]
+    assert main(argv) == 1
+    assert "no training clip has vae_train.long_frames=65 frames" in capsys.readouterr().err
+    assert not (tmp_path / "vae" / "checkpoints").exists()
+
+
 def test_an_existing_run_is_refused_and_resume_auto_continues_it(
     trained: Path, shards: Path
 ) -> None:

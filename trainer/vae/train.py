@@ -219,6 +219,10 @@ def train_vae(
                 f"vae_train.batch_size {cfg.batch_size} must divide over {d.world_size} ranks"
             )
         train, held_clips = load_clips(src, storage, cfg)
+        if cfg.long_frames and not any(c.shape[0] >= cfg.long_frames for c in train):
+            raise ValueError(
+                f"{src}: no training clip has vae_train.long_frames={cfg.long_frames} frames"
+            )
         held = [crop(c, cfg, random.Random(i)) for i, c in enumerate(held_clips)]  # fixed crops
         out = Path(output)
         store = CheckpointStore(out / "checkpoints", None, storage, d.rank)
