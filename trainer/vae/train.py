@@ -146,14 +146,20 @@ def step_batch(
     """This rank's slice of step `step`'s global batch of crops (the same for any world size);
     on long steps (cfg.long_frames) the crops are long, from the clips that hold them."""
     n = step_frames(cfg, step)
-    pool = train if n == cfg.frames else [c for c in train if c.shape[0] >= n]
-    if not pool:
-        raise ValueError(f"vae_train.long_frames={n}: no training clip has {n} frames")
+    pool = train if n == cfg.frames else clips_holding(train, n)
     rng = random.Random(_step_seed(cfg, step))
     windows = [(pool[rng.randrange(len(pool))], rng.random()) for _ in range(cfg.batch_size)]
     return torch.stack(
         [crop(c, cfg, random.Random(r), n) for c, r in windows[_rank_slice(cfg, rank, world)]]
     )
+
+
+def clips_holding(train: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """The clips of at least n frames (a long step's pool); none is an error."""
+    pool = [c for c in train if c.shape[0] >= n]
+    if not pool:
+        raise ValueError(f"no training clip has vae_train.long_frames={n} frames")
+    return pool
 
 
 def step_frames(cfg: VAETrainConfig, step: int) -> int:
@@ -219,10 +225,11 @@ def train_vae(
                 f"vae_train.batch_size {cfg.batch_size} must divide over {d.world_size} ranks"
             )
         train, held_clips = load_clips(src, storage, cfg)
-        if cfg.long_frames and not any(c.shape[0] >= cfg.long_frames for c in train):
-            raise ValueError(
-                f"{src}: no training clip has vae_train.long_frames={cfg.long_frames} frames"
-            )
+        if cfg.long_frames:  # refused before the first step, not at the first long one
+            try:
+                clips_holding(train, cfg.long_frames)
+            except ValueError as e:
+                raise ValueError(f"{src}: {e}") from None
         held = [crop(c, cfg, random.Random(i)) for i, c in enumerate(held_clips)]  # fixed crops
         out = Path(output)
         store = CheckpointStore(out / "checkpoints", None, storage, d.rank)
