@@ -1,0 +1,65 @@
+"""How far apart a demo VAE's latents put the shapes, colour by colour (issue 20, round 28).
+
+    python bench/latent_separation.py VAE_DIR [VAE_DIR ...]
+
+For each colour, the L2 distance in the VAE's normalised latent (what the DiT learns) between a
+square and a circle, and between a triangle and a circle, of that colour moving the same way
+(17x64x64 clips rendered as the demo's ground truth; mean over the four directions). The DiT's
+loss on a shape it draws wrong grows with this distance, so a colour whose shapes sit close
+together gives its shapes a weak signal. It explains one case only (BENCHMARKS.md, round 28):
+seed 4's VAE put green squares and magenta triangles 3x closer to circles than other colours did;
+five DiT and text variants on its latents read 9-10 of 18 held-out draws, every one missing
+"a magenta triangle moving up" in all three draws. A second training of the VAE on the same
+clips spread them, and the preset's DiT read 17 of 18. Across the other runs the
+least distance does not predict the held-out score.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from infra.demo import shapes  # noqa: E402
+from trainer.vae.pretrained import VideoVAE  # noqa: E402
+
+
+def shape_separation(vae: VideoVAE) -> dict[str, tuple[float, float]]:
+    """colour -> (square-circle, triangle-circle) distance in the normalised latent."""
+
+    def latent(colour: str, shape: str, direction: str) -> torch.Tensor:
+        clip = shapes.render(shapes.ShapeClip(colour, shape, direction, 64, 64, 17))
+        x = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        with torch.no_grad():
+            return vae.encode(x)[0]
+
+    out = {}
+    for colour in shapes.COLOURS:
+        square = triangle = 0.0
+        for d in shapes.DIRECTIONS:
+            circle = latent(colour, "circle", d)
+            square += float((latent(colour, "square", d) - circle).norm()) / len(shapes.DIRECTIONS)
+            triangle += float((latent(colour, "triangle", d) - circle).norm()) / len(
+                shapes.DIRECTIONS
+            )
+        out[colour] = (square, triangle)
+    return out
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    print("| VAE | " + " | ".join(shapes.COLOURS) + " | least (square / triangle) |")
+    print("|---" * (len(shapes.COLOURS) + 2) + "|")
+    for path in sys.argv[1:]:
+        sep = shape_separation(VideoVAE(path))
+        cells = " | ".join(f"{s:.0f} / {t:.0f}" for s, t in sep.values())
+        least = f"{min(s for s, _ in sep.values()):.0f} / {min(t for _, t in sep.values()):.0f}"
+        print(f"| {path} | {cells} | {least} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
