@@ -37,16 +37,15 @@ def shape_separation(vae: VideoVAE) -> dict[str, tuple[float, float]]:
         with torch.no_grad():
             return vae.encode(x)[0]
 
+    n = len(shapes.DIRECTIONS)
     out = {}
     for colour in shapes.COLOURS:
         square = triangle = 0.0
         for d in shapes.DIRECTIONS:
             circle = latent(colour, "circle", d)
-            square += float((latent(colour, "square", d) - circle).norm()) / len(shapes.DIRECTIONS)
-            triangle += float((latent(colour, "triangle", d) - circle).norm()) / len(
-                shapes.DIRECTIONS
-            )
-        out[colour] = (square, triangle)
+            square += float((latent(colour, "square", d) - circle).norm())
+            triangle += float((latent(colour, "triangle", d) - circle).norm())
+        out[colour] = (square / n, triangle / n)
     return out
 
 
