@@ -46,6 +46,7 @@ from infra.storage import Storage  # noqa: E402
 from recaption.job import run_recaption  # noqa: E402
 from trainer.encode import run_encode  # noqa: E402
 from trainer.vae.config import VAETrainConfig  # noqa: E402
+from trainer.vae.pixels import to_signed, to_uint8  # noqa: E402
 from trainer.vae.pretrained import VideoVAE  # noqa: E402
 from trainer.vae.train import train_vae  # noqa: E402
 
@@ -116,9 +117,9 @@ def vae_scores(vae_dir: Path) -> dict[str, Any]:
     vae = VideoVAE(vae_dir)
     measured = []
     for v in videos:
-        x = torch.from_numpy(v).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        x = to_signed(v)[None]
         rec = vae.decode(vae.encode(x))[0].clamp(-1, 1)
-        measured.append(measure(((rec + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()))
+        measured.append(measure(to_uint8(rec)))
     out = score(measured, rows)
     hits = sum(
         old_shape_rule(m["outline"]) == r["shape"] for m, r in zip(measured, rows, strict=True)

@@ -148,8 +148,9 @@ def _evaluate(bundle: str, checkpoint: str, sheet: str) -> dict[str, Any]:
 
     from infra.demo.score import measure, score
     from infra.demo.sheet import scored_sheet
-    from trainer.sample import generate, to_uint8
+    from trainer.sample import generate
     from trainer.sample_config import SampleConfig
+    from trainer.vae.pixels import to_uint8
     from trainer.vae.pretrained import VideoVAE
     from trainer.weights import load_model
 

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from infra.demo import shapes  # noqa: E402
+from trainer.vae.pixels import to_signed  # noqa: E402
 from trainer.vae.pretrained import VideoVAE  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def shape_separation(vae: VideoVAE) -> dict[str, tuple[float, float]]:
 
     def latent(colour: str, shape: str, direction: str) -> torch.Tensor:
         clip = shapes.render(shapes.ShapeClip(colour, shape, direction, 64, 64, 17))
-        x = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        x = to_signed(clip)[None]
         with torch.no_grad():
             return vae.encode(x)[0]
 

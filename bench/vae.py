@@ -35,6 +35,7 @@ import torch  # noqa: E402
 from bench.memory import exact_heap, peak_mb, reset_peak  # noqa: E402
 from trainer.vae.config import VAEConfig  # noqa: E402
 from trainer.vae.model import CausalVAE  # noqa: E402
+from trainer.vae.pixels import to_signed  # noqa: E402
 
 
 def measure(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, float]:
@@ -170,7 +171,7 @@ def quality_rows(vae_dir: Path, clips: Path, device: torch.device, name: str) ->
         for s in iter_samples(shard, Storage()):
             f = decode_frames(s["mp4"], 33)
             n = latent_frames(len(f), len(f), vae.cfg.time_stride)
-            x = torch.from_numpy(f[:n]).permute(3, 0, 1, 2)[None].float().to(device) / 127.5 - 1
+            x = to_signed(f[:n])[None].to(device)
             tile = 8 * ss  # smaller than every clip side, so tiling really happens
             with torch.no_grad():
                 a = vae.decode(vae.encode(x).mean).clamp(-1, 1)

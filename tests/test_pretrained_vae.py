@@ -21,6 +21,7 @@ from infra.media import decode_frames
 from infra.storage import Storage
 from tests.pretrained_vaes import FAMILIES, save
 from tests.train_runs import REPO, _cmd, _env, _history
+from trainer.vae.pixels import to_signed
 from trainer.vae.pretrained import VideoVAE, vae_info
 
 pytestmark = pytest.mark.slow
@@ -112,7 +113,7 @@ def test_encode_equals_the_diffusers_model_and_decode_inverts_it(
         for s in wds.WebDataset(str(shard), shardshuffle=False):
             frames = decode_frames(s["mp4"], max_frames=9)
             t = 1 + info.time_stride * ((len(frames) - 1) // info.time_stride)
-            x = torch.from_numpy(frames[:t]).permute(3, 0, 1, 2).float()[None] / 127.5 - 1
+            x = to_signed(frames[:t])[None]
             x = crop_to_stride(x, info.space_stride)
             want = _direct_encode(family, vaes[family], x)[0]
             item = got[s["__key__"]]

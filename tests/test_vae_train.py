@@ -16,6 +16,7 @@ from infra.cli import main
 from infra.demo import shapes
 from infra.storage_config import StorageConfig
 from trainer.vae.model import CausalVAE
+from trainer.vae.pixels import to_signed, to_uint8
 
 pytestmark = pytest.mark.slow
 
@@ -78,8 +79,7 @@ def _clips(shards: Path) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
     for shard in sorted(shards.glob("clips-*.tar")):
         for s in iter_samples(str(shard), Storage()):
             f = decode_frames(s["mp4"], 17)
-            x = torch.from_numpy(f[: 1 + 4 * ((len(f) - 1) // 4)]).permute(3, 0, 1, 2)[None]
-            yield s, x.float() / 127.5 - 1
+            yield s, to_signed(f[: 1 + 4 * ((len(f) - 1) // 4)])[None]
 
 
 def _check_tiled_matches_untiled(vae: CausalVAE, shards: Path) -> None:
@@ -194,7 +194,7 @@ def test_demo_vae_reconstructs_the_moving_object(trained: Path, shards: Path) ->
     for s, x in _clips(shards):
         with torch.no_grad():
             rec = vae.decode(vae.encode(x).mean)[0].clamp(-1, 1)
-        measured.append(measure(((rec + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()))
+        measured.append(measure(to_uint8(rec)))
         words = s["txt"].decode().split()
         expected.append({"colour": words[1], "shape": words[2], "direction": words[-1]})
     result = score(measured, expected)

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import av
@@ -44,7 +43,9 @@ from infra.storage_config import StorageConfig
 from infra.uris import join, normalize, relative_to
 from trainer.data.raw import latent_frames
 from trainer.text.encoder import TextEncoder, TextEncoderConfig, default_model_path
+from trainer.text.which import dir_id
 from trainer.vae.config import EncodeConfig
+from trainer.vae.pixels import to_signed
 from trainer.vae.pretrained import VideoVAE, crop_to_stride, vae_identity
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,6 @@ def _models(
 def vae_tag(vae_dir: str) -> str:
     """A short id of the VAE (class, config and weights), so latents of different VAEs never mix."""
     return vae_identity(vae_dir)["tag"]
-
-
-def _dir_id(path: str) -> str:
-    """A model directory by its place and its config (weights are too big to hash per run)."""
-    conf = Path(path) / "config.json"
-    digest = hashlib.sha256(conf.read_bytes()).hexdigest()[:12] if conf.is_file() else "no config"
-    return f"{normalize(path)} (config {digest})"
 
 
 def settings(
@@ -90,7 +84,7 @@ def settings(
     return {
         "shards": normalize(shards),
         "vae": vae_tag(vae_dir),
-        "text_encoder": _dir_id(text_path or default_model_path()),
+        "text_encoder": dir_id(text_path or default_model_path()),
         "captions": normalize(captions) if captions else "",
         "captions_made_with": hashlib.sha256(made_with.encode()).hexdigest()[:12]
         if captions
@@ -187,7 +181,7 @@ def encode_shard(
                 errors.append({"key": s["__key__"], "shard": clip_shard, "reason": f"decode: {e}"})
                 continue
             t = latent_frames(frames.shape[0], ecfg.max_frames, vae.time_stride)
-            x = torch.from_numpy(frames[:t]).permute(3, 0, 1, 2).float()[None] / 127.5 - 1
+            x = to_signed(frames[:t])[None]
             x = crop_to_stride(x, vae.space_stride)
             z = vae.encode(x, ecfg.chunk_latent_frames, tile=ecfg.tile or None)[0].contiguous()
             caption = chosen.get(s["__key__"])

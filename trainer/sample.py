@@ -21,13 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
 
 from infra.config import to_dict
 from infra.media import contact_sheet, read_frames, write_mp4
+from infra.storage import Storage
 from trainer.config import TrainConfig
 from trainer.diffusion.objectives import build_diffusion
 from trainer.engine import init_distributed
@@ -36,6 +36,8 @@ from trainer.model.packing import PackedBatch, pack, patchify, unpack
 from trainer.model.sequence_parallel import SequenceShard, shard_pack
 from trainer.sample_config import SampleConfig
 from trainer.text.encoder import TextEncoder, TextEncoderConfig
+from trainer.text.which import text_encoder_for
+from trainer.vae.pixels import to_signed, to_uint8
 from trainer.vae.pretrained import VideoVAE
 from trainer.weights import load_model
 
@@ -109,7 +111,7 @@ def latent_grid(cfg: SampleConfig, model_cfg: Any, vae_cfg: Any) -> tuple[int, i
 
 def read_media(path: str | Path, frames: int, height: int, width: int) -> torch.Tensor:
     """An image or video file -> (3, T, H, W) in [-1, 1], resized, at most `frames` frames."""
-    x = torch.from_numpy(read_frames(path, frames)).permute(3, 0, 1, 2).float() / 127.5 - 1
+    x = to_signed(read_frames(path, frames))
     x = torch.nn.functional.interpolate(
         x.permute(1, 0, 2, 3), size=(height, width), mode="bilinear", antialias=True
     )
@@ -260,11 +262,6 @@ def generate(
     return latents, videos
 
 
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
-    return ((video + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).numpy()
-
-
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "empty"
 
@@ -302,7 +299,9 @@ def run_sample(
     model, train_cfg, which = load_model(checkpoint, cfg.use_ema)
     vae = VideoVAE(vae_dir)
     check_vae(train_cfg, vae, which)
-    encoder = TextEncoder(TextEncoderConfig(path=text_encoder or None))
+    encoder = TextEncoder(
+        TextEncoderConfig(path=text_encoder_for(train_cfg, text_encoder, Storage()))
+    )
     if encoder.dim != model.cfg.text_dim:
         raise ValueError(
             f"the text encoder gives {encoder.dim}-dim states, the model was trained on "

@@ -192,7 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="image or video to condition on (interpolate: give two)",
     )
-    p.add_argument("--text-encoder", default=None, help="local text encoder dir (as in encode)")
+    p.add_argument(
+        "--text-encoder",
+        default=None,
+        help="local text encoder dir (default: the one the training latents record, or "
+        "train.data.text_encoder; another model is refused)",
+    )
     p.add_argument(
         "--upsample",
         default=None,

@@ -27,6 +27,7 @@ from infra.storage import Storage
 from infra.uris import join
 from trainer.data.plan import Entry, Index
 from trainer.text.encoder import TextEncoder, TextEncoderConfig
+from trainer.vae.pixels import to_signed
 from trainer.vae.pretrained import VideoVAE, crop_to_stride
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class ClipEncoder:
                 f"{shard}: clip {s['__key__']} decoded to {frames.shape[0]} frames, the manifest "
                 f"promised at least {want}"
             )
-        x = torch.from_numpy(frames).permute(3, 0, 1, 2).float()[None] / 127.5 - 1
+        x = to_signed(frames)[None]
         z = self.vae.encode(crop_to_stride(x, self.vae.space_stride))[0].contiguous()
         caption = self.captions.get(s["__key__"]) or s.get("txt", b"").decode("utf-8")
         return z, self.text.encode([caption])[0].contiguous()

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from infra.media import read_frames, write_mp4
+from trainer.vae.pixels import to_signed, to_uint8
 from trainer.vae.pretrained import VideoVAE, crop_to_stride
 from trainer.vae.train import psnr
 
@@ -48,7 +49,7 @@ def load_video(path: str, vae: VideoVAE, max_frames: int, max_side: int) -> torc
     frames = read_frames(path, max_frames)
     ts = vae.time_stride
     t = 1 + ts * ((len(frames) - 1) // ts)
-    x = torch.from_numpy(frames[:t]).permute(3, 0, 1, 2).float() / 127.5 - 1  # (3, T, H, W)
+    x = to_signed(frames[:t])  # (3, T, H, W)
     h, w = x.shape[-2:]
     if max_side and max(h, w) > max_side:
         scale = max_side / max(h, w)
@@ -72,10 +73,7 @@ def reconstruct(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
 
-    def u8(v: torch.Tensor) -> np.ndarray:
-        return ((v[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).numpy()
-
-    pair = np.concatenate([u8(x), u8(y)], axis=2)  # input | reconstruction
+    pair = np.concatenate([to_uint8(x[0]), to_uint8(y[0])], axis=2)  # input | reconstruction
     write_mp4(out / "side_by_side.mp4", pair[:, : pair.shape[1] // 2 * 2, : pair.shape[2] // 2 * 2])
     result = {
         "video": video,

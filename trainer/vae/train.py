@@ -43,6 +43,7 @@ from trainer.checkpoint import CheckpointStore, check_resume, code_version, tag_
 from trainer.engine import DistInfo, deepspeed_config, distributed
 from trainer.vae.config import VAETrainConfig
 from trainer.vae.model import CausalVAE
+from trainer.vae.pixels import to_signed, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,6 @@ RESUME_FIXED = (
     "temporal_resample",
     "patch",
 )
-
-
-def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (3, T, H, W) float in [-1, 1]."""
-    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -110,7 +106,7 @@ def crop(
     t0 = rng.randrange(0, frames.shape[0] - n + 1)
     y0 = rng.randrange(0, frames.shape[1] - cfg.crop + 1)
     x0 = rng.randrange(0, frames.shape[2] - cfg.crop + 1)
-    return _to_tensor(frames[t0 : t0 + n, y0 : y0 + cfg.crop, x0 : x0 + cfg.crop])
+    return to_signed(frames[t0 : t0 + n, y0 : y0 + cfg.crop, x0 : x0 + cfg.crop])
 
 
 def reconstruct(
@@ -370,6 +366,6 @@ def _save_reconstructions(
     for i, x in enumerate(held):
         rec = reconstruct(vae, x, device, torch.float32).clamp(-1, 1)
         pair = torch.cat([x, rec], dim=3)  # original | reconstruction, side by side
-        frames = ((pair + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
+        frames = to_uint8(pair)
         write_mp4(out / f"heldout-{i}.mp4", frames)
         Image.fromarray(np.concatenate(list(frames), axis=0)).save(out / f"heldout-{i}.png")
