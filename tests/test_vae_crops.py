@@ -3,13 +3,15 @@ and that their posterior noise fits the latent the VAE makes of them."""
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
 
 from trainer.vae.config import VAETrainConfig
 from trainer.vae.model import CausalVAE
-from trainer.vae.train import step_batch, step_frames, step_noise
+from trainer.vae.train import crop, step_batch, step_frames, step_noise
 
 
 def _cfg(**kw: object) -> VAETrainConfig:
@@ -74,3 +76,40 @@ def test_long_frames_must_be_longer_and_fit_the_time_stride(long_frames: int) ->
         _cfg(long_frames=long_frames)
     with pytest.raises(ValueError, match="long_every"):
         _cfg(long_frames=9, long_every=0)
+
+
+def _dot_clip(y: int, x: int) -> np.ndarray:
+    """A grey 5x64x96 clip with one 4x4 red square at (y, x): ~0.3% of the pixels."""
+    clip = np.full((5, 64, 96, 3), 128, np.uint8)
+    clip[:, y : y + 4, x : x + 4] = (220, 30, 30)
+    return clip
+
+
+def test_content_crops_hold_the_object_where_uniform_crops_mostly_miss_it() -> None:
+    clip = _dot_clip(50, 80)
+    red = torch.tensor([220, 30, 30]) / 127.5 - 1
+
+    def holds(c: torch.Tensor) -> bool:
+        return bool(((c - red.view(3, 1, 1, 1)).abs().amax(0) < 1e-3).any())
+
+    centred = _cfg(content_crops=1.0)
+    crops = [crop(clip, centred, random.Random(i)) for i in range(40)]
+    assert all(c.shape == (3, 5, 16, 16) and holds(c) for c in crops)
+    uniform = [crop(clip, _cfg(), random.Random(i)) for i in range(40)]
+    assert sum(holds(c) for c in uniform) < 10
+    # Half content crops: some of each; a plain clip (no content) falls back to uniform crops.
+    half = [holds(crop(clip, _cfg(content_crops=0.5), random.Random(i))) for i in range(40)]
+    assert 10 < sum(half) < 40
+    plain = np.full((5, 64, 96, 3), 128, np.uint8)
+    assert crop(plain, centred, random.Random(0)).shape == (3, 5, 16, 16)
+
+
+def test_content_crops_off_draws_the_uniform_crops_of_before() -> None:
+    # The share is drawn only when it is on, so existing runs (and their resumes) crop as before.
+    clip = np.random.default_rng(0).integers(0, 256, (9, 40, 40, 3), np.uint8)
+    rng = random.Random(3)
+    t0, y0, x0 = rng.randrange(0, 5), rng.randrange(0, 25), rng.randrange(0, 25)
+    want = torch.from_numpy(clip[t0 : t0 + 5, y0 : y0 + 16, x0 : x0 + 16]).permute(3, 0, 1, 2)
+    assert torch.equal(crop(clip, _cfg(), random.Random(3)), want.float() / 127.5 - 1)
+    with pytest.raises(ValueError, match="content_crops"):
+        _cfg(content_crops=1.5)

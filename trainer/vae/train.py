@@ -55,6 +55,7 @@ RESUME_FIXED = (
     "long_frames",
     "long_every",
     "crop",
+    "content_crops",
     "holdout",
     "size",
     "space_stride",
@@ -101,12 +102,29 @@ def load_clips(
 def crop(
     frames: np.ndarray, cfg: VAETrainConfig, rng: random.Random, length: int = 0
 ) -> torch.Tensor:
-    """A random crop of `length` frames (0: cfg.frames) and cfg.crop pixels square."""
-    n = length or cfg.frames
+    """A random crop of `length` frames (0: cfg.frames) and cfg.crop pixels square; with
+    cfg.content_crops, that share of crops centred on a random pixel of the clip's content."""
+    n, side = length or cfg.frames, cfg.crop
     t0 = rng.randrange(0, frames.shape[0] - n + 1)
-    y0 = rng.randrange(0, frames.shape[1] - cfg.crop + 1)
-    x0 = rng.randrange(0, frames.shape[2] - cfg.crop + 1)
-    return to_signed(frames[t0 : t0 + n, y0 : y0 + cfg.crop, x0 : x0 + cfg.crop])
+    clip = frames[t0 : t0 + n]
+    h, w = clip.shape[1:3]
+    ys = xs = None
+    if cfg.content_crops and rng.random() < cfg.content_crops:
+        ys, xs = np.nonzero(content(clip))
+    if ys is not None and len(ys):
+        i = rng.randrange(len(ys))
+        y0 = min(max(0, int(ys[i]) - side // 2), h - side)
+        x0 = min(max(0, int(xs[i]) - side // 2), w - side)
+    else:
+        y0, x0 = rng.randrange(0, h - side + 1), rng.randrange(0, w - side + 1)
+    return to_signed(clip[:, y0 : y0 + side, x0 : x0 + side])
+
+
+def content(clip: np.ndarray, threshold: int = 13) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (H, W) bool: pixels that differ from the clip's median colour by
+    more than `threshold` (of 255; `foreground`'s 0.1 of [-1, 1]) in some frame and channel."""
+    median = np.median(clip.reshape(-1, 3), axis=0).astype(np.int16)
+    return (np.abs(clip.astype(np.int16) - median) > threshold).any(axis=(0, 3))
 
 
 def reconstruct(
