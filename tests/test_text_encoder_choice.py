@@ -81,3 +81,16 @@ def test_clips_encoded_on_the_fly_use_the_configured_encoder(tmp_path: Path) -> 
     cfg.data.text_encoder = _encoder(tmp_path, "mine")
     assert text_encoder_for(cfg, None, Storage()) == cfg.data.text_encoder
     assert text_encoder_for(_cfg(), None, Storage()) is None
+
+
+def test_latents_out_of_reach_are_a_warning_not_a_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A checkpoint sampled away from its training data: sampling goes on with the default.
+    gone = _cfg(str(tmp_path / "cluster-only"))
+    assert text_encoder_for(gone, None, Storage()) is None
+    unreadable = tmp_path / "odd"
+    (unreadable / "job.json").mkdir(parents=True)  # reading it fails, not as "missing"
+    with caplog.at_level("WARNING"):
+        assert text_encoder_for(_cfg(str(unreadable)), None, Storage()) is None
+    assert "cannot read" in caplog.text and str(unreadable) in caplog.text

@@ -35,6 +35,7 @@ def preview(trainer: Any, metrics: Any) -> None:
                 str(out),
                 p.sample,
                 text_encoder=p.text_encoder or trainer.cfg.data.text_encoder,
+                storage=trainer.storage,
             )
         except Exception as e:  # previews are a view on training, never a reason to stop it
             log.warning("preview at step %d failed: %s", trainer.step, e)

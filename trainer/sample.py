@@ -289,9 +289,11 @@ def run_sample(
     text_encoder: str | None = None,
     inputs: list[str] | None = None,
     rewrite: Rewrite | None = None,
+    storage: Storage | None = None,
 ) -> dict[str, Any]:
     """`rewrite`: turns each prompt into the text the model is conditioned on (e.g. prompt
-    upsampling in a caption set's style: recaption.upsample.Upsampler); the record keeps both."""
+    upsampling in a caption set's style: recaption.upsample.Upsampler); the record keeps both.
+    `storage` reads the training latents' records of their text encoder (trainer/text/which.py)."""
     if not prompts:
         raise ValueError("give at least one --prompt")
     t0 = time.monotonic()
@@ -300,7 +302,7 @@ def run_sample(
     vae = VideoVAE(vae_dir)
     check_vae(train_cfg, vae, which)
     encoder = TextEncoder(
-        TextEncoderConfig(path=text_encoder_for(train_cfg, text_encoder, Storage()))
+        TextEncoderConfig(path=text_encoder_for(train_cfg, text_encoder, storage or Storage()))
     )
     if encoder.dim != model.cfg.text_dim:
         raise ValueError(

@@ -179,6 +179,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         text_encoder=args.text_encoder,
         inputs=args.input,
         rewrite=rewrite,
+        storage=Storage(cfg.storage),
     )
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from infra.storage import Storage
 from infra.uris import join, normalize
 from trainer.config import TrainConfig
 from trainer.text.encoder import default_model_path
+
+log = logging.getLogger(__name__)
 
 _RECORDED = re.compile(r"^(?P<path>.*) \(config (?P<digest>[0-9a-f]+|no config)\)$")
 
@@ -38,13 +41,17 @@ def latent_sets(cfg: TrainConfig) -> list[str]:
 
 
 def recorded_encoders(cfg: TrainConfig, storage: Storage) -> dict[str, str]:
-    """latent set -> the text encoder id its `spacetime encode` job recorded (sets without a
-    job.json, e.g. written by other tools, are left out)."""
+    """latent set -> the text encoder id its `spacetime encode` job recorded. Sets without a
+    job.json (written by other tools) or out of reach here (a checkpoint trained on a cluster,
+    sampled elsewhere) are left out: the record is a check, not a need."""
     out = {}
     for s in latent_sets(cfg):
         try:
             job = json.loads(storage.read_text(join(s, "job.json")))
         except FileNotFoundError:
+            continue
+        except Exception as e:  # e.g. an S3 bucket this machine has no credentials for
+            log.warning("cannot read %s's job.json to check its text encoder: %s", s, e)
             continue
         enc = job.get("settings", {}).get("text_encoder")
         if enc:
