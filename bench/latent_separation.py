@@ -17,6 +17,7 @@ least distance does not predict the held-out score.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,15 +51,30 @@ def shape_separation(vae: VideoVAE) -> dict[str, tuple[float, float]]:
     return out
 
 
-def main() -> None:
+def colour_table(
+    last: str,
+    read: Callable[[VideoVAE], dict[str, tuple[float, float]]],
+    worst: Callable[[list[tuple[float, float]]], tuple[float, float]],
+    digits: int,
+) -> None:
+    """One markdown row per VAE directory on the command line: each colour's pair from `read`,
+    then `worst` of them (also used by bench/vae_outline.py)."""
     torch.set_num_threads(1)
-    print("| VAE | " + " | ".join(shapes.COLOURS) + " | least (square / triangle) |")
+    print("| VAE | " + " | ".join(shapes.COLOURS) + f" | {last} |")
     print("|---" * (len(shapes.COLOURS) + 2) + "|")
     for path in sys.argv[1:]:
-        sep = shape_separation(VideoVAE(path))
-        cells = " | ".join(f"{s:.0f} / {t:.0f}" for s, t in sep.values())
-        least = f"{min(s for s, _ in sep.values()):.0f} / {min(t for _, t in sep.values()):.0f}"
-        print(f"| {path} | {cells} | {least} |", flush=True)
+        pairs = list(read(VideoVAE(path)).values())
+        cells = " | ".join(f"{a:.{digits}f} / {b:.{digits}f}" for a, b in [*pairs, worst(pairs)])
+        print(f"| {path} | {cells} |", flush=True)
+
+
+def main() -> None:
+    colour_table(
+        "least (square / triangle)",
+        shape_separation,
+        lambda p: (min(s for s, _ in p), min(t for _, t in p)),
+        0,
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from latent_separation import colour_table  # noqa: E402
+
 from infra.demo import shapes  # noqa: E402
 from infra.demo.score import measure  # noqa: E402
 from trainer.vae.pixels import to_signed, to_uint8  # noqa: E402
@@ -49,15 +51,12 @@ def outlines(vae: VideoVAE) -> dict[str, tuple[float, float]]:
 
 
 def main() -> None:
-    torch.set_num_threads(1)
-    names = " | ".join(shapes.COLOURS)
-    print(f"| VAE | {names} | least corner / most half |")
-    print("|---" * (len(shapes.COLOURS) + 2) + "|")
-    for path in sys.argv[1:]:
-        read = outlines(VideoVAE(path))
-        cells = " | ".join(f"{c:.2f} / {h:.2f}" for c, h in read.values())
-        worst = f"{min(c for c, _ in read.values()):.2f} / {max(h for _, h in read.values()):.2f}"
-        print(f"| {path} | {cells} | {worst} |", flush=True)
+    colour_table(
+        "least corner / most half",
+        outlines,
+        lambda p: (min(c for c, _ in p), max(h for _, h in p)),
+        2,
+    )
 
 
 if __name__ == "__main__":
