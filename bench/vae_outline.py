@@ -8,9 +8,9 @@ truth) go through the VAE (encode, decode) and the scorer's outline numbers are 
 reconstruction: a square's corner fill (read as a square above 0.3; sharp: 1.0) and a triangle's
 half ratio (a triangle below 0.6; sharp: 0.42), median over the directions. The DiT's samples are
 decoded by this VAE and come out a little softer than its reconstructions, so a colour whose
-reconstructed triangles already sit near 0.6 is drawn as a blob. Over 26 demo runs at the slow
-machine's steps (rounds 27-29), where the worst colour's half ratio was above 0.54, 14 of 15 runs
-read fewer than 15 of 18 held-out draws; at or below it, 9 of 11 read 15 or more (the other two
+reconstructed triangles already sit near 0.6 is drawn as a blob. Over 30 demo runs at the slow
+machine's steps (rounds 27-29), where the worst colour's half ratio was above 0.54, 16 of 17 runs
+read fewer than 15 of 18 held-out draws; at or below it, 11 of 13 read 15 or more (the other two
 missed squares, which this does not foresee).
 """
 

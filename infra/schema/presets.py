@@ -51,12 +51,6 @@ def demo() -> SpacetimeConfig:
     # "changes colour"; with them no reconstruction of 33 frames does, for ~15% more VAE time
     # (BENCHMARKS.md, round 27).
     cfg.vae_train.long_frames = 9
-    # Three crops in four centred on the moving object (a uniform 32-pixel crop of these frames
-    # often holds none of it) and twice the rate: the VAE's reconstructed triangles read a half
-    # ratio of 0.52-0.56 at worst over six seeds' VAEs against 0.53-0.62 (the scorer's line is
-    # 0.6, and the DiT draws softer than its VAE), for the same time (BENCHMARKS.md, round 29).
-    cfg.vae_train.content_crops = 0.75
-    cfg.vae_train.lr = 2e-3
     t = cfg.train
     # 4 blocks of 128, not 6: a step costs 0.67-0.73x, and with the loss weighted toward the object
     # (below) shape reads 83% at 1500 steps against the 6-block model's 76%, in 542 s against 734
