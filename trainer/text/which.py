@@ -24,15 +24,19 @@ log = logging.getLogger(__name__)
 _RECORDED = re.compile(r"^(?P<path>.*) \(config (?P<digest>[0-9a-f]+|no config)\)$")
 
 
+def _config_digest(path: str) -> str:
+    conf = Path(path) / "config.json"
+    return hashlib.sha256(conf.read_bytes()).hexdigest()[:12] if conf.is_file() else "no config"
+
+
 def dir_id(path: str) -> str:
     """A model directory by its place and its config (weights are too big to hash per run)."""
-    conf = Path(path) / "config.json"
-    digest = hashlib.sha256(conf.read_bytes()).hexdigest()[:12] if conf.is_file() else "no config"
-    return f"{normalize(path)} (config {digest})"
+    return f"{normalize(path)} (config {_config_digest(path)})"
 
 
 def latent_sets(cfg: TrainConfig) -> list[str]:
-    """Every latent set a run trains on, over all its stages and mixture sources."""
+    """Every latent set a run trains on, over all its stages and mixture sources (read from the
+    config, not trainer.data.stages: trainer.data imports trainer.text)."""
     d = cfg.data
     sets = [d.latents, *(s.latents for s in d.sources)]
     for st in cfg.stages:
@@ -73,7 +77,7 @@ def text_encoder_for(cfg: TrainConfig, explicit: str | None, storage: Storage) -
     recorded = recorded_encoders(cfg, storage)
     digests = {_digest(v) for v in recorded.values()}
     if explicit:
-        mine = _digest(dir_id(explicit))
+        mine = _config_digest(explicit)
         if digests and "no config" not in digests | {mine} and mine not in digests:
             raise ValueError(
                 f"text encoder {explicit} is not the one the training latents were encoded with "
@@ -90,7 +94,7 @@ def text_encoder_for(cfg: TrainConfig, explicit: str | None, storage: Storage) -
     if not recorded:
         return None
     enc = next(iter(recorded.values()))
-    if _digest(dir_id(default_model_path())) == _digest(enc):
+    if _config_digest(default_model_path()) == _digest(enc):
         return None
     m = _RECORDED.match(enc)
     path = m["path"] if m else enc
