@@ -17,10 +17,11 @@ from infra.procs import kill_tree
 from infra.storage import Storage
 from tests.latents import write_latent_shards
 from tests.train_runs import _cmd, _env, _history, _run, _wait_latest
-from trainer.config import StageConfig, TrainConfig
+from trainer.config import DataSource, StageConfig, TrainConfig
 from trainer.data.plan import load_index
-from trainer.data.stages import STAGE_EPOCHS, StagedLoader, limit, stage_at, stages
+from trainer.data.stages import STAGE_EPOCHS, StagedLoader, limit
 from trainer.engine import lr_lambda
+from trainer.stage_config import latent_sets, stage_at, stages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,6 +70,23 @@ def test_the_stage_table_resolves_each_stage_on_the_previous(data: dict[str, Pat
     assert skipped > 0 and all(e.shape[1] <= 2 for e in index.entries)
     with pytest.raises(ValueError, match="starts must be"):
         TrainConfig(stages=[StageConfig(start=5), StageConfig(start=5)]).validate()
+
+
+def test_a_runs_latent_sets_are_read_from_its_resolved_stages() -> None:
+    """What sampling checks a run's text encoder against: every stage's data, each set once, and
+    a stage's mixture replaces its latents (so a `latents` beside `sources` is not trained on)."""
+    cfg = TrainConfig()
+    cfg.data.latents = "s3://b/low"
+    cfg.stages = [
+        StageConfig(
+            start=4,
+            latents="s3://b/unused",
+            sources=[DataSource(latents="s3://b/mix-a"), DataSource(latents="s3://b/low")],
+        ),
+        StageConfig(start=7, latents="s3://b/high"),
+    ]
+    assert latent_sets(cfg) == ["s3://b/low", "s3://b/mix-a", "s3://b/high"]
+    assert latent_sets(TrainConfig()) == []
 
 
 def test_a_staged_loader_numbers_each_stages_epochs_apart(data: dict[str, Path]) -> None:

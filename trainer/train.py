@@ -28,7 +28,7 @@ from trainer import deepspeed_init, hooks
 from trainer.checkpoint import CheckpointStore, check_resume, local_run_dir
 from trainer.config import RESUME_FIXED, RunConfig, TrainConfig
 from trainer.data.loader import StepData, adopt_latent_space, training_index
-from trainer.data.stages import STAGE_EPOCHS, run_loader, stage_entry, stages
+from trainer.data.stages import STAGE_EPOCHS, run_loader, stage_entry
 from trainer.deadline import Deadline, stop_at_limit
 from trainer.diffusion.common import per_sample
 from trainer.diffusion.objectives import build_diffusion
@@ -56,6 +56,7 @@ from trainer.preview import preview
 from trainer.rng import load_rank_files, microbatch_generator
 from trainer.rollback import log_skip, read_windows, rollback
 from trainer.saving import Saver
+from trainer.stage_config import stages
 from trainer.summary import log_start, write_summary
 from trainer.validation import Validator
 from trainer.watchdog import Watchdog

@@ -2,10 +2,9 @@
 resolution and duration limits, learning rate), as Wan and HunyuanVideo go image -> low -> high
 resolution.
 
-Stage 0 is train.data and train.optim.lr; stage k applies stages[k-1] on top of stage k-1. Each
-stage has its own data plan, started afresh at its first step. Its epochs are numbered from
-k * STAGE_EPOCHS, so a data position (epoch, step in epoch) names its stage too: a checkpoint's
-position resumes inside the right stage's plan, the noise generators (seeded by epoch) differ
+Each stage's settings are resolved by trainer/stage_config.py; here, each stage has its own data
+plan, started afresh at its first step. Its epochs are numbered from k * STAGE_EPOCHS, so a data
+position (epoch, step in epoch) names its stage too: a checkpoint's position resumes inside the right stage's plan, the noise generators (seeded by epoch) differ
 between stages, and the step guard's excluded windows never collide. The plans stay pure
 functions of (seed, epoch), so exact resume and world-size changes hold in every stage.
 """
@@ -17,54 +16,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from infra.storage import Storage
-from trainer.config import TrainConfig, TrainDataConfig
+from trainer.config import TrainConfig
 from trainer.data.loader import build_loader, training_index
 from trainer.data.plan import Index
+from trainer.stage_config import Stage, stage_at, stages
 
 STAGE_EPOCHS = 1_000_000
-
-
-@dataclasses.dataclass
-class Stage:
-    number: int
-    start: int
-    name: str
-    data: TrainDataConfig
-    max_latent_frames: int
-    max_latent_pixels: int
-    lr: float
-
-
-def stages(cfg: TrainConfig) -> list[Stage]:
-    """Every stage with its settings resolved (stage 0 first)."""
-    data = cfg.data
-    out = [Stage(0, 0, "base", data, 0, 0, cfg.optim.lr)]
-    for k, st in enumerate(cfg.stages, start=1):
-        prev = out[-1]
-        d = dataclasses.replace(prev.data)
-        if st.sources:
-            d = dataclasses.replace(d, sources=list(st.sources), latents="")
-        elif st.latents:
-            d = dataclasses.replace(d, latents=st.latents, sources=[])
-        if st.token_budget:
-            d = dataclasses.replace(d, token_budget=st.token_budget)
-        out.append(
-            Stage(
-                k,
-                st.start,
-                st.name or f"stage {k}",
-                d,
-                st.max_latent_frames or prev.max_latent_frames,
-                st.max_latent_pixels or prev.max_latent_pixels,
-                st.lr or prev.lr,
-            )
-        )
-    return out
-
-
-def stage_at(cfg: TrainConfig, step: int) -> int:
-    """The stage that trains step `step` + 1 (the run's position counts finished steps)."""
-    return sum(1 for st in cfg.stages if st.start <= step)
 
 
 def limit(index: Index, stage: Stage) -> tuple[Index, int]:

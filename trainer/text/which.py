@@ -17,6 +17,7 @@ from pathlib import Path
 from infra.storage import Storage
 from infra.uris import join, normalize
 from trainer.config import TrainConfig
+from trainer.stage_config import latent_sets
 from trainer.text.encoder import default_model_path
 
 log = logging.getLogger(__name__)
@@ -32,16 +33,6 @@ def _config_digest(path: str) -> str:
 def dir_id(path: str) -> str:
     """A model directory by its place and its config (weights are too big to hash per run)."""
     return f"{normalize(path)} (config {_config_digest(path)})"
-
-
-def latent_sets(cfg: TrainConfig) -> list[str]:
-    """Every latent set a run trains on, over all its stages and mixture sources (read from the
-    config, not trainer.data.stages: trainer.data imports trainer.text)."""
-    d = cfg.data
-    sets = [d.latents, *(s.latents for s in d.sources)]
-    for st in cfg.stages:
-        sets += [st.latents, *(s.latents for s in st.sources)]
-    return list(dict.fromkeys(s for s in sets if s))
 
 
 def recorded_encoders(cfg: TrainConfig, storage: Storage) -> dict[str, str]:
