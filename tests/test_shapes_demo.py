@@ -86,9 +86,11 @@ def test_killed_launch_shows_steps_and_eta_to_the_kill() -> None:
 # and 331 s with the VAE trained on the one thread an xdist worker has, tests/conftest.py; 22 of 24
 # and 257 s with round 20's VAE, pixels folded 2x2 first, its 600 steps in 113 s against 224 s, on
 # one core with the other busy; 17 of 24 and 193 s with a 300-step VAE and half the DiT's batch,
-# 18 of 24 and 227 s with the full batch, one core each). The full quality targets are measured by
-# bench/demo_quality.py at step counts CI cannot afford.
-STEPS, VAE_STEPS, PROMPTS, VIDEOS, EVERY = 100, 300, 24, 48, 25
+# 18 of 24 and 227 s with the full batch, one core each). On the near-white background (round 30)
+# its VAE learns slower (300 steps: 18 dB, where the grey background's reached ~27) and the model
+# read colour 4 of 24 at 300 VAE steps, 16 of 24 at 600 (one core, the other busy). The full
+# quality targets are measured at the slow machine's step count, BENCHMARKS.md issue 20.
+STEPS, VAE_STEPS, PROMPTS, VIDEOS, EVERY = 100, 600, 24, 48, 25
 # Round 17's optimizer, not the preset's Muon and contrastive term (round 18): they learn shape
 # sooner but colour and direction later (direction 61% at 300 steps against 86-90%), and at 100
 # steps read colour 12 of 24 against AdamW's 17 (one thread), too near the floor; so did round 19's

@@ -2,7 +2,7 @@
 object. Used to score generated videos against their prompts (bench/shapes_eval.py, the demo).
 
 Rules, fixed before any model was scored:
-- the object is every pixel far from the background grey after a 3x3 box filter (the background
+- the object is every pixel far from the background colour after a 3x3 box filter (the background
   is the per-channel median of the frame border); colour is the palette colour nearest to the object's median RGB;
 - direction is the sign of the dominant axis of the least-squares slope of the object's centroid
   over time (image y grows downward, so "down" is +y);

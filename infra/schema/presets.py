@@ -51,6 +51,14 @@ def demo() -> SpacetimeConfig:
     # "changes colour"; with them no reconstruction of 33 frames does, for ~15% more VAE time
     # (BENCHMARKS.md, round 27).
     cfg.vae_train.long_frames = 9
+    # On the light background (infra/demo/shapes.py) the 4-channel VAE shifted some colour's hue
+    # by 81-119 RGB (green to teal, blue to cyan, red to orange) in 4 of 8 runs, and samples read
+    # the neighbouring colour or changed colour; with 8 channels, three crops in four centred on the
+    # object and twice the rate the worst colour is off by 40-63, and colour reads 96-100% (held-out
+    # shape 135 of 144 draws over 8 seeds against 144 with 4 channels; BENCHMARKS.md round 30).
+    cfg.vae_train.latent_channels = 8
+    cfg.vae_train.content_crops = 0.75
+    cfg.vae_train.lr = 2e-3
     t = cfg.train
     # 4 blocks of 128, not 6: a step costs 0.67-0.73x, and with the loss weighted toward the object
     # (below) shape reads 83% at 1500 steps against the 6-block model's 76%, in 542 s against 734
@@ -64,7 +72,7 @@ def demo() -> SpacetimeConfig:
     # direction are decided (PLATFORM.md calibration).
     t.flow.timestep_sampling = "uniform"
     # The object is ~4 of a clip's 144 tokens: its tokens' loss counts up to 5x (1 + 4 x distance
-    # from the background), so a shape is not drowned by the grey around it.
+    # from the background), so a shape is not drowned by the background around it.
     t.flow.foreground_weight = 4.0
     # 4x4 latent pixels per token (16x16 pixels): a 64x64 17-frame sample is 144 tokens instead of
     # 576, so a step of the same token budget and cost holds 4x the clips. At 1x2x2 shape stayed
