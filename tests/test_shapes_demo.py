@@ -58,6 +58,8 @@ def test_rendered_frames_match_caption(seed: int) -> None:
         fg = np.any(frames != np.array(shapes.BACKGROUND, np.uint8), axis=-1)
         colours = frames[fg].reshape(-1, 3)
         assert (colours == np.array(shapes.COLOURS[clip.colour])).all()
+        grey = shapes.render(clip, background=(128, 128, 128))  # the background is a parameter
+        assert (grey[~fg] == 128).all() and (grey[fg] == frames[fg]).all()
         ys, xs = [], []
         for m in fg:
             yy, xx = np.nonzero(m)

@@ -24,7 +24,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory, local_ray: None) -> Path:
     root = tmp_path_factory.mktemp("vae")
-    manifest = shapes.generate(root / "videos", 24, seed=5)
+    # Mid grey, not the demo's near white: this module checks that train-vae learns, against
+    # numbers measured on grey; on near white a 300-step VAE learns slower (19 dB, colour 38% of
+    # reconstructions: BENCHMARKS.md issue 20 round 30), and the demo trains longer.
+    manifest = shapes.generate(root / "videos", 24, seed=5, background=(128, 128, 128))
     cfg = ShardConfig(min_side=32, min_motion=0.0003, shard_max_bytes=60_000)
     run_shard(str(manifest), str(root / "clips"), cfg, StorageConfig())
     return root / "clips"

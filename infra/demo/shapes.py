@@ -71,14 +71,14 @@ def shape_mask(shape: str, size: int) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def render(clip: ShapeClip) -> np.ndarray:
+def render(clip: ShapeClip, background: tuple[int, int, int] = BACKGROUND) -> np.ndarray:
     """(T, H, W, 3) uint8 frames: the shape crosses most of the frame along its direction."""
     w, h, n = clip.width, clip.height, clip.frames
     side = max(8, min(w, h) // 3)
     mask = shape_mask(clip.shape, side)
     dx, dy = DIRECTIONS[clip.direction]
     frames = np.empty((n, h, w, 3), np.uint8)
-    frames[:] = BACKGROUND
+    frames[:] = background
     margin = 2
     for i in range(n):
         t = i / max(1, n - 1)
@@ -125,14 +125,18 @@ def sample_clips(
 
 
 def generate(
-    out_dir: Path, n: int, seed: int = 0, exclude: set[tuple[str, str, str]] = frozenset()
+    out_dir: Path,
+    n: int,
+    seed: int = 0,
+    exclude: set[tuple[str, str, str]] = frozenset(),
+    background: tuple[int, int, int] = BACKGROUND,
 ) -> Path:
     """Writes n videos and `manifest.jsonl` (path, caption, attributes); returns the manifest path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, clip in enumerate(sample_clips(n, seed, exclude)):
         name = f"shape-{i:05d}.mp4"
-        write_mp4(out_dir / name, render(clip))
+        write_mp4(out_dir / name, render(clip, background))
         rows.append({"path": name, "caption": clip.caption, **asdict(clip)})
     manifest = out_dir / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
