@@ -4,9 +4,10 @@ resolution.
 
 Each stage's settings are resolved by trainer/stage_config.py; here, each stage has its own data
 plan, started afresh at its first step. Its epochs are numbered from k * STAGE_EPOCHS, so a data
-position (epoch, step in epoch) names its stage too: a checkpoint's position resumes inside the right stage's plan, the noise generators (seeded by epoch) differ
-between stages, and the step guard's excluded windows never collide. The plans stay pure
-functions of (seed, epoch), so exact resume and world-size changes hold in every stage.
+position (epoch, step in epoch) names its stage too: a checkpoint's position resumes inside the
+right stage's plan, the noise generators (seeded by epoch) differ between stages, and the step
+guard's excluded windows never collide. The plans stay pure functions of (seed, epoch), so exact
+resume and world-size changes hold in every stage.
 """
 
 from __future__ import annotations
