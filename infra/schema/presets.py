@@ -53,12 +53,13 @@ def demo() -> SpacetimeConfig:
     cfg.vae_train.long_frames = 9
     # On the light background (infra/demo/shapes.py) the 4-channel VAE shifted some colour's hue
     # by 81-119 RGB (green to teal, blue to cyan, red to orange) in 4 of 8 runs, and samples read
-    # the neighbouring colour or changed colour; with 8 channels, three crops in four centred on the
-    # object and twice the rate the worst colour is off by 40-63, and colour reads 96-100% (held-out
-    # shape 135 of 144 draws over 8 seeds against 144 with 4 channels; BENCHMARKS.md round 30).
+    # the neighbouring colour or changed colour. 8 channels keep the colours (100% in 8 of 8 runs
+    # alone) and three crops in four centred on the object keep the shapes (held-out 144 of 144
+    # alone); together they read held-out shape 141 of 144 draws and shape 96-100% over 8 seeds.
+    # Twice the VAE's rate, tried with them in round 30, cost shape (mean 89% against 99.5%) and
+    # alone broke colour (BENCHMARKS.md round 31).
     cfg.vae_train.latent_channels = 8
     cfg.vae_train.content_crops = 0.75
-    cfg.vae_train.lr = 2e-3
     t = cfg.train
     # 4 blocks of 128, not 6: a step costs 0.67-0.73x, and with the loss weighted toward the object
     # (below) shape reads 83% at 1500 steps against the 6-block model's 76%, in 542 s against 734
