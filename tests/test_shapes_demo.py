@@ -92,8 +92,8 @@ def test_killed_launch_shows_steps_and_eta_to_the_kill() -> None:
 # its VAE learns slower (300 steps: 18 dB, where the grey background's reached ~27) and the model
 # read colour 4 of 24 at 300 VAE steps, 16 of 24 at 600 (one core, the other busy), with the VAE
 # at twice its default rate (round 30's preset): the 600-step VAE keeps that rate here (8 channels
-# at the default rate read 10 of 24, round 31). The full quality targets are measured at the slow
-# machine's step count, BENCHMARKS.md issue 20.
+# without content crops at the default rate read 10 of 24, round 31). The full quality targets are
+# measured at the slow machine's step count, BENCHMARKS.md issue 20.
 STEPS, VAE_STEPS, PROMPTS, VIDEOS, EVERY = 100, 600, 24, 48, 25
 # Round 17's optimizer, not the preset's Muon and contrastive term (round 18): they learn shape
 # sooner but colour and direction later (direction 61% at 300 steps against 86-90%), and at 100
