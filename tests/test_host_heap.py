@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -54,5 +55,7 @@ def test_training_steps_reuse_freed_memory_instead_of_faulting_it_in() -> None:
     step, measured); with the heap retained, the steps after the first few reuse freed blocks."""
     default = _faults_per_step("default")
     retained = _faults_per_step("retain")
-    assert min(default[-2:]) > 8000, default
-    assert sum(retained[-2:]) < sum(default[-2:]) / 4, (retained, default)
+    assert min(default[2:]) > 8000, default
+    # The median of steps 3-6, not their sum: a retained run can still fault one step's worth in
+    # once (a CI run read 0, 0, 14336, 0 against 26-43k a step without retention).
+    assert statistics.median(retained[2:]) < statistics.median(default[2:]) / 4, (retained, default)
