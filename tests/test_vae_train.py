@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -282,6 +283,30 @@ def test_long_crops_no_clip_holds_are_refused_before_training(
     assert main(argv) == 1
     assert "no training clip has vae_train.long_frames=65 frames" in capsys.readouterr().err
     assert not (tmp_path / "vae" / "checkpoints").exists()
+
+
+def test_cosine_schedule_decays_to_its_floor_and_a_resume_continues_it(
+    shards: Path, tmp_path: Path
+) -> None:
+    """`vae_train.schedule=cosine`: the rate falls from lr to min_lr_ratio x lr at the last step,
+    and a resume from a mid-run checkpoint takes the schedule up where it was, not from its start."""
+    import shutil
+
+    out = tmp_path / "vae"
+    argv = [*_train_vae_argv(shards, out, 6), "--set", "vae_train.checkpoint_every=3"]
+    argv += ["--set", "vae_train.schedule=cosine", "--set", "vae_train.min_lr_ratio=0.2"]
+    assert main(argv) == 0
+    whole = json.loads((out / "summary.json").read_text())
+    lrs = whole["lrs"]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(2e-4), lrs
+    assert all(a > b for a, b in itertools.pairwise(lrs)), lrs
+    # Back to the step-3 checkpoint, as if the run had been killed after writing it.
+    shutil.rmtree(out / "checkpoints" / "step-00000006")
+    (out / "checkpoints" / "latest").write_text("step-00000003")
+    assert main([*argv, "--resume", "auto"]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["lrs"] == pytest.approx(lrs, rel=1e-9)
+    assert again["losses"] == pytest.approx(whole["losses"], rel=1e-4)
 
 
 def test_an_existing_run_is_refused_and_resume_auto_continues_it(

@@ -67,6 +67,11 @@ class VAETrainConfig:
     steps: int = 300
     batch_size: int = 4
     lr: float = 1e-3
+    schedule: Literal["constant", "cosine"] = "constant"
+    """constant, or cosine decay from `lr` to min_lr_ratio·lr at the last step. At a constant
+    rate the weights kept are the last step's, spike or not (one demo VAE's loss rose 5x in its
+    last 12 steps: BENCHMARKS.md, issue 20 round 32)."""
+    min_lr_ratio: float = 0.1
     kl_weight: float = 1e-6
     """Weight of the KL term (small: the latent should stay informative)."""
     temporal_weight: float = 0.1
@@ -153,7 +158,18 @@ class VAETrainConfig:
             **more,
         )
 
+    def lr_factor(self, step: int) -> float:
+        """The rate at `step` (0-based) as a fraction of `lr`."""
+        if self.schedule == "constant":
+            return 1.0
+        progress = min(1.0, step / max(1, self.steps - 1))
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (
+            1 + math.cos(math.pi * progress)
+        )
+
     def validate(self) -> None:
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"vae_train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.zero_stage not in (0, 1, 2):
             raise ValueError(f"vae_train.zero_stage must be 0, 1 or 2, got {self.zero_stage}")
         if self.space_stride not in (2, 4, 8, 16):

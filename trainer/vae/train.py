@@ -69,6 +69,8 @@ RESUME_FIXED = (
     "time_stride",
     "temporal_resample",
     "patch",
+    "schedule",  # a checkpoint saved without the schedule's state cannot take one up
+    "min_lr_ratio",
 )
 
 
@@ -270,6 +272,10 @@ def train_vae(
             cfg.crop // vcfg.space_stride,
         )
         opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+        # The engine steps it and saves it in its checkpoints, so a resume continues the schedule.
+        # None at a constant rate: its checkpoints stay as before this option, and resume as such.
+        cosine = cfg.schedule != "constant"
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor) if cosine else None
         ds = deepspeed_config(
             zero_stage=cfg.zero_stage,
             micro_batch=cfg.batch_size // d.world_size,
@@ -280,7 +286,8 @@ def train_vae(
             num_params=sum(p.numel() for p in vae.parameters()),
             load_universal=universal,
         )
-        engine, *_ = deepspeed_init.initialize(model=vae, optimizer=opt, config=ds)
+        init = {"model": vae, "optimizer": opt, "lr_scheduler": schedule, "config": ds}
+        engine, *_ = deepspeed_init.initialize(**init)
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         start = 0
         history: list[dict[str, float]] = []
@@ -301,12 +308,15 @@ def train_vae(
         for step in bar:
             x = step_batch(train, cfg, step, d.rank, d.world_size).to(d.device, dtype)
             noise = step_noise(cfg, latent, step, d.rank, d.world_size).to(d.device, dtype)
+            lr_now = engine.get_lr()[0]  # this step's rate, before the engine steps the schedule
             loss = vae_loss(engine, x, noise, cfg)
             engine.backward(loss)
             engine.step()
             mean_loss = loss.detach().float().clone()
             dist.all_reduce(mean_loss)
-            history.append({"step": step + 1, "loss": mean_loss.item() / d.world_size})
+            history.append(
+                {"step": step + 1, "loss": mean_loss.item() / d.world_size, "lr": lr_now}
+            )
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                 _checkpoint(engine, store, step + 1, cfg, d, history)
@@ -326,6 +336,7 @@ def train_vae(
                 "world_size": d.world_size,
                 "seconds": round(time.monotonic() - t0, 1),
                 "losses": [h["loss"] for h in history],
+                "lrs": [h.get("lr") for h in history],  # None: saved before rates were kept
                 "config": asdict(cfg),
             }
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
