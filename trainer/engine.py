@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
-import math
 import os
 import re
 import time
@@ -18,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from infra.procs import LAUNCHER_PID, exit_when_gone, free_port
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, cosine_decay
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +235,7 @@ def lr_lambda(cfg: TrainConfig) -> Any:
         if o.schedule == "constant":
             return 1.0
         span = max(1, cfg.steps - o.warmup_steps)
-        progress = min(1.0, (step - o.warmup_steps) / span)
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return cosine_decay((step - o.warmup_steps) / span, o.min_lr_ratio)
 
     def f(step: int) -> float:  # a stage's own peak learning rate scales the schedule
         return shape(step) * cfg.peak_lr(step) / o.lr

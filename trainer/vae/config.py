@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from trainer.config import cosine_decay
+
 SIZES: dict[str, dict[str, object]] = {
     "tiny": {"base_channels": 16, "latent_channels": 4, "layers_per_block": 1},
     "S": {"base_channels": 64, "latent_channels": 16, "layers_per_block": 2},
@@ -162,10 +164,7 @@ class VAETrainConfig:
         """The rate at `step` (0-based) as a fraction of `lr`."""
         if self.schedule == "constant":
             return 1.0
-        progress = min(1.0, step / max(1, self.steps - 1))
-        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (
-            1 + math.cos(math.pi * progress)
-        )
+        return cosine_decay(step / max(1, self.steps - 1), self.min_lr_ratio)
 
     def validate(self) -> None:
         if not 0 <= self.min_lr_ratio <= 1:

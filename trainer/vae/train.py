@@ -286,8 +286,9 @@ def train_vae(
             num_params=sum(p.numel() for p in vae.parameters()),
             load_universal=universal,
         )
-        init = {"model": vae, "optimizer": opt, "lr_scheduler": schedule, "config": ds}
-        engine, *_ = deepspeed_init.initialize(**init)
+        engine, *_ = deepspeed_init.initialize(
+            model=vae, optimizer=opt, lr_scheduler=schedule, config=ds
+        )
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         start = 0
         history: list[dict[str, float]] = []
