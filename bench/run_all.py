@@ -50,6 +50,10 @@ NOISE = re.compile(r"^(\[|\x1b|DeepSpeed |.*\b(INFO|WARNING|Warning)\b)")
 # Chance levels (1 / choices) for a summary that lacks them; targets from issue 20.
 DEMO_CHANCE = {"colour": 1 / 6, "direction": 1 / 4, "shape": 1 / 3}
 DEMO_TARGETS = {"colour": 0.95, "direction": 0.9, "shape": 0.8}
+# Mean object travel (share of the frame) in the demo's videos (BENCHMARKS.md, issue 10); the
+# samples' must reach 75% of it.
+DATA_TRAVEL = 0.61
+MIN_TRAVEL = 0.75 * DATA_TRAVEL
 
 
 def cpu_model() -> str:
@@ -112,13 +116,16 @@ def demo_tables(workdir: Path) -> str:
         lines.append(
             f"| {attr} | {100 * ev[attr]:.0f}% | {got} | {100 * chance:.0f}% | {verdict} |"
         )
-    if "travel" in ev:  # issue 20's measures: travel vs the data's ~0.61, samples intact
+    if "travel" in ev:  # issue 20's measures: travel vs the data's, samples intact
+        met = "met" if ev["travel"] >= MIN_TRAVEL else "not met"
         lines.append(
             f"| travel (of the frame) | {ev['travel']:.2f} | {held.get('travel', 0):.2f} "
-            "| - | >= 0.46 (75% of the data's 0.61) |"
+            f"| - | >= {MIN_TRAVEL:.2f} (75% of the data's {DATA_TRAVEL}; {met}) |"
         )
+        met = "met" if ev["intact"] >= 1 else "not met"
         lines.append(
-            f"| intact | {100 * ev['intact']:.0f}% | {100 * held.get('intact', 0):.0f}% | - | 100% |"
+            f"| intact | {100 * ev['intact']:.0f}% | {100 * held.get('intact', 0):.0f}% | - "
+            f"| 100% ({met}) |"
         )
     return "\n".join(lines)
 

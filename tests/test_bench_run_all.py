@@ -58,4 +58,8 @@ def test_demo_tables_from_a_summary(tmp_path: Path) -> None:
     assert "| direction | 75% | 50% | 25% | >= 90% (not met) |" in out
     assert "| shape | 33% | 0% | 33% | >= 80% (not met) |" in out
     assert "all 4 prompts | 2 held-out" in out
-    assert "| travel (of the frame) | 0.30 | 0.50 |" in out and "| intact | 75% | 100% |" in out
+    assert (
+        "| travel (of the frame) | 0.30 | 0.50 | - | >= 0.46 (75% of the data's 0.61; not met) |"
+        in out
+    )
+    assert "| intact | 75% | 100% | - | 100% (not met) |" in out
