@@ -162,7 +162,7 @@ def quality_rows(vae_dir: Path, clips: Path, device: torch.device, name: str) ->
     from infra.shards import iter_samples, list_shards
     from infra.storage import Storage
     from trainer.data.raw import latent_frames
-    from trainer.vae.train import psnr
+    from trainer.vae.heldout import psnr
 
     vae = CausalVAE.from_pretrained(vae_dir).to(device).eval()
     ss = vae.cfg.space_stride

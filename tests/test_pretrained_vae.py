@@ -243,8 +243,8 @@ def test_dit_trains_on_pretrained_latents_samples_through_the_vae_and_never_mixe
 def test_vae_reconstruct_writes_side_by_side_and_true_scores(
     vaes: dict[str, Path], videos_dir: Path, tmp_path: Path
 ) -> None:
+    from trainer.vae.heldout import psnr
     from trainer.vae.reconstruct import load_video, ssim
-    from trainer.vae.train import psnr
 
     video = str(sorted(videos_dir.glob("*.mp4"))[0])
     out = tmp_path / "recon"

@@ -98,7 +98,7 @@ def _check_tiled_matches_untiled(vae: CausalVAE, shards: Path) -> None:
     dB and 21-33 dB; the demo's VAE (pixels folded 2x2, 2x in time), 300 steps on the Xeon: -0.05
     to +1.24 dB (mean +0.47) and 32-44 dB. (An earlier 8x/L1 VAE read >= 41.9 dB between tiled
     and untiled at 32 px: it decoded everything to flat grey, which no tiling can change.)"""
-    from trainer.vae.train import psnr
+    from trainer.vae.heldout import psnr
 
     vae.eval()
     tile, lt = 64, 64 // vae.cfg.space_stride  # the tile in pixels, and in latent pixels

@@ -174,11 +174,6 @@ class ParallelConfig:
             raise ValueError("parallel.device_memory_gb must be > 0 and assumed_mfu in (0, 1]")
 
 
-def cosine_decay(progress: float, floor: float) -> float:
-    """Half a cosine from 1 at progress 0 to `floor` at progress 1 (a learning-rate factor)."""
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 @dataclass
 class OptimConfig:
     lr: float = 1e-4

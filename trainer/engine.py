@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 from infra.procs import LAUNCHER_PID, exit_when_gone, free_port
-from trainer.config import TrainConfig, cosine_decay
+from trainer.config import TrainConfig
+from trainer.lr_schedule import cosine_decay
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trainer.config import cosine_decay
+from trainer.lr_schedule import cosine_decay
 
 SIZES: dict[str, dict[str, object]] = {
     "tiny": {"base_channels": 16, "latent_channels": 4, "layers_per_block": 1},

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from infra.media import read_frames, write_mp4
+from trainer.vae.heldout import psnr
 from trainer.vae.pixels import to_signed, to_uint8
 from trainer.vae.pretrained import VideoVAE, crop_to_stride
-from trainer.vae.train import psnr
 
 log = logging.getLogger(__name__)
 

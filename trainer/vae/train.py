@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import random
 import time
 from dataclasses import asdict
@@ -30,20 +29,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 from infra.errors import JobError
 from infra.host_heap import retain_freed_memory
-from infra.media import decode_frames, write_mp4
+from infra.media import decode_frames
 from infra.shards import iter_samples, open_clips
 from infra.storage import Storage
 from trainer import deepspeed_init
 from trainer.checkpoint import CheckpointStore, check_resume, code_version, tag_for, write_state
 from trainer.engine import DistInfo, deepspeed_config, distributed
 from trainer.vae.config import VAETrainConfig
+from trainer.vae.heldout import evaluate, save_reconstructions, set_latent_stats
 from trainer.vae.model import CausalVAE
-from trainer.vae.pixels import to_signed, to_uint8
+from trainer.vae.pixels import to_signed
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +71,6 @@ RESUME_FIXED = (
     "schedule",  # a checkpoint saved without the schedule's state cannot take one up
     "min_lr_ratio",
 )
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = ((a.clamp(-1, 1) - b) / 2).pow(2).mean().item()
-    return 10 * math.log10(1 / max(mse, 1e-12))
 
 
 def load_clips(
@@ -127,24 +121,6 @@ def content(clip: np.ndarray, threshold: int = 13) -> np.ndarray:
     more than `threshold` (of 255; `foreground`'s 0.1 of [-1, 1]) in some frame and channel."""
     median = np.median(clip.reshape(-1, 3), axis=0).astype(np.int16)
     return (np.abs(clip.astype(np.int16) - median) > threshold).any(axis=(0, 3))
-
-
-def reconstruct(
-    vae: CausalVAE, x: torch.Tensor, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """Posterior-mean reconstruction of one clip (3, T, H, W), returned as float32 on the CPU."""
-    with torch.no_grad():
-        z = vae.encode(x[None].to(device, dtype)).mean
-        return vae.decode(z)[0].float().cpu()
-
-
-def evaluate(
-    vae: CausalVAE, held: list[torch.Tensor], device: torch.device, dtype: torch.dtype
-) -> float:
-    vae.eval()
-    scores = [psnr(reconstruct(vae, x, device, dtype), x) for x in held]
-    vae.train()
-    return float(np.mean(scores))
 
 
 def _step_seed(cfg: VAETrainConfig, step: int) -> int:
@@ -325,9 +301,9 @@ def train_vae(
         if d.rank == 0:
             model = engine.module.float()
             psnr_after = evaluate(model, held, d.device, torch.float32)
-            _set_latent_stats(model, held, d.device)
+            set_latent_stats(model, held, d.device)
             model.save_pretrained(out / "vae")
-            _save_reconstructions(model, held, out / "reconstructions", d.device)
+            save_reconstructions(model, held, out / "reconstructions", d.device)
             summary = {
                 "steps": cfg.steps,
                 "psnr_before": psnr_before,
@@ -376,26 +352,3 @@ def _checkpoint(
             },
         )
     store.publish(path, cfg.keep_checkpoints, d.local_rank)
-
-
-def _set_latent_stats(vae: CausalVAE, held: list[torch.Tensor], device: torch.device) -> None:
-    with torch.no_grad():
-        z = torch.cat([vae.encode(x[None].to(device)).mean.flatten(2).cpu() for x in held], dim=2)[
-            0
-        ]
-    vae.cfg.latent_mean = z.mean(1).tolist()
-    vae.cfg.latent_std = z.std(1).clamp(min=1e-4).tolist()
-
-
-def _save_reconstructions(
-    vae: CausalVAE, held: list[torch.Tensor], out: Path, device: torch.device
-) -> None:
-
-    out.mkdir(parents=True, exist_ok=True)
-    vae.eval()
-    for i, x in enumerate(held):
-        rec = reconstruct(vae, x, device, torch.float32).clamp(-1, 1)
-        pair = torch.cat([x, rec], dim=3)  # original | reconstruction, side by side
-        frames = to_uint8(pair)
-        write_mp4(out / f"heldout-{i}.mp4", frames)
-        Image.fromarray(np.concatenate(list(frames), axis=0)).save(out / f"heldout-{i}.png")
